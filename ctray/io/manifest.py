@@ -1,0 +1,48 @@
+"""The run manifest: what ran, with what, and how much it produced and cost."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib import metadata
+from typing import Any
+
+import ctray
+
+TRACKED_PACKAGES = ("ray", "torch", "transformers", "vllm", "openai", "monai", "pyarrow",
+                    "scikit-learn", "rouge-score", "nltk", "mecab-python3", "unidic-lite")
+SECRET_HINTS = ("api_key", "token", "secret", "password", "authorization")
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version(), "ctray": ctray.__version__}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    payload = json.dumps(config, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def scrub_secrets(value: Any) -> Any:
+    """Drop values of secret-looking keys; names of env variables (``*_env``) stay."""
+    if isinstance(value, dict):
+        return {k: ("<redacted>" if _is_secret(k) and value[k] is not None else scrub_secrets(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_secrets(v) for v in value]
+    return value
+
+
+def _is_secret(key: str) -> bool:
+    k = key.lower()
+    if k.endswith("_env") or k in {"prompt_tokens", "completion_tokens", "max_tokens",
+                                   "tokens_per_minute"} or k.endswith("_tokens"):
+        return False
+    return any(h in k for h in SECRET_HINTS)

@@ -1,0 +1,158 @@
+"""Where a run's outputs live, and the worker-side Parquet writer.
+
+Layout under the output root (local path or ``s3://`` / ``gs://`` URI)::
+
+    results/part-<digest>.parquet   finished rows
+    errors/part-<digest>.parquet    failed rows: keys, stage, error, attempt, input row
+    manifest.json
+
+File names are a digest of the row keys they hold, so rewriting the same shard
+replaces the same file, and files are written to a temporary name then moved so
+a killed worker never leaves half a Parquet file that resume would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+from ctray.pipeline.stage import (ATTEMPT_COL, ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL,
+                                  INPUT_COL, INTERNAL_COLS)
+
+log = logging.getLogger(__name__)
+RUN_ID_COL = "run_id"
+USAGE_COLS = ("prompt_tokens", "completion_tokens", "llm_calls")
+
+
+def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    from pathlib import Path
+
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    root: str
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    @property
+    def results(self) -> str:
+        return self.path("results")
+
+    @property
+    def errors(self) -> str:
+        return self.path("errors")
+
+    @property
+    def manifest(self) -> str:
+        return self.path("manifest.json")
+
+    def parquet_files(self, which: str) -> list[str]:
+        """Full URIs of the finished Parquet files of ``results`` or ``errors``."""
+        filesystem, base = resolve_fs(self.path(which))
+        info = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        prefix = self.path(which)
+        return sorted(f"{prefix}/{i.base_name}" for i in info
+                      if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                      and not i.base_name.startswith("."))
+
+    def row_count(self, which: str) -> int:
+        total = 0
+        for uri in self.parquet_files(which):
+            filesystem, path = resolve_fs(uri)
+            with filesystem.open_input_file(path) as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        return total
+
+    def read_json(self) -> dict[str, Any] | None:
+        filesystem, path = resolve_fs(self.manifest)
+        if filesystem.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with filesystem.open_input_stream(path) as f:
+            return json.loads(f.read().decode("utf-8"))
+
+    def write_json(self, payload: dict[str, Any]) -> None:
+        write_bytes_atomic(self.manifest, json.dumps(payload, indent=2, ensure_ascii=False,
+                                                     default=str).encode("utf-8"))
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    filesystem, path = resolve_fs(uri)
+    parent = path.rsplit("/", 1)[0]
+    filesystem.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.tmp-{path.rsplit('/', 1)[1]}-{time.time_ns()}"
+    with filesystem.open_output_stream(tmp) as f:
+        f.write(data)
+    filesystem.move(tmp, path)
+
+
+def shard_digest(keys: pd.DataFrame) -> str:
+    h = hashlib.sha1()
+    for values in sorted(map(tuple, keys.astype(str).itertuples(index=False))):
+        h.update("\x1f".join(values).encode("utf-8"))
+        h.update(b"\x1e")
+    return h.hexdigest()[:20]
+
+
+def _write_table(df: pd.DataFrame, directory_uri: str, key_columns: list[str],
+                 suffix: str = "") -> str:
+    name = f"part-{shard_digest(df[key_columns])}{suffix}.parquet"
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    uri = f"{directory_uri}/{name}"
+    write_bytes_atomic(uri, sink.getvalue().to_pybytes())
+    return uri
+
+
+def error_records(failed: pd.DataFrame, key_columns: list[str]) -> pd.DataFrame:
+    """Errors table rows: keys, where and why it failed, the attempt and the input row."""
+    keep = [c for c in ("llm_raw", RUN_ID_COL) if c in failed.columns]
+    out = failed[key_columns + keep].copy()
+    out["stage"] = failed[ERROR_STAGE_COL].astype(str)
+    out["error"] = failed[ERROR_COL].astype(str)
+    out["error_type"] = failed[ERROR_TYPE_COL].astype(str) if ERROR_TYPE_COL in failed else ""
+    out["attempt"] = failed[ATTEMPT_COL].astype(int) if ATTEMPT_COL in failed else 1
+    out["input_json"] = failed[INPUT_COL] if INPUT_COL in failed else None
+    return out
+
+
+def write_shard(batch: pd.DataFrame, layout: OutputLayout, key_columns: list[str],
+                run_id: str, drop_columns: list[str] | None = None) -> pd.DataFrame:
+    """Ray Data map_batches UDF: write finished and failed rows, return only counts."""
+    batch = batch.reset_index(drop=True).assign(**{RUN_ID_COL: run_id})
+    records = batch.to_dict("records")
+    failed_rows = [r for r in records if r.get(ERROR_COL) is not None and r.get(ERROR_COL) == r.get(ERROR_COL)]
+    ok = pd.DataFrame([r for r in records if not (r.get(ERROR_COL) is not None and r.get(ERROR_COL) == r.get(ERROR_COL))],
+                      columns=batch.columns)
+    failed = pd.DataFrame(failed_rows, columns=batch.columns)
+    summary: dict[str, Any] = {"ok": len(ok), "failed": len(failed)}
+    for col in USAGE_COLS:
+        summary[col] = int(pd.to_numeric(batch[col], errors="coerce").fillna(0).sum()) if col in batch else 0
+    if len(ok):
+        drop = [c for c in (*INTERNAL_COLS, *(drop_columns or [])) if c in ok.columns]
+        _write_table(ok.drop(columns=drop), layout.results, key_columns)
+    if len(failed):
+        records = error_records(failed, key_columns)
+        # Each attempt keeps its own file: the history of failures is never overwritten.
+        _write_table(records, layout.errors, key_columns, f"-attempt{int(records['attempt'].max())}")
+        stages = failed[ERROR_STAGE_COL].value_counts().to_dict()
+        summary["failed_by_stage"] = json.dumps(stages)
+    else:
+        summary["failed_by_stage"] = "{}"
+    # Counts only: never report text in logs.
+    log.info("ctray: wrote %d finished and %d failed rows", len(ok), len(failed))
+    return pd.DataFrame([summary])

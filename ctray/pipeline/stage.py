@@ -1,0 +1,158 @@
+"""Stage: one step of a job, a callable class with declared columns and resources.
+
+Ray Data runs a stage as an actor pool (``map_batches`` with a class), so ``setup``
+(model loading) happens once per worker. The stage sees pandas batches and returns
+them with its output columns added; every other column passes through, so a row's
+inputs and keys survive to the output.
+
+Per-row error capture lives here: a row that makes ``process_batch`` raise is
+retried alone, and a row that still fails is marked with ``_error`` /
+``_error_stage`` and passed along untouched by later stages. The runner writes such
+rows to the errors table; the job goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ERROR_COL = "_error"
+ERROR_STAGE_COL = "_error_stage"
+ERROR_TYPE_COL = "_error_type"
+INPUT_COL = "_input_json"
+ATTEMPT_COL = "_attempt"
+INTERNAL_COLS = (ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL, INPUT_COL, ATTEMPT_COL)
+
+
+class RowError(ValueError):
+    """Bad input or unusable model output for one row; message names row and field."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int = 32
+    # int n: fixed pool of n actors; (m, n): autoscaling pool.
+    concurrency: int | tuple[int, int] = 1
+
+    def map_batches_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "num_cpus": self.num_cpus,
+            "batch_size": self.batch_size,
+            "concurrency": self.concurrency,
+        }
+        if self.num_gpus:
+            kwargs["num_gpus"] = self.num_gpus
+        return kwargs
+
+
+class Stage:
+    """Base class. Subclasses set ``name``, columns and resources and implement
+    ``process_row`` (simple) or ``process_batch`` (vectorised / model calls)."""
+
+    name: ClassVar[str] = "stage"
+    input_columns: tuple[str, ...] = ()
+    output_columns: tuple[str, ...] = ()
+    resources: Resources = Resources()
+
+    def setup(self) -> None:
+        """Load models/clients. Called once per worker before the first batch."""
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def process_batch(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Default: ``process_row`` on each row. Must return one output row per input
+        row, in order; may set ``_error`` on rows it could not process."""
+        outputs = [self._row_or_error(r) for r in batch.to_dict("records")]
+        return pd.DataFrame(outputs, index=batch.index)
+
+    def _row_or_error(self, row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {**row, **self.process_row(row)}
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a row error
+            return mark_error(row, self.name, exc)
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about this stage (model ids, prompt versions)."""
+        return {"name": self.name}
+
+    def apply(self, ds):
+        """Add this stage to a Ray Dataset. Stages backed by ``ray.data.llm`` override."""
+        return ds.map_batches(
+            StageWorker,
+            fn_constructor_args=(self,),
+            batch_format="pandas",
+            **self.resources.map_batches_kwargs(),
+        )
+
+
+def mark_error(row: dict[str, Any], stage: str, exc: BaseException | str) -> dict[str, Any]:
+    if isinstance(exc, BaseException):
+        message = str(exc) or exc.__class__.__name__
+        kind = exc.__class__.__name__
+        if not isinstance(exc, RowError):
+            # Unexpected failures keep the last frame so the error table is actionable.
+            tb = traceback.extract_tb(exc.__traceback__)
+            if tb:
+                frame = tb[-1]
+                message = f"{message} (at {frame.filename}:{frame.lineno})"
+    else:
+        message, kind = str(exc), "RowError"
+    return {**row, ERROR_COL: message, ERROR_STAGE_COL: stage, ERROR_TYPE_COL: kind}
+
+
+def check_columns(stage: Stage, batch: pd.DataFrame) -> None:
+    missing = [c for c in stage.input_columns if c not in batch.columns]
+    if missing:
+        raise KeyError(
+            f"stage {stage.name!r} needs columns {missing}; the dataset has {sorted(batch.columns)}"
+        )
+
+
+class StageWorker:
+    """The Ray actor that hosts one stage instance."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        self.stage.setup()
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        check_columns(self.stage, batch)
+        if ERROR_COL not in batch.columns:
+            batch = batch.assign(**{ERROR_COL: None, ERROR_STAGE_COL: None, ERROR_TYPE_COL: None})
+        batch = batch.reset_index(drop=True)
+        failed = batch[ERROR_COL].notna()
+        todo = batch[~failed]
+        if todo.empty:
+            return batch
+        done = self._process(todo)
+        out = pd.concat([done, batch[failed]]) if failed.any() else done
+        return out.reset_index(drop=True)
+
+    def _process(self, todo: pd.DataFrame) -> pd.DataFrame:
+        try:
+            out = self.stage.process_batch(todo)
+            if len(out) != len(todo):
+                raise RuntimeError(
+                    f"stage {self.stage.name!r} returned {len(out)} rows for {len(todo)}"
+                )
+            return out
+        except Exception:  # noqa: BLE001 - isolate the failing row(s)
+            log.warning("stage %s: batch failed, retrying %d rows one by one",
+                        self.stage.name, len(todo))
+            rows = []
+            for i in range(len(todo)):
+                one = todo.iloc[i:i + 1]
+                try:
+                    rows.append(self.stage.process_batch(one))
+                except Exception as exc:  # noqa: BLE001
+                    rows.append(pd.DataFrame([mark_error(one.iloc[0].to_dict(), self.stage.name, exc)]))
+            return pd.concat(rows, ignore_index=True)

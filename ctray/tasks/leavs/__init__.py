@@ -1,0 +1,1 @@
+"""LEAVS: organ x finding-type labels and urgency for abdominal CT reports."""
