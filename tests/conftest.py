@@ -21,6 +21,9 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
+        # Workers import stages and fake responders defined in tests/ modules.
+        path = os.pathsep.join([str(REPO_ROOT / "tests"), str(REPO_ROOT)])
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+                 configure_logging=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray

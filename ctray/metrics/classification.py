@@ -9,6 +9,8 @@ scikit-learn's, including ``zero_division=0`` (tests check they agree).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.stats import kendalltau
 from sklearn.metrics import (confusion_matrix, f1_score, matthews_corrcoef,
@@ -34,12 +36,17 @@ def binary_metrics(y_true, y_pred) -> dict[str, float]:
     if y_true.shape != y_pred.shape:
         raise ValueError("y_true and y_pred differ in length")
     tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
+    with warnings.catch_warnings():
+        # a single class in a (resampled) row is legitimate here; MCC is then 0
+        warnings.filterwarnings("ignore", message="A single label was found",
+                                category=UserWarning)
+        mcc = float(matthews_corrcoef(y_true, y_pred))
     return {
         "f1": float(f1_score(y_true, y_pred, zero_division=0)),
         "precision": float(precision_score(y_true, y_pred, zero_division=0)),
         "recall": float(recall_score(y_true, y_pred, zero_division=0)),
         "specificity": float(tn / (tn + fp)) if tn + fp else 0.0,
-        "mcc": float(matthews_corrcoef(y_true, y_pred)),
+        "mcc": mcc,
         "n": int(y_true.size),
         "n_positive": int(y_true.sum()),
         "tp": int(tp), "fp": int(fp), "fn": int(fn), "tn": int(tn),

@@ -81,7 +81,7 @@ def _key_dataset(layout: OutputLayout, which: list[str], keys: list[str]):
     files = [f for w in which for f in layout.parquet_files(w)]
     if not files:
         return None
-    return ray.data.read_parquet(files, columns=keys)
+    return ray.data.read_parquet(files).select_columns(keys)
 
 
 PREVIOUS_ATTEMPT = "_previous_attempt"
@@ -94,7 +94,7 @@ def _unresolved_errors(layout: OutputLayout, keys: list[str], partitions: int):
     files = layout.parquet_files("errors")
     if not files:
         return None
-    errors = ray.data.read_parquet(files, columns=keys + ["attempt"])
+    errors = ray.data.read_parquet(files).select_columns(keys + ["attempt"])
     done = _key_dataset(layout, ["results"], keys)
     if done is not None:
         errors = errors.join(done, join_type="left_anti", on=tuple(keys), num_partitions=partitions)

@@ -49,7 +49,9 @@ _EN_POST_NEG = re.compile(
     r"\b(?:do|does|did)\s+not\b|\b(?:cannot|could\s+not)\s+be\s+(?:detected|observed|seen)\b|"
     r"\b(?:is|are|was|were)\s+(?:within\s+normal\s+limits|normal|natural|unremarkable|absent|"
     r"negative)\b|\babsent\b|\b(?:has|have|had)\s+(?:completely\s+)?(?:disappeared|resolved)\b|"
-    r"\bno\s+longer\b|\bruled\s+out\b", _I)
+    r"\bno\s+longer\b|\bruled\s+out\b|\b(?:shows?|showed|with)\s+(?:complete|total)\s+"
+    r"(?:resolution|regression|disappearance)\b|\bcompletely\s+(?:resolved|regressed|disappeared)\b",
+    _I)
 # "a nodule that was not present in the previous examination" is a new, present nodule.
 _EN_POST_PSEUDO = re.compile(
     r"\bnot\s+(?:\w+\s+)?(?:in|on|at)\s+(?:the\s+)?(?:previous|prior|former|earlier|last)\b|"

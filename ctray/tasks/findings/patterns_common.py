@@ -23,6 +23,17 @@ class Pattern:
     regex: re.Pattern
     requires: re.Pattern | None = None  # the clause must contain this (e.g. lung context)
     forbids: re.Pattern | None = None  # the clause must not contain this
+    # When set, `forbids` is only looked for within this many characters of the mention
+    # (a long sentence can hold a "sequelae" band and a separate ground-glass area).
+    window: int | None = None
+
+    def allowed(self, clause: str, m: re.Match) -> bool:
+        if self.forbids is None:
+            return True
+        if self.window is None:
+            return not self.forbids.search(clause)
+        lo, hi = max(0, m.start() - self.window), m.end() + self.window
+        return not self.forbids.search(clause[lo:hi])
 
 
 # check(clause, match) -> False vetoes the mention (it stays a non-positive mention).
@@ -40,9 +51,10 @@ class FindingRule:
     extra: dict = field(default_factory=dict)
 
 
-def P(pattern: str, requires: str | None = None, forbids: str | None = None) -> Pattern:
+def P(pattern: str, requires: str | None = None, forbids: str | None = None,
+      window: int | None = None) -> Pattern:
     return Pattern(rx(pattern), rx(requires) if requires else None,
-                   rx(forbids) if forbids else None)
+                   rx(forbids) if forbids else None, window)
 
 
 _MEASURE = re.compile(

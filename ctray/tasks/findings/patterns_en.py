@@ -17,7 +17,7 @@ from ctray.tasks.findings.patterns_common import (
     vessel_check,
 )
 
-LUNG = rx(r"\b(?:lungs?|lobes?|lobar|pulmonary|parenchyma\w*|segments?|segmental|lingul\w*|"
+LUNG = rx(r"\b(?:lungs?|(?:upper|middle|lower)\s+lobes?|lobar|pulmonary|parenchyma\w*|segments?|segmental|lingul\w*|"
           r"fissur\w*|subpleural|apex|apices|apical|bronch\w*|perihilar|intrapulmonary|"
           r"hemithorax)\b")
 _NOT_LUNG = (r"\b(?:thyroid|adrenal|breasts?|mammary|liver|hepatic|kidneys?|renal|spleen|splenic|"
@@ -92,7 +92,7 @@ RULES_EN: tuple[FindingRule, ...] = (
     )),
     FindingRule("lymphadenopathy", (
         P(r"\b(?:lymphadenopath\w*|adenopath\w*|LAPs?)\b"),
-        P(r"\blymph\s*nod(?:e|es|al|ule|ules)\b"),
+        P(r"\blymph\s*nod(?:e|es|al|ule|ules)\b(?!\s+(?:stations?|levels?|regions?))"),
     ), exclude=rx(r"\b(?:intra-?pulmonary|subpleural|peri-?fissural|fissur\w*|intra-?mammary|"
                   r"intraparotid)\b"),
         check=lymph_node_check(_LN_STRONG_NEG, _LN_WEAK_NEG, _LN_AFFIRM, True, _LN_ALWAYS)),
@@ -112,12 +112,14 @@ RULES_EN: tuple[FindingRule, ...] = (
         P(r"\bmass(?:es)?\b", requires=LUNG.pattern, forbids=r"\bno\b[^.;]*\bmass"),
     ), exclude=NOT_LUNG, keep=LUNG),
     FindingRule("lung_opacity", (
+        # "pneumonia" alone is a diagnosis ("atypical for Covid-19 pneumonia"), not an opacity.
         P(r"\bground[- ]?glass\b(?![- ]?(?:density\s+)?nodul)|\bopacit(?:y|ies)\b|\bcrazy[- ]paving\b|"
-          r"\bpneumoni(?:a|c|tis)\b|\bhaz(?:y|iness)\b"),
+          r"\bpneumonic\s+(?:infiltrat\w*|foc(?:us|i)|areas?|consolidat\w*|involvement)|"
+          r"\bhaz(?:y|iness)\b"),
         P(r"\binfiltrat\w*", forbids=r"\bfatty\s+infiltrat|\bmalignan\w*\s+infiltrat"),
         P(r"\b(?:density|densities)\s+increas\w*|\bincreas\w*\s+(?:in\s+)?(?:the\s+)?(?:\w+\s+)?"
           r"densit\w*|\bincreased\s+densit\w*|\bhyperdens\w*",
-          forbids=r"\bsequel\w*|\bfibro\w*|atelecta\w*|\bscar\w*|\bbands?\b|\bosteo\w*"),
+          forbids=r"\bsequel\w*|\bfibro\w*|atelecta\w*|\bscar\w*|\bbands?\b|\bosteo\w*", window=60),
     ), exclude=NOT_LUNG, keep=LUNG),
     FindingRule("pulmonary_fibrotic_sequela", (
         P(r"\bsequel\w*|\bfibro(?:sis|tic|us)\b|fibroatelecta\w*|\bfibrotic\b|\bcicatri\w*|"

@@ -1,0 +1,43 @@
+"""Glue between a job config and the runner, shared by every corpus job."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from ctray.pipeline.runner import RunSpec, RunSummary, run_pipeline
+from ctray.pipeline.stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+def run_spec(cfg, key_columns: Sequence[str] = ("report_id",),
+             fingerprint: dict[str, Any] | None = None, output: str | None = None) -> RunSpec:
+    """A RunSpec from a JobConfig's ``run`` section; the full config goes to the manifest."""
+    return RunSpec(
+        job=cfg.job or type(cfg).__name__,
+        output=output or cfg.run.output,
+        key_columns=list(key_columns),
+        resume=cfg.run.resume,
+        retry_failed=cfg.run.retry_failed,
+        allow_config_change=cfg.run.allow_config_change,
+        writer_batch_size=cfg.run.writer_batch_size,
+        fingerprint=fingerprint or {},
+        config=cfg.model_dump(mode="json"),
+    )
+
+
+def run_corpus_job(cfg, stages: Sequence[Stage], ds=None, key_columns=("report_id",),
+                   fingerprint: dict[str, Any] | None = None, output: str | None = None,
+                   extra_manifest: dict[str, Any] | None = None) -> RunSummary:
+    """Read the configured corpus (unless ``ds`` is given), run the stages, report."""
+    if ds is None:
+        from ctray.io.corpus import read_corpus
+
+        ds = read_corpus(cfg.corpus)
+    summary = run_pipeline(ds, stages, run_spec(cfg, key_columns, fingerprint, output),
+                           extra_manifest)
+    print(f"[ctray {cfg.job}] {summary.ok} rows done, {summary.failed} failed, "
+          f"{summary.skipped} already done; results in {summary.output}/results, "
+          f"errors in {summary.output}/errors, manifest {summary.output}/manifest.json")
+    return summary

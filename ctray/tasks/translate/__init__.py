@@ -1,0 +1,1 @@
+"""Report translation (CT-RATE-JPN method) and translation-quality evaluation."""

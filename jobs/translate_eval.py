@@ -1,0 +1,8 @@
+"""``ray job submit --working-dir . -- python jobs/translate_eval.py --config configs/translate_eval.yaml``"""
+
+import sys
+
+from ctray.cli import job_entrypoint
+
+if __name__ == "__main__":
+    sys.exit(job_entrypoint("translate-eval"))
