@@ -8,7 +8,8 @@ import logging
 import sys
 from typing import Any
 
-from ctray.config import ConfigError, load_config
+from ctray.config import load_config
+from ctray.errors import UserError
 from ctray.jobs import JOBS, JobSpec, load_job_modules
 
 COMMON_FLAGS = {
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         run_job(argv[0], argv[1:])
-    except ConfigError as exc:
+    except UserError as exc:
         print(f"ctray: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -12,13 +12,14 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
 from ctray.llm.config import BackendConfig
 
 T = TypeVar("T", bound="JobConfig")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 

@@ -56,5 +56,6 @@ def load_job_modules() -> None:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            # Only a task package that is absent is skipped; a broken import is an error.
+            if not exc.name or not module.startswith(exc.name):
                 raise

@@ -74,7 +74,8 @@ POSITIVE: dict[str, list[tuple[str, str]]] = {
         ("A {mm} mm nodule is observed in {lobe}.", "{lobe}に{mm}mmの結節を認める。"),
         ("There are several millimetric nonspecific nodules in both lungs.",
          "両肺に数個のミリ単位の非特異的結節を認める。"),
-        ("A solid nodule measuring {mm}x{mm2} mm is present in {lobe}.", "{lobe}に{mm}x{mm2}mm大の充実性結節がある。"),
+        ("A solid nodule measuring {mm}x{mm2} mm is present in {lobe}.",
+         "{lobe}に{mm}x{mm2}mm大の充実性結節がある。"),
         ("A part-solid nodule of {mm} mm is seen in {lobe}; follow-up is recommended.",
          "{lobe}に{mm}mmの部分充実性結節を認め、経過観察が推奨される。"),
     ],
@@ -94,7 +95,8 @@ POSITIVE: dict[str, list[tuple[str, str]]] = {
         ("There is {amount} pleural effusion on the {side}.", "{side}側に{amount}胸水を認める。"),
         ("Bilateral pleural effusion is observed, measuring {mm} mm on the right.",
          "両側胸水を認め、右側の最大厚は{mm}mmである。"),
-        ("Pleural effusion measuring {mm} mm in its thickest part is seen in the {side} hemithorax.",
+        ("Pleural effusion measuring {mm} mm in its thickest part is seen in the {side} "
+         "hemithorax.",
          "{side}胸腔に最大厚{mm}mmの胸水を認める。"),
     ],
     "mosaic_attenuation_pattern": [
@@ -156,8 +158,6 @@ NEGATIVE: dict[str, list[tuple[str, str]]] = {
     "lung_nodule": [
         ("No nodule or mass lesion was detected in both lungs.", "両肺に結節や腫瘤性病変は検出されなかった。"),
         ("No suspicious nodule is seen in the lung parenchyma.", "肺実質に疑わしい結節は認めない。"),
-        ("A {mm} mm calcified nodule is observed in the {side} lobe of the thyroid gland.",
-         "甲状腺{side}葉に{mm}mmの石灰化結節を認める。"),
     ],
     "lung_opacity": [
         ("No ground glass opacity or infiltration was observed.", "すりガラス影や浸潤は認められなかった。"),
@@ -216,7 +216,8 @@ COMBO: dict[tuple[str, str, int, int], list[tuple[str, str]]] = {
         ("No pleural or pericardial effusion was detected.", "胸水や心嚢液貯留は検出されなかった。"),
     ],
     ("pleural_effusion", "pericardial_effusion", 1, 1): [
-        ("There is {amount} pericardial and {side} pleural effusion.", "{amount}心嚢液貯留と{side}胸水を認める。"),
+        ("There is {amount} pericardial and {side} pleural effusion.",
+         "{amount}心嚢液貯留と{side}胸水を認める。"),
     ],
     ("pleural_effusion", "pericardial_effusion", 1, 0): [
         ("Pleural effusion is observed on the {side}, while no pericardial effusion is seen.",
@@ -269,6 +270,13 @@ IMPRESSION: dict[str, tuple[str, str]] = {
 NORMAL_IMPRESSION = [("No significant abnormality in the thorax.", "胸部に有意な異常所見なし。"),
                      ("Unremarkable chest CT.", "胸部CTで特記すべき所見なし。")]
 
+# Label-neutral sentences that share words with findings (a thyroid "nodule" is not a
+# lung nodule; a fatty liver "density decrease" is not a lung opacity).
+DISTRACTOR = [("A {mm} mm calcified nodule is observed in the {side} lobe of the thyroid gland.",
+               "甲状腺{side}葉に{mm}mmの石灰化結節を認める。"),
+              ("A decrease in density consistent with steatosis is observed in the liver.",
+               "肝臓に脂肪肝に一致する濃度低下を認める。")]
+
 OPENING = [("Trachea and both main bronchi are open.", "気管および両主気管支は開存している。"),
            ("The trachea is midline and its lumen is patent.", "気管は正中に位置し、内腔は開存している。")]
 ESOPHAGUS = [("Thoracic esophageal calibration is normal.", "胸部食道の口径は正常である。"),
@@ -282,6 +290,7 @@ CLOSING = [("Upper abdominal organs included in the sections are normal.", "撮�
 CLINICAL = [("Not given.", "記載なし。"), ("Cough and fever.", "咳嗽と発熱。"), ("Dyspnea.", "呼吸困難。"),
             ("Routine follow-up.", "定期経過観察。"), ("Chest pain.", "胸痛。"),
             ("Smoker, screening.", "喫煙者、スクリーニング。")]
-TECHNIQUE = [("Non-contrast images were taken in the axial plane with a section thickness of 1.5 mm.",
+TECHNIQUE = [("Non-contrast images were taken in the axial plane with a section thickness of "
+              "1.5 mm.",
               "スライス厚1.5mmで軸位断の非造影画像を撮像した。"),
              ("Non-contrast chest CT was performed with 1 mm sections.", "1mm厚の非造影胸部CTを施行した。")]

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from ctray.pipeline.stage import ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL
+from ctray.errors import UserError
+from ctray.pipeline.stage import LIGHT_TASK, ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL
 
 CT_RATE_SECTIONS = {
     "clinical_information": "ClinicalInformation_EN",
@@ -31,7 +32,7 @@ ID_COL = "report_id"
 READ_STAGE = "read"
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """The corpus cannot be read as configured (names the file and field)."""
 
 
@@ -95,19 +96,21 @@ def read_corpus(cfg: CorpusConfig):
 
         # Bytes, not strings: decoding per row isolates invalid UTF-8 to one row.
         convert = pacsv.ConvertOptions(column_types={c: pa.binary() for c in cfg.source_columns()})
-        ds = ray.data.read_csv(cfg.path, convert_options=convert, include_paths=True)
+        ds = ray.data.read_csv(cfg.path, convert_options=convert, include_paths=True,
+                               ray_remote_args=LIGHT_TASK)
     elif fmt == "jsonl":
-        ds = ray.data.read_json(cfg.path, lines=True, include_paths=True)
+        ds = ray.data.read_json(cfg.path, lines=True, include_paths=True,
+                                ray_remote_args=LIGHT_TASK)
     elif fmt == "parquet":
-        ds = ray.data.read_parquet(cfg.path, include_paths=True)
+        ds = ray.data.read_parquet(cfg.path, include_paths=True, ray_remote_args=LIGHT_TASK)
     elif fmt == "txt":
-        ds = ray.data.read_binary_files(cfg.path, include_paths=True)
-        ds = ds.map_batches(_txt_rows, batch_format="pandas")
+        ds = ray.data.read_binary_files(cfg.path, include_paths=True, ray_remote_args=LIGHT_TASK)
+        ds = ds.map_batches(_txt_rows, batch_format="pandas", **LIGHT_TASK)
         return _finish(ds, cfg)
     else:  # pragma: no cover - guarded by the Literal type
         raise CorpusError(f"unknown corpus format {fmt!r}")
     ds = ds.map_batches(_normalize_batch, fn_kwargs={"cfg": cfg, "wanted": wanted},
-                        batch_format="pandas", batch_size=1024)
+                        batch_format="pandas", batch_size=1024, **LIGHT_TASK)
     return _finish(ds, cfg)
 
 

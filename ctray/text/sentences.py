@@ -26,7 +26,9 @@ _LETTERS = re.compile(r"[A-Za-z\u00c0-\u024f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9
 # or "." glued to a capitalised word ("end.No").
 _EN_BOUNDARY = re.compile(r"[.!?]+[\"')\]]*(?=\s)|(?<=[a-z]{2})\.(?=[A-Z][a-z])")
 _BULLET = re.compile(r"\s*[·•]\s*")
-_JA_BOUNDARY = re.compile(r"[。！？!?]+[」』）)\]】]*|\n+")
+# The full-width period "．" (used in some technical Japanese) ends a sentence unless a digit
+# follows ("1．5cm").
+_JA_BOUNDARY = re.compile(r"(?:[。！？!?]|．(?![0-9０-９]))+[」』）)\]】]*|\n+")
 
 
 def detect_lang(text: str, threshold: float = 0.2) -> str:

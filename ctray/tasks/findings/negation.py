@@ -35,7 +35,8 @@ _EN_SCOPE_BREAK = re.compile(
     r"[;:]|\b(?:but|however|except|apart\s+from|other\s+than|besides|although|though|whereas|"
     r"while|which|who|whose|yet)\b|\bthere\s+(?:is|are|was|were)\b(?!\s+no\b)", _I)
 _EN_AFFIRM = re.compile(
-    r"\b(?:is|are|was|were|has\s+been|have\s+been|had\s+been)\s+(?:also\s+|again\s+|still\s+|now\s+|"
+    r"\b(?:is|are|was|were|has\s+been|have\s+been|had\s+been)\s+"
+    r"(?:also\s+|again\s+|still\s+|now\s+|"
     r"newly\s+|clearly\s+|additionally\s+)?(?:observed|seen|noted|detected|present|identified|"
     r"found|evident|visible|monitored|considered|evaluated|thought|suggested|increased|enlarged|"
     r"prominent|described|measured|remarkable|noteworthy|compatible|consistent|accompanied|"
@@ -50,7 +51,8 @@ _EN_POST_NEG = re.compile(
     r"\b(?:is|are|was|were)\s+(?:within\s+normal\s+limits|normal|natural|unremarkable|absent|"
     r"negative)\b|\babsent\b|\b(?:has|have|had)\s+(?:completely\s+)?(?:disappeared|resolved)\b|"
     r"\bno\s+longer\b|\bruled\s+out\b|\b(?:shows?|showed|with)\s+(?:complete|total)\s+"
-    r"(?:resolution|regression|disappearance)\b|\bcompletely\s+(?:resolved|regressed|disappeared)\b",
+    r"(?:resolution|regression|disappearance)\b|"
+    r"\bcompletely\s+(?:resolved|regressed|disappeared)\b",
     _I)
 # "a nodule that was not present in the previous examination" is a new, present nodule.
 _EN_POST_PSEUDO = re.compile(
@@ -113,12 +115,18 @@ def negated_en(clause: str, start: int, end: int) -> bool:
 # contrastive "が、" / "ものの" / "一方", and semicolons/colons.
 _JA_CLAUSE = re.compile(r"(?<=[めりれしがてでずくけ])、|(?<=ものの)、?|一方、?|[;；:：]")
 _JA_NEG = re.compile(
-    r"(?:なし|無し|(?<!少)ない(?!か)|なく|認めず|認められず|見られず|みられず|指摘できず|"
-    r"否定的|陰性|(?:検出|観察|指摘|同定)されず|ありません|見当たらない|消失|正常(?:範囲|大|サイズ)?)")
+    r"(?:なし|無し|(?<!少)ない(?!か)|なく|なかった|ませんでした|認めず|認められず|見られず|みられず|"
+    r"指摘できず|否定的|陰性|(?:検出|観察|指摘|同定)されず|ありません|見当たらない|消失|"
+    r"正常(?:範囲|大|サイズ)?)")
+# Change statements ("前回と比較して著変なし") keep the finding; "変化" alone is too
+# ambiguous ("気腫性変化は認められない" denies emphysema), so it needs a size/number
+# or comparison context.
 _JA_PSEUDO = re.compile(
     r"(?:否定(?:でき|しきれ)(?:ない|ず)|否定は困難|除外(?:でき|しきれ)(?:ない|ず)|"
-    r"(?:著変|変化|差|増悪|進行)(?:は|が)?(?:なし|ない|なく|認めない|認められない|見られない)|"
-    r"ではないか|のではない)")
+    r"著変(?:は|が)?(?:なし|ない|なく|認めない|認められない|見られない)|"
+    r"(?:大きさ|サイズ|数|前回|以前)(?:と比較して|と比べて|から|に|の)?(?:著変|変化|差)(?:は|が)?"
+    r"(?:なし|ない|なく|認めない|認められない|見られない)|"
+    r"(?:増悪|進行)(?:は|が)?(?:なし|ない|なく|認めない)|ではないか|のではない)")
 _JA_AFFIRM = re.compile(
     r"(?:を認める|を認め(?!な|ず|られな|られず)|がある|があり|を呈する|を呈し|が見られる|がみられる|"
     r"を伴う|が認められる|認められ(?!な|ず)|観察され(?!な|ず)|検出され(?!な|ず)|が疑われ|を疑う)")

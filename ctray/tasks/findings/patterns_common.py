@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 FLAGS = re.IGNORECASE
 
@@ -48,7 +48,6 @@ class FindingRule:
     exclude: re.Pattern | None = None
     keep: re.Pattern | None = None
     check: Check | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def P(pattern: str, requires: str | None = None, forbids: str | None = None,
@@ -58,7 +57,8 @@ def P(pattern: str, requires: str | None = None, forbids: str | None = None,
 
 
 _MEASURE = re.compile(
-    r"(\d+(?:[.,]\d+)?)\s*(?:(?:x|×|\*)\s*(\d+(?:[.,]\d+)?)\s*)?(?:(?:x|×|\*)\s*(\d+(?:[.,]\d+)?)\s*)?"
+    r"(\d+(?:[.,]\d+)?)\s*(?:(?:x|×|\*)\s*(\d+(?:[.,]\d+)?)\s*)?"
+    r"(?:(?:x|×|\*)\s*(\d+(?:[.,]\d+)?)\s*)?"
     r"(mm|cm|ミリ|センチ)", FLAGS)
 
 
@@ -80,13 +80,15 @@ LYMPH_NODE_SHORT_AXIS_MM = 10.0
 
 
 def lymph_node_check(strong_negative: re.Pattern, weak_negative: re.Pattern,
-                     affirmative: re.Pattern | None, bare_is_positive: bool,
-                     always_positive: re.Pattern) -> Check:
+                     affirmative: re.Pattern) -> Check:
     """Decide whether a non-negated lymph-node mention is lymphadenopathy.
 
     Order: explicit "below pathological size"-type qualifiers -> measured short axis
-    -> weak size words ("millimetric") -> the mention itself ("lymphadenopathy" is
-    positive) -> affirmative words ("enlarged", "pathological") -> ``bare_is_positive``.
+    (>= 10 mm) -> affirmative words in the mention or clause ("lymphadenopathy",
+    "enlarged", "pathological", "conglomerated") -> weak words ("millimetric", "small",
+    "calcified") -> positive.
+    An unqualified affirmed mention ("Mediastinal lymph nodes.") counts as positive:
+    CT-RATE reports name lymph nodes when they are notable and say so when they are not.
     """
 
     def check(clause: str, m: re.Match) -> bool:
@@ -95,13 +97,9 @@ def lymph_node_check(strong_negative: re.Pattern, weak_negative: re.Pattern,
         sizes = short_axes_mm(clause)
         if sizes:
             return max(sizes) >= LYMPH_NODE_SHORT_AXIS_MM
-        if weak_negative.search(clause):
-            return False
-        if always_positive.search(m.group(0)):
+        if affirmative.search(m.group(0)) or affirmative.search(clause):
             return True
-        if affirmative is not None and affirmative.search(clause):
-            return True
-        return bare_is_positive
+        return not weak_negative.search(clause)
 
     return check
 

@@ -17,7 +17,8 @@ from ctray.tasks.findings.patterns_common import (
     vessel_check,
 )
 
-LUNG = rx(r"\b(?:lungs?|(?:upper|middle|lower)\s+lobes?|lobar|pulmonary|parenchyma\w*|segments?|segmental|lingul\w*|"
+LUNG = rx(r"\b(?:lungs?|(?:upper|middle|lower)\s+lobes?|lobar|pulmonary|parenchyma\w*|"
+          r"segments?|segmental|lingul\w*|"
           r"fissur\w*|subpleural|apex|apices|apical|bronch\w*|perihilar|intrapulmonary|"
           r"hemithorax)\b")
 _NOT_LUNG = (r"\b(?:thyroid|adrenal|breasts?|mammary|liver|hepatic|kidneys?|renal|spleen|splenic|"
@@ -36,7 +37,8 @@ _CORONARY = rx(r"\bcoronar\w*(?:\s+(?:arter(?:y|ies)|vascular\s+structures?|vess
                r"\b(?:LAD|RCA|LCX|circumflex|left\s+anterior\s+descending)\b")
 _OTHER_VESSEL = rx(rf"\b(?:aort\w*|arter\w*|vascular|vessels?|carotid|subclavian|brachiocephalic|"
                    r"iliac|supra-?aortic|innominate|arch)\b")
-_VALVE = rx(r"\b(?:aortic|mitral|tricuspid|pulmonary)\s+(?:valves?|annulus)\b|\bvalves?\b|\bannul\w*")
+_VALVE = rx(r"\b(?:aortic|mitral|tricuspid|pulmonary)\s+(?:valves?|annulus)\b|\bvalves?\b|"
+            r"\bannul\w*")
 _VASCULAR = (P(_ATHERO, forbids=r"\bpleura\w*\s+plaques?"), P(_CALCIFIED_VESSEL))
 _NEEDS_VESSEL = rx(r"^calcif|calcif\w*$")
 
@@ -48,9 +50,9 @@ _LN_STRONG_NEG = rx(
     r"\bsub-?centimetric|\bup\s+to\s+the\s+upper\s+limit")
 _LN_WEAK_NEG = rx(r"\bmill?imet\w*|\bmillimeter\w*|\bmillimeric\b|\bsmall\b|\btiny\b|"
                   r"\bcalcifi\w*|\bcalcific\b|\bfatty\s+hil\w*|\breactive\b")
-_LN_AFFIRM = rx(r"\b(?:enlarged|enlargement|pathologic\w*|conglomerat\w*|metasta\w*|necrotic|"
-                r"bulky|suspicious|increase\w*\s+in\s+(?:the\s+)?(?:size|number))\b")
-_LN_ALWAYS = rx(r"adenopath|\bLAPs?\b")
+
+_LN_AFFIRM = rx(r"adenopath\w*|\bLAPs?\b|\b(?:enlarged|enlargement|pathologic\w*|conglomerat\w*|"
+                r"metasta\w*|necrotic|bulky)\b")
 
 RULES_EN: tuple[FindingRule, ...] = (
     FindingRule("medical_material", (
@@ -86,7 +88,8 @@ RULES_EN: tuple[FindingRule, ...] = (
     FindingRule("coronary_artery_wall_calcification", _VASCULAR,
                 check=vessel_check(_CORONARY, _OTHER_VESSEL, _VALVE, True, _NEEDS_VESSEL)),
     FindingRule("hiatal_hernia", (
-        P(r"\bhiatal\b|\bhiatus\s+hernia|\bhernia\w*\b(?:\W+\w+){0,5}?\W+(?:hiatus|hiatal|esophag\w*|"
+        P(r"\bhiatal\b|\bhiatus\s+hernia|"
+          r"\bhernia\w*\b(?:\W+\w+){0,5}?\W+(?:hiatus|hiatal|esophag\w*|"
           r"gastroesophageal|esophagogastric)\b|\bsliding(?:\s+type)?(?:\W+\w+){0,2}?\W+hernia|"
           r"\bparaesophageal\s+hernia|\besophag\w*(?:\W+\w+){0,4}?\W+hernia"),
     )),
@@ -95,7 +98,7 @@ RULES_EN: tuple[FindingRule, ...] = (
         P(r"\blymph\s*nod(?:e|es|al|ule|ules)\b(?!\s+(?:stations?|levels?|regions?))"),
     ), exclude=rx(r"\b(?:intra-?pulmonary|subpleural|peri-?fissural|fissur\w*|intra-?mammary|"
                   r"intraparotid)\b"),
-        check=lymph_node_check(_LN_STRONG_NEG, _LN_WEAK_NEG, _LN_AFFIRM, True, _LN_ALWAYS)),
+        check=lymph_node_check(_LN_STRONG_NEG, _LN_WEAK_NEG, _LN_AFFIRM)),
     FindingRule("emphysema", (
         P(r"\bemphysem\w*", forbids=r"\b(?:subcutaneous|soft[- ]tissue|mediastinal|surgical|"
                                     r"interstitial)\s+emphysem"),
@@ -113,7 +116,8 @@ RULES_EN: tuple[FindingRule, ...] = (
     ), exclude=NOT_LUNG, keep=LUNG),
     FindingRule("lung_opacity", (
         # "pneumonia" alone is a diagnosis ("atypical for Covid-19 pneumonia"), not an opacity.
-        P(r"\bground[- ]?glass\b(?![- ]?(?:density\s+)?nodul)|\bopacit(?:y|ies)\b|\bcrazy[- ]paving\b|"
+        P(r"\bground[- ]?glass\b(?![- ]?(?:density\s+)?nodul)|\bopacit(?:y|ies)\b|"
+          r"\bcrazy[- ]paving\b|"
           r"\bpneumonic\s+(?:infiltrat\w*|foc(?:us|i)|areas?|consolidat\w*|involvement)|"
           r"\bhaz(?:y|iness)\b"),
         P(r"\binfiltrat\w*", forbids=r"\bfatty\s+infiltrat|\bmalignan\w*\s+infiltrat"),
@@ -132,7 +136,8 @@ RULES_EN: tuple[FindingRule, ...] = (
           r"thickness|free|fluid|massive|bilateral|right|left|loculated))*[\s,\-/]+effusions?\b"),
         P(r"\beffusions?\b[^,;.]{0,60}?\b(?:pleura\w*|hemithora\w*)"),
         P(r"\bpleural\s+fluid\b|\bhydrothora\w*|\bhemothora\w*|\bempyema\b|\binterlobar\s+"
-          r"(?:fluid|effusion)|\bfluid\b[^,;.]{0,40}?\b(?:pleural\s+(?:space|cavity)|hemithora\w*)"),
+          r"(?:fluid|effusion)|"
+          r"\bfluid\b[^,;.]{0,40}?\b(?:pleural\s+(?:space|cavity)|hemithora\w*)"),
     ), check=reverse_effusion_check(rx(r"pericardi\w*[\s\-]*$"), rx(r"pericardi"))),
     FindingRule("mosaic_attenuation_pattern", (
         P(r"\bmosaic\w*|\bair[- ]trapping\b"),

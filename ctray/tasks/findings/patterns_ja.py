@@ -38,8 +38,8 @@ _LN_STRONG_NEG = rx(
     r"\d+(?:\.\d+)?\s*(?:mm|cm)(?:未満|以下|を超えない|に満たない)|超えない|未満|"
     r"正常(?:範囲|大|サイズ)|非病的|病的意義(?:の)?(?:ない|なし|乏しい)|有意なサイズではない")
 _LN_WEAK_NEG = rx(r"ミリ(?:メートル)?(?:大|サイズ|単位)|数\s*mm|微小|小さな|小型|小さい|石灰化|脂肪門|反応性")
-_LN_AFFIRM = rx(r"腫大|病的|増大|融合|転移|壊死|腫脹|多発")
-_LN_ALWAYS = rx(r"腫大|腫脹|リンパ節症|LAP")
+
+_LN_AFFIRM = rx(r"腫大|腫脹|リンパ節症|LAP|病的|融合|転移|壊死")
 
 RULES_JA: tuple[FindingRule, ...] = (
     FindingRule("medical_material", (
@@ -69,7 +69,7 @@ RULES_JA: tuple[FindingRule, ...] = (
         P(r"リンパ節腫大|リンパ節腫脹|リンパ節症|腫大(?:した)?リンパ節|LAP"),
         P(r"リンパ節(?!腫大|腫脹|症)"),
     ), exclude=rx(r"肺内リンパ節|胸膜下リンパ節|乳房内リンパ節|葉間リンパ節|葉間裂"),
-        check=lymph_node_check(_LN_STRONG_NEG, _LN_WEAK_NEG, _LN_AFFIRM, True, _LN_ALWAYS)),
+        check=lymph_node_check(_LN_STRONG_NEG, _LN_WEAK_NEG, _LN_AFFIRM)),
     FindingRule("emphysema", (
         P(r"(?<!皮下)(?<!縦隔)(?<!間質性)(?<!軟部)気腫", forbids=r"皮下気腫|縦隔気腫"),
         P(r"(?<![ァ-ヶ])ブラ(?![ァ-ヶー])|ブレブ|嚢胞性変化"),

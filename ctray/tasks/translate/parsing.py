@@ -72,8 +72,9 @@ def extract_translation(raw: str, markers: list[str] | str = "和訳:",
     candidate = ""
     # Last marker with content wins: earlier ones are usually the model restating
     # the instructions; a marker with nothing after it is a truncated answer.
-    for m in reversed(found):
-        candidate = _strip_wrappers(text[m.end():])
+    ends = [m.start() for m in found[1:]] + [len(text)]
+    for m, end in reversed(list(zip(found, ends))):
+        candidate = _strip_wrappers(text[m.end():end])
         if candidate:
             break
     if not candidate:

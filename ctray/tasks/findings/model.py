@@ -1,0 +1,294 @@
+"""The CT-BERT-style findings classifier: long-report encoding, pooling, export, loading.
+
+A report longer than the encoder's window is not truncated (CT-RATE findings often
+run past 512 sub-words, and a truncated tail loses findings such as effusions that
+radiologists list last): it is cut into overlapping windows, every window is
+scored, and the report's logit per finding is the maximum over its windows (a
+finding is present if any part of the report states it). Training
+(``ctray.train.findings_trainer``) and inference share these functions, so the
+model is trained on exactly what it sees at inference.
+
+An exported model directory holds the Hugging Face model and tokenizer
+(``save_pretrained``) plus ``ctray_findings.json`` (label order, per-finding
+thresholds, window settings, training metrics). :class:`FindingsClassifier` loads it
+for batch inference and for Ray Serve; keep its public API stable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ctray.tasks.findings.schema import FINDING_COLUMNS, FINDING_NAMES
+
+log = logging.getLogger(__name__)
+
+META_FILE = "ctray_findings.json"
+META_FORMAT = "ctray-findings/1"
+DEFAULT_MAX_LENGTH = 512
+DEFAULT_STRIDE = 128
+
+
+@dataclass
+class FindingsModelMeta:
+    """What ``ctray_findings.json`` records next to the weights."""
+
+    labels: list[str] = field(default_factory=lambda: list(FINDING_NAMES))
+    columns: list[str] = field(default_factory=lambda: list(FINDING_COLUMNS))
+    thresholds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FINDING_COLUMNS, 0.5))
+    max_length: int = DEFAULT_MAX_LENGTH
+    stride: int = DEFAULT_STRIDE
+    base_model: str | None = None
+    source_checkpoint: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format: str = META_FORMAT
+
+    def threshold_array(self) -> np.ndarray:
+        return np.array([float(self.thresholds.get(c, 0.5)) for c in self.columns])
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FindingsModelMeta":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        meta = cls(**known)
+        if len(meta.labels) != len(meta.columns):
+            raise ValueError(f"{META_FILE}: {len(meta.labels)} labels but {len(meta.columns)} columns")
+        return meta
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- long reports: windows and pooling -------------------------------------------------
+
+def window_token_ids(ids: Sequence[int], tokenizer, max_length: int, stride: int) -> list[list[int]]:
+    """Overlapping windows of ``ids`` (no special tokens), each wrapped as the model
+    expects ([CLS] ... [SEP] for BERT). Consecutive windows share ``stride`` tokens
+    so a sentence cut at a window edge is seen whole in the next one."""
+    body = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    if body <= 0:
+        raise ValueError(f"max_length {max_length} leaves no room for tokens")
+    if not 0 <= stride < body:
+        raise ValueError(f"stride {stride} must be in [0, {body}) for max_length {max_length}")
+    ids = list(ids)
+    step = body - stride
+    starts = [0]
+    while starts[-1] + body < len(ids):
+        starts.append(starts[-1] + step)
+    return [tokenizer.build_inputs_with_special_tokens(ids[s:s + body]) for s in starts]
+
+
+@dataclass
+class EncodedReports:
+    chunks: list[list[int]]  # token ids per window
+    owner: list[int]  # report index of each window
+    n_reports: int
+
+    @property
+    def n_chunked(self) -> int:
+        """Reports that needed more than one window."""
+        return int(np.sum(np.bincount(self.owner, minlength=self.n_reports) > 1)) if self.owner else 0
+
+
+def encode_reports(tokenizer, texts: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH,
+                   stride: int = DEFAULT_STRIDE) -> EncodedReports:
+    chunks: list[list[int]] = []
+    owner: list[int] = []
+    for i, text in enumerate(texts):
+        ids = tokenizer(text or "", add_special_tokens=False, truncation=False)["input_ids"]
+        for window in window_token_ids(ids, tokenizer, max_length, stride):
+            chunks.append(window)
+            owner.append(i)
+    return EncodedReports(chunks, owner, len(texts))
+
+
+def pad_chunks(chunks: Sequence[Sequence[int]], pad_id: int):
+    """(input_ids, attention_mask) tensors padded to the longest window."""
+    import torch
+
+    width = max(len(c) for c in chunks)
+    ids = torch.full((len(chunks), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(chunks), width), dtype=torch.long)
+    for i, c in enumerate(chunks):
+        ids[i, :len(c)] = torch.as_tensor(c, dtype=torch.long)
+        mask[i, :len(c)] = 1
+    return ids, mask
+
+
+def max_pool(logits, owner, n_reports: int):
+    """Per-report maximum of window logits (differentiable, used in training too)."""
+    import torch
+
+    index = owner.view(-1, 1).expand(-1, logits.shape[1])
+    out = torch.full((n_reports, logits.shape[1]), float("-inf"), dtype=logits.dtype,
+                     device=logits.device)
+    return out.scatter_reduce(0, index, logits, reduce="amax", include_self=True)
+
+
+def report_logits(model, tokenizer, texts: Sequence[str], max_length: int, stride: int,
+                  device, chunk_batch_size: int = 16):
+    """Max-pooled logits [n_reports, num_labels] (no grad handling: caller decides)."""
+    import torch
+
+    enc = encode_reports(tokenizer, texts, max_length, stride)
+    # Sorting windows by length keeps padding (wasted compute) low within a batch.
+    order = sorted(range(len(enc.chunks)), key=lambda i: len(enc.chunks[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    parts = []
+    for start in range(0, len(order), chunk_batch_size):
+        idx = order[start:start + chunk_batch_size]
+        ids, mask = pad_chunks([enc.chunks[i] for i in idx], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        parts.append((torch.as_tensor(idx), logits.float()))
+    logits = torch.empty((len(enc.chunks), parts[0][1].shape[1]), device=parts[0][1].device)
+    for idx, part in parts:
+        logits[idx.to(logits.device)] = part
+    owner = torch.as_tensor(enc.owner, device=logits.device)
+    return max_pool(logits, owner, len(texts)), enc.n_chunked
+
+
+# -- storage ---------------------------------------------------------------------------
+
+def local_model_dir(path: str, cache_dir: str | None = None) -> str:
+    """A local directory for ``path``: local paths as they are, ``s3://`` / ``gs://``
+    directories copied once into a cache (Hugging Face loaders read local files)."""
+    if "://" not in path:
+        return path
+    from pyarrow import fs as pafs
+
+    cache = Path(cache_dir or os.environ.get("CTRAY_MODEL_CACHE",
+                                              Path(tempfile.gettempdir()) / "ctray-models"))
+    target = cache / path.split("://", 1)[1].strip("/").replace("/", "__")
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache))
+        pafs.copy_files(path, str(tmp))
+        try:
+            tmp.rename(target)  # atomic: a half-copied model is never loaded
+        except OSError:  # another worker on this node finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def save_findings_model(out_dir: str | Path, model, tokenizer, meta: FindingsModelMeta) -> Path:
+    """Export weights + tokenizer + ``ctray_findings.json`` (loadable by ``from_pretrained``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)  # unwrap DDP
+    model.config.id2label = dict(enumerate(meta.labels))
+    model.config.label2id = {n: i for i, n in enumerate(meta.labels)}
+    model.config.problem_type = "multi_label_classification"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2, ensure_ascii=False),
+                                 encoding="utf-8")
+    return out
+
+
+def load_meta(path: str | Path, num_labels: int | None = None) -> FindingsModelMeta:
+    file = Path(path) / META_FILE
+    if file.exists():
+        return FindingsModelMeta.from_dict(json.loads(file.read_text(encoding="utf-8")))
+    if num_labels not in (None, len(FINDING_NAMES)):
+        raise ValueError(f"{path} has no {META_FILE} and {num_labels} labels, not the 18 CT-RATE "
+                         "findings: export it with ctray train-findings")
+    log.warning("%s has no %s: assuming the 18 CT-RATE findings in order, thresholds 0.5",
+                path, META_FILE)
+    return FindingsModelMeta()
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class FindingsClassifier:
+    """Multi-label classifier of the 18 CT-RATE findings from report text.
+
+    >>> clf = FindingsClassifier.from_pretrained("runs/train_findings/model")
+    >>> labels, probs = clf.predict(["No pleural effusion. Small left lung nodule."])
+    """
+
+    def __init__(self, model, tokenizer, meta: FindingsModelMeta, device: str = "cpu",
+                 chunk_batch_size: int = 16):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.device = device
+        self.chunk_batch_size = chunk_batch_size
+        self.last_n_chunked = 0  # reports that needed several windows in the last call
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str | None = None,
+                        chunk_batch_size: int = 16, dtype: str | None = None,
+                        cache_dir: str | None = None) -> "FindingsClassifier":
+        """Load an exported directory (local or ``s3://``/``gs://``) or any HF model id.
+
+        ``device``: None picks CUDA when available. ``dtype``: e.g. "bfloat16" to
+        halve GPU memory (probabilities are computed in float32 either way)."""
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        local = local_model_dir(path, cache_dir)
+        device = device or default_device()
+        tokenizer = AutoTokenizer.from_pretrained(local)
+        kwargs: dict[str, Any] = {"problem_type": "multi_label_classification"}
+        if dtype:
+            kwargs["dtype"] = getattr(torch, dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(local, **kwargs)
+        meta = load_meta(local, model.config.num_labels)
+        if model.config.num_labels != len(meta.labels):
+            raise ValueError(f"{path}: model has {model.config.num_labels} outputs but "
+                             f"{META_FILE} lists {len(meta.labels)} labels")
+        return cls(model.to(device), tokenizer, meta, device, chunk_batch_size)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.meta.labels)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.meta.columns)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return self.meta.threshold_array()
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities [n, 18] (sigmoid of the max-pooled logits), CT-RATE order."""
+        import torch
+
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(self.meta.labels)), dtype=np.float32)
+        with torch.inference_mode(), _autocast(self.device):
+            logits, self.last_n_chunked = report_logits(
+                self.model, self.tokenizer, texts, self.meta.max_length, self.meta.stride,
+                self.device, self.chunk_batch_size)
+        return torch.sigmoid(logits).cpu().numpy().astype(np.float32)
+
+    def predict(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(labels int [n, 18] using the per-finding thresholds, probabilities [n, 18])."""
+        probs = self.predict_proba(texts)
+        return (probs >= self.thresholds[None, :]).astype(np.int64), probs
+
+
+def _autocast(device: str):
+    """bf16/fp16 autocast on CUDA only; CPU autocast slows BERT down and changes results."""
+    import contextlib
+
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+

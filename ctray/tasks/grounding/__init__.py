@@ -1,0 +1,1 @@
+"""ReXGroundingCT: report grounding for chest CT (text pipeline and imaging models)."""
