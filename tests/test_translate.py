@@ -306,3 +306,43 @@ def test_configs_load_and_bad_sections_are_rejected():
     assert ev.references.sections == {"findings": "Findings_JA", "impressions": "Impressions_JA"}
     with pytest.raises(ConfigError, match="not in corpus.sections"):
         load_config(TranslateConfig, None, ["corpus.path=x.csv", "sections=[findings, summary]"])
+
+
+# ------------------------------------------------------------------ hf backend, tiny model
+
+TINY_TRANSLATION = "気管は開存している。"
+
+
+@pytest.fixture(scope="module")
+def scripted_lm(tmp_path_factory):
+    pytest.importorskip("ctray.llm.hf")
+    from tiny_models import build_scripted_lm
+
+    return build_scripted_lm(tmp_path_factory.mktemp("tiny_lm"),
+                             ["考え中…", "\n\n", "和訳:", "\n", TINY_TRANSLATION])
+
+
+def test_translate_then_evaluate_on_the_hf_backend(ray_local, tmp_path, scripted_lm):
+    en = list(PHRASES)
+    csv = write_ct_rate(tmp_path / "reports.csv", [("r1", en[0], en[1]), ("r2", en[2], en[3])])
+    cfg = TranslateConfig(corpus={"path": str(csv)}, run={"output": str(tmp_path / "out")},
+                          backend={"kind": "hf", "model": scripted_lm, "max_tokens": 16,
+                                   "batch_size": 2})
+    summary = run_translate(cfg)["translate"]
+    assert (summary.ok, summary.failed) == (4, 0)
+    res = pd.read_parquet(tmp_path / "out" / "translate" / "results")
+    assert set(res["translation"]) == {TINY_TRANSLATION}
+    assert res["llm_raw"].str.startswith("考え中").all()
+    assert set(res["llm_model"]) == {f"hf:{scripted_lm}"}
+    assert (res["prompt_tokens"] > 0).all() and (res["completion_tokens"] > 0).all()
+
+    pd.DataFrame({"VolumeName": ["r1", "r2"],
+                  "Findings_JA": [TINY_TRANSLATION, "気管は閉塞している。"],
+                  "Impressions_JA": [TINY_TRANSLATION, ""]}).to_csv(tmp_path / "ref.csv", index=False)
+    result = evaluate(_eval_cfg(tmp_path, tmp_path / "out", tmp_path / "ref.csv"))
+    assert result["counts"] == {"pairs": 3, "hypothesis_only": 1, "reference_only": 0}
+    pairs = result["pairs"].set_index(["report_id", "section"])
+    assert pairs.loc[("r1", "findings"), "bleu"] == pytest.approx(1.0)
+    # 気管 は 開存|閉塞 し て いる 。: 6/7 unigrams, 4/6 bigrams, 2/5 trigrams, 1/4 4-grams.
+    assert pairs.loc[("r2", "findings"), "bleu"] == pytest.approx((6 / 7 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25)
+    assert pairs.loc[("r2", "findings"), "rouge2"] == pytest.approx(4 / 6)

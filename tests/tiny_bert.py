@@ -79,7 +79,8 @@ def build_en_tokenizer(out_dir: str | Path, texts: list[str] | None = None, min_
 
 
 def build_tiny_bert(out_dir: str | Path, tokenizer, hidden: int = 64, layers: int = 2,
-                    heads: int = 2, max_position: int = 512, seed: int = 0) -> str:
+                    heads: int = 2, max_position: int = 512, seed: int = 0,
+                    dropout: float = 0.1) -> str:
     """A randomly initialised BertForSequenceClassification (18 labels) + its tokenizer."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
@@ -89,7 +90,8 @@ def build_tiny_bert(out_dir: str | Path, tokenizer, hidden: int = 64, layers: in
                         num_attention_heads=heads, intermediate_size=hidden * 4,
                         max_position_embeddings=max_position, num_labels=18,
                         problem_type="multi_label_classification",
-                        pad_token_id=tokenizer.pad_token_id)
+                        pad_token_id=tokenizer.pad_token_id, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     model = BertForSequenceClassification(config)
     out = Path(out_dir)
     model.save_pretrained(out)

@@ -43,6 +43,7 @@ def scrub_secrets(value: Any) -> Any:
 def _is_secret(key: str) -> bool:
     k = key.lower()
     if k.endswith("_env") or k in {"prompt_tokens", "completion_tokens", "max_tokens",
-                                   "tokens_per_minute"} or k.endswith("_tokens"):
+                                   "tokens_per_minute"} or k.endswith("_tokens") \
+            or k.startswith("tokenizer"):
         return False
     return any(h in k for h in SECRET_HINTS)

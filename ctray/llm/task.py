@@ -128,7 +128,7 @@ class LLMStage(Stage):
                 merged = LLMResponse(response.text, *_sum_usage(responses[i], response),
                                      error=response.error)
                 result = self.finish(rows[i], merged, calls=2)
-                out[i] = (self.error_row(rows[i], merged, result)
+                out[i] = (self.error_row(rows[i], merged, result, calls=2)
                           if isinstance(result, RowError) else result)
         return pd.DataFrame(out, index=batch.index)
 
@@ -154,6 +154,7 @@ class LLMStage(Stage):
             MODEL_COL: self.backend_config.model_label(),
         }
 
-    def error_row(self, row, response: LLMResponse, error: RowError) -> dict[str, Any]:
+    def error_row(self, row, response: LLMResponse, error: RowError,
+                  calls: int = 1) -> dict[str, Any]:
         # The raw answer stays with the error so nobody pays for the call twice to see it.
-        return mark_error({**row, **self.accounting(response, 1)}, self.name, error)
+        return mark_error({**row, **self.accounting(response, calls)}, self.name, error)

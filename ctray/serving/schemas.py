@@ -1,0 +1,145 @@
+"""JSON request and response bodies of the labeling HTTP API (also the OpenAPI schema).
+
+Structural problems (a missing field, a wrong type, ``ids`` of the wrong length)
+are rejected by FastAPI with 422 naming the field. Problems with one report's
+content (an empty text, a model answer that cannot be parsed) are returned as an
+:class:`ItemError` in that report's slot, so one bad report never fails the rest
+of a request or of a server-side batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ErrorCode = Literal["empty_text", "model_error", "parse_error", "backend_error"]
+
+
+class ItemError(BaseModel):
+    code: ErrorCode
+    message: str
+
+
+class LabelRequest(BaseModel):
+    """One or more reports; ``ids`` (optional) are echoed back and used in logs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(min_length=1, description="report texts, one per item")
+    ids: list[str] | None = Field(
+        default=None, description="caller's ids, same length as texts (echoed back)")
+
+    @model_validator(mode="after")
+    def _ids_match(self) -> "LabelRequest":
+        if self.ids is not None and len(self.ids) != len(self.texts):
+            raise ValueError(f"ids has {len(self.ids)} entries but texts has {len(self.texts)}")
+        return self
+
+    def item_id(self, i: int) -> str:
+        return self.ids[i] if self.ids is not None else str(i)
+
+
+class FindingsRequest(LabelRequest):
+    include_probabilities: bool = True
+
+
+class RulesRequest(LabelRequest):
+    include_evidence: bool = Field(
+        default=False, description="return the sentence that made each finding positive")
+
+
+class ItemResult(BaseModel):
+    id: str
+    error: ItemError | None = None
+    # How many items the server-side batch held that computed this one (1: no batching).
+    batch_size: int | None = None
+
+
+class FindingsItem(ItemResult):
+    labels: dict[str, int] | None = Field(default=None, description="finding column -> 0/1")
+    probabilities: dict[str, float] | None = None
+    positive: list[str] | None = Field(default=None, description="CT-RATE names of positives")
+
+
+class RulesItem(ItemResult):
+    labels: dict[str, int] | None = None
+    positive: list[str] | None = None
+    lang: str | None = None
+    evidence: dict[str, str] | None = None
+
+
+class LLMFindingsItem(ItemResult):
+    labels: dict[str, int] | None = None
+    positive: list[str] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class LabelResponse(BaseModel):
+    model: str
+    prompt_version: str | None = None
+
+
+class FindingsResponse(LabelResponse):
+    checkpoint: str | None = None
+    results: list[FindingsItem]
+
+
+class RulesResponse(LabelResponse):
+    results: list[RulesItem]
+
+
+class LLMFindingsResponse(LabelResponse):
+    results: list[LLMFindingsItem]
+
+
+class TranslateRequest(BaseModel):
+    """One report: section name -> text (e.g. findings, impressions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sections: dict[str, str] = Field(min_length=1)
+    id: str | None = None
+
+
+class TranslationItem(BaseModel):
+    translation: str | None = None
+    error: ItemError | None = None
+    batch_size: int | None = None
+
+
+class TranslateResponse(LabelResponse):
+    id: str | None = None
+    source_lang: str
+    target_lang: str
+    sections: dict[str, TranslationItem]
+
+
+class VersionInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    app: str
+    ctray: str
+    ray: str
+    model: str
+    checkpoint: str | None = None
+    prompt_version: str | None = None
+    replica: str | None = Field(default=None, description="Ray actor name of the replica")
+    max_batch_size: int | None = None
+    batch_wait_timeout_s: float | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    latency_ms: float
+
+
+class BatchStats(BaseModel):
+    replica: str | None
+    requests: int
+    items: int
+    item_errors: int
+    batches: int
+    # batch size -> number of batches of that size, since the replica started.
+    batch_sizes: dict[int, int]

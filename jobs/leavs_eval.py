@@ -1,0 +1,8 @@
+"""``ray job submit --working-dir . -- python jobs/leavs_eval.py --config configs/leavs_eval.yaml``"""
+
+import sys
+
+from ctray.cli import job_entrypoint
+
+if __name__ == "__main__":
+    sys.exit(job_entrypoint("leavs-eval"))
