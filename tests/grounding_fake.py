@@ -46,7 +46,8 @@ _KEYWORDS = ["nodule", "effusion", "hernia", "emphysema", "atelectasis", "consol
              "stone", "osteophyt", "degenerative", "opacit", "glass", "cardiomegaly",
              "thickening", "mass", "mosaic", "clip"]
 _CATEGORY_RULES = [
-    (r"micronodul|tree-in-bud", "1e"), (r"thyroid", "3h"), (r"nodule|mass", "2d"), (r"emphysema", "1c"),
+    (r"micronodul|tree-in-bud", "1e"), (r"thyroid", "3h"), (r"nodule|mass", "2d"),
+    (r"emphysema", "1c"),
     (r"bronchiectasis", "1b"), (r"peribronchial|bronchial wall", "1a"),
     (r"septa|reticul", "1d"), (r"atelecta|consolidation", "2b"),
     (r"ground.glass|groundglass", "2c"), (r"pleural (?:effusion|thickening)", "2e"),

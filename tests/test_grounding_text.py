@@ -401,7 +401,7 @@ def test_configs_load_and_a_single_text_column_is_rejected():
     cfg = load_config(GroundTextConfig, REPO / "configs" / "ground_text.yaml", ["corpus.limit=3"])
     assert cfg.backend.kind == "hf" and cfg.corpus.limit == 3 and cfg.repair
     fake = load_config(GroundTextConfig, REPO / "configs" / "ground_text_fake.yaml")
-    assert fake.backend.fake_responder == "grounding_fake:respond"
+    assert fake.backend.fake_responder == "tests.grounding_fake:respond"
     with pytest.raises(ConfigError, match="findings"):
         load_config(GroundTextConfig, None, ["corpus.path=x.csv", "corpus.text_column=report"])
 

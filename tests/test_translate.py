@@ -346,3 +346,67 @@ def test_translate_then_evaluate_on_the_hf_backend(ray_local, tmp_path, scripted
     # 気管 は 開存|閉塞 し て いる 。: 6/7 unigrams, 4/6 bigrams, 2/5 trigrams, 1/4 4-grams.
     assert pairs.loc[("r2", "findings"), "bleu"] == pytest.approx((6 / 7 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25)
     assert pairs.loc[("r2", "findings"), "rouge2"] == pytest.approx(4 / 6)
+
+
+# ------------------------------------------------------------------ openai backend, stub server
+
+def test_openai_translation_resumes_without_translating_any_row_twice(ray_local, tmp_path):
+    from openai_stub_server import StubOpenAIServer, prompt_token_count
+
+    en = list(PHRASES)
+    texts = {("r1", "findings"): en[0], ("r1", "impressions"): en[1],
+             ("r2", "findings"): en[2], ("r2", "impressions"): en[3],
+             ("r3", "findings"): f"{en[0]} {en[2]}", ("r3", "impressions"): f"{en[3]} {en[1]}"}
+    csv = write_ct_rate(tmp_path / "reports.csv", [
+        (r, texts[(r, "findings")], texts[(r, "impressions")]) for r in ("r1", "r2", "r3")])
+    flaky = {en[3]}
+
+    def responder(body):
+        source = body["messages"][-1]["content"]
+        if source in flaky:
+            raise RuntimeError("model overloaded")
+        return "考え中...\n和訳: " + "".join(PHRASES[s] for s in _sentences(source, "en"))
+
+    def run(server, *overrides):
+        cfg = load_config(TranslateConfig, None, [
+            f"corpus.path={csv}", f"run.output={tmp_path / 'out'}", "backend.kind=openai",
+            f"backend.base_url={server.base_url}", "backend.model=gpt-4o-mini-2024-07-18",
+            "backend.api_key_env=CTRAY_TEST_NO_KEY", "backend.max_retries=0",
+            "backend.requests_per_minute=6000", "backend.tokens_per_minute=1000000",
+            "backend.price_per_1m_input_tokens=0.15", "backend.price_per_1m_output_tokens=0.6",
+            *overrides])
+        return run_translate(cfg)["translate"]
+
+    with StubOpenAIServer(responder) as server:
+        # Interrupted run: only the first two reports, and one section fails.
+        first = run(server, "corpus.limit=2")
+        assert (first.ok, first.failed, len(server.requests)) == (3, 1, 4)
+        # Rerun on the whole corpus: only report r3 is new.
+        second = run(server)
+        assert (second.ok, second.failed, second.skipped) == (2, 0, 4)
+        assert len(server.requests) == 6
+        # The cause is gone; --retry-failed asks for exactly the failed section again.
+        flaky.clear()
+        retry = run(server, "run.retry_failed=true")
+        assert (retry.ok, retry.failed) == (1, 0)
+        assert run(server).ok == 0  # nothing left
+        requested = [b["messages"][-1]["content"] for b in server.requests]
+
+    assert sorted(requested) == sorted(list(texts.values()) + [en[3]])  # en[3]: failed once
+    out = tmp_path / "out" / "translate"
+    res = pd.read_parquet(out / "results")
+    assert len(res) == 6 and not res.duplicated(["report_id", "section"]).any()
+    for _, row in res.iterrows():
+        src = texts[(row["report_id"], row["section"])]
+        assert row["translation"] == "".join(PHRASES[s] for s in _sentences(src, "en"))
+    assert set(res["llm_model"]) == {"openai:gpt-4o-mini-2024-07-18"}
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    answered = [b for b in server.requests if b["messages"][-1]["content"] != en[3]] + \
+        [b for b in server.requests if b["messages"][-1]["content"] == en[3]][1:]
+    assert manifest["usage"]["prompt_tokens"] == sum(prompt_token_count(b) for b in answered)
+    assert [r["mode"] for r in manifest["runs"]] == ["run", "run", "retry_failed", "run"]
+    assert manifest["models"][0]["requests_per_minute"] == 6000
+    assert manifest["rate_budget"]["tokens_per_minute"] == 1000000
+    assert manifest["estimated_cost"]["input"] == pytest.approx(
+        manifest["usage"]["prompt_tokens"] * 0.15e-6, abs=1e-6)

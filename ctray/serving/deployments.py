@@ -13,7 +13,8 @@ replica, so ``serve deploy`` with a new ``user_config.checkpoint`` swaps the mod
 in place. The LLM deployments live in ``ctray.serving.llm_deployments``.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: FastAPI reads the route methods'
+# annotations as classes once Serve has rewritten their signatures.
 
 import asyncio
 import time

@@ -7,7 +7,8 @@ built in-process from a :class:`~ctray.llm.config.BackendConfig`: ``hf`` (local
 transformers) or ``openai`` (any OpenAI-compatible server, e.g. a vLLM server).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: FastAPI reads the route methods'
+# annotations as classes once Serve has rewritten their signatures.
 
 import asyncio
 import time

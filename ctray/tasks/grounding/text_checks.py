@@ -310,8 +310,8 @@ FINDINGS_SCHEMA: dict[str, Any] = {
         "required": ["phrase", "sentence_codes", "abnormal", "prior_reference"],
         "properties": {
             "phrase": {"type": "string", "minLength": 1},
-            "sentence_codes": {"type": "array", "minItems": 1,
-                               "items": {"type": "string", "pattern": f"^[{_CODE_LETTERS}][0-9]+$"}},
+            "sentence_codes": {"type": "array", "minItems": 1, "items": {
+                "type": "string", "pattern": f"^[{_CODE_LETTERS}][0-9]+$"}},
             "abnormal": {"enum": ["Y", "N"]},
             "prior_reference": {"enum": ["Y", "N"]},
         },

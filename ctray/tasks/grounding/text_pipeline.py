@@ -118,7 +118,8 @@ def _run_pass(cfg: GroundTextConfig, out: str, name: str, stage: LLMStage) -> Ru
     if cfg.run.retry_failed and name != "rewrite":
         # The retry replays this pass's own failures; rows the previous pass has just
         # recovered are new here and need a normal (resuming) run as well.
-        runs.append(cfg.model_copy(update={"run": cfg.run.model_copy(update={"retry_failed": False})}))
+        plain = cfg.run.model_copy(update={"retry_failed": False})
+        runs.append(cfg.model_copy(update={"run": plain}))
     summary = None
     for run_cfg in runs:
         ds = _input(cfg, out, name)

@@ -38,11 +38,13 @@ _EXAMPLE_REWRITE = {
         "Lungs/Airways/Pleura": [
             {"sources": ["F0"], "text": "The trachea and both main bronchi are patent."},
             {"sources": ["F4"], "text": "A 7x5 mm nodule in the superior segment of the right "
-                                        "lower lobe is stable compared with the prior examination."},
+                                        "lower lobe is stable compared with the prior "
+                                        "examination."},
             {"sources": ["F5"], "text": "Linear scarring is present in the lingula."},
         ],
         "Heart/Vessels": [
-            {"sources": ["F1"], "text": "The heart is normal in size without pericardial effusion."},
+            {"sources": ["F1"],
+             "text": "The heart is normal in size without pericardial effusion."},
             {"sources": ["F2"], "text": "Calcified atherosclerotic plaques are present in the "
                                         "aortic arch and coronary arteries."},
         ],
@@ -65,16 +67,18 @@ _EXAMPLE_REWRITE = {
     ],
 }
 
+_EX = _EXAMPLE_REWRITE["findings"]
+# The rewrite above as step 2 sees it: region codes assigned, empty regions left out.
 EXAMPLE_REPORT = {
     "Findings": {
-        "Lungs/Airways/Pleura": {"L0": "The trachea and both main bronchi are patent.",
-                                 "L1": _EXAMPLE_REWRITE["findings"]["Lungs/Airways/Pleura"][1]["text"],
-                                 "L2": "Linear scarring is present in the lingula."},
-        "Heart/Vessels": {"H0": "The heart is normal in size without pericardial effusion.",
-                          "H1": _EXAMPLE_REWRITE["findings"]["Heart/Vessels"][1]["text"]},
-        "Mediastinum/Hila": {"M0": "Subcentimeter mediastinal lymph nodes are present."},
-        "Bones": {"B0": "Degenerative changes of the thoracic spine are noted."},
-        "Upper abdomen": {"A0": _EXAMPLE_REWRITE["findings"]["Upper abdomen"][0]["text"]},
+        "Lungs/Airways/Pleura": {"L0": _EX["Lungs/Airways/Pleura"][0]["text"],
+                                 "L1": _EX["Lungs/Airways/Pleura"][1]["text"],
+                                 "L2": _EX["Lungs/Airways/Pleura"][2]["text"]},
+        "Heart/Vessels": {"H0": _EX["Heart/Vessels"][0]["text"],
+                          "H1": _EX["Heart/Vessels"][1]["text"]},
+        "Mediastinum/Hila": {"M0": _EX["Mediastinum/Hila"][0]["text"]},
+        "Bones": {"B0": _EX["Bones"][0]["text"]},
+        "Upper abdomen": {"A0": _EX["Upper abdomen"][0]["text"]},
     },
     "Impressions": {"I0": "Stable 7x5 mm right lower lobe nodule.",
                     "I1": "Hypodense hepatic lesion."},
@@ -190,7 +194,8 @@ CATEGORISE = PromptTemplate(
         "finding id to its code."
     ),
     user="Abnormal findings by id:\n{findings}",
-    few_shot=((f"Abnormal findings by id:\n{dumps(EXAMPLE_ABNORMAL)}", dumps(_EXAMPLE_CATEGORIES)),),
+    few_shot=((f"Abnormal findings by id:\n{dumps(EXAMPLE_ABNORMAL)}",
+               dumps(_EXAMPLE_CATEGORIES)),),
 )
 
 # -- the repair turn -------------------------------------------------------------------

@@ -49,7 +49,8 @@ def _row_json(row: dict[str, Any], column: str) -> Any:
     try:
         return json.loads(value)
     except json.JSONDecodeError:
-        raise RowError(f"row {row.get('report_id')!r}: field {column!r} is not valid JSON") from None
+        raise RowError(f"row {row.get('report_id')!r}: field {column!r} is not valid "
+                       "JSON") from None
 
 
 class _JSONTask(LLMTask):

@@ -1,0 +1,8 @@
+"""``ray job submit --working-dir . -- python jobs/serve_bench.py --config configs/serve_bench.yaml``"""
+
+import sys
+
+from ctray.cli import job_entrypoint
+
+if __name__ == "__main__":
+    sys.exit(job_entrypoint("serve-bench"))

@@ -1,0 +1,84 @@
+"""Helpers for the Serve tests: tiny findings checkpoints, fake LLM responders, ports.
+
+Imported by Serve replicas too (the fake responders), through the ``tests`` folder
+on PYTHONPATH that the ``ray_local`` fixture sets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from pathlib import Path
+
+from ctray.llm.base import LLMRequest
+
+UNPARSEABLE = "UNPARSEABLE"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_findings_checkpoint(out_dir: str | Path, seed: int = 0, hidden: int = 32,
+                              layers: int = 1, heads: int = 2, max_length: int = 64,
+                              stride: int = 16) -> str:
+    """A random tiny BERT exported like ``ctray train-findings`` exports a model.
+
+    ``max_length`` is small so that ordinary reports need several windows and the
+    served path exercises the classifier's window pooling."""
+    from tiny_bert import build_en_tokenizer, build_tiny_bert
+
+    from ctray.tasks.findings.model import META_FILE, FindingsModelMeta
+
+    out = Path(out_dir)
+    tokenizer = build_en_tokenizer(out / "_tokenizer")
+    build_tiny_bert(out, tokenizer, hidden=hidden, layers=layers, heads=heads, seed=seed,
+                    dropout=0.0)
+    meta = FindingsModelMeta(max_length=max_length, stride=stride,
+                             base_model=f"tiny-random-bert-seed{seed}")
+    (out / META_FILE).write_text(json.dumps(meta.to_dict()), encoding="utf-8")
+    return str(out)
+
+
+def _source(request: LLMRequest) -> str:
+    # The translation prompt's user turn is the section text itself.
+    return next(m["content"] for m in request.messages if m["role"] == "user")
+
+
+KATAKANA = "アイウエオカキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤユヨラリルレロワヲン"
+
+
+def fake_translation(text: str) -> str:
+    """Letters to katakana: Japanese enough for the parser's language check, and a
+    checkable function of the source."""
+    return "".join(KATAKANA[ord(c.lower()) % len(KATAKANA)] if c.isalpha() else c for c in text)
+
+
+def translate_responder(request: LLMRequest) -> str:
+    """A source containing UNPARSEABLE gets an answer without the marker line, also
+    on the repair turn, so that item fails to parse."""
+    source = _source(request)
+    if UNPARSEABLE in source:
+        return "I cannot translate this."
+    return f"考えています。\n和訳:\n{fake_translation(source)}"
+
+
+def slow_translate_responder(request: LLMRequest) -> str:
+    time.sleep(1.0)
+    return translate_responder(request)
+
+
+def findings_json_responder(request: LLMRequest) -> str:
+    """JSON labels derived from keywords of the report in the prompt."""
+    prompt = "\n".join(m["content"] for m in request.messages if m["role"] == "user")
+    if UNPARSEABLE in prompt:
+        return "no idea"
+    report = prompt.lower()
+    return json.dumps({
+        "pleural_effusion": int(bool(re.search(r"(?<!no )pleural effusion", report))),
+        "cardiomegaly": int("cardiomegaly" in report),
+    })

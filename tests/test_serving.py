@@ -1,0 +1,376 @@
+"""Ray Serve labeling apps: labels, batching, HTTP errors, auth, reconfigure, failures.
+
+One Serve instance for the module (127.0.0.1, free port) runs the apps of
+``serve/*.yaml`` (patched to fit a 2-CPU test machine: zero-CPU replicas, one
+replica each, tiny models, fake LLM responders) plus two test-only variants: the
+rules app with auth on, and a deliberately slow translation app with a queue of one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from serve_fixtures import UNPARSEABLE, build_findings_checkpoint, fake_translation, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "test-token-7f3a"
+# A string that appears in report texts sent below and must never reach a log file.
+SECRET_MARKER = "Zanzibarquux"
+
+EN_CASES = {
+    "Bilateral pleural effusion. Cardiomegaly.": {"pleural_effusion", "cardiomegaly"},
+    "No pleural effusion. Emphysematous changes in both lungs.": {"emphysema"},
+    "Trachea and both main bronchi are open.": set(),
+}
+JA_CASES = {"両側に胸水を認める。心拡大あり。": {"pleural_effusion", "cardiomegaly"},
+            "肺気腫を認める。胸水は認めない。": {"emphysema"}}
+LONG_REPORT = " ".join(["Mild atelectasis in the lower lobes."] * 12 + ["Small pleural effusion."])
+TEXTS = [*EN_CASES, LONG_REPORT, "Calcified plaque in the aortic wall.", "Hiatal hernia."]
+
+
+def _load_app(name: str) -> dict:
+    config = yaml.safe_load((REPO / "serve" / f"{name}.yaml").read_text(encoding="utf-8"))
+    return config["applications"][0]
+
+
+def _fit_for_tests(app: dict) -> dict:
+    """One zero-CPU replica per deployment: six apps must share two CPUs."""
+    app = copy.deepcopy(app)
+    app["runtime_env"] = {"env_vars": {"PYTHONPATH": f"{REPO / 'tests'}:{REPO}"}}
+    for dep in app["deployments"]:
+        dep.pop("autoscaling_config", None)
+        dep["num_replicas"] = 1
+        dep["ray_actor_options"] = {**dep.get("ray_actor_options", {}), "num_cpus": 0,
+                                    "num_gpus": 0}
+        dep["health_check_period_s"] = 2
+    return app
+
+
+def _fake_backend(responder: str) -> dict:
+    return {"kind": "fake", "model": "fake-translator", "fake_responder": f"serve_fixtures:{responder}"}
+
+
+def apps_config(checkpoint: str) -> dict:
+    findings = _fit_for_tests(_load_app("findings"))
+    findings["deployments"][0]["user_config"].update(
+        checkpoint=checkpoint, max_batch_size=8, batch_wait_timeout_s=0.1, max_chars=5000,
+        max_items=10)
+    rules = _fit_for_tests(_load_app("rules"))
+    rules["deployments"][0]["user_config"].update(max_chars=5000, max_items=10)
+    secure = copy.deepcopy(rules)
+    secure.update(name="rules-secure", route_prefix="/secure")
+    # The token reaches the replica through its environment only.
+    secure["deployments"][0]["ray_actor_options"]["runtime_env"] = {
+        "env_vars": {"CTRAY_SERVE_TOKEN": TOKEN}}
+    translate = _fit_for_tests(_load_app("translate"))
+    translate["args"]["backend"] = _fake_backend("translate_responder")
+    translate["args"]["repair"] = True
+    translate["deployments"][0]["user_config"].update(max_batch_size=4, batch_wait_timeout_s=0.1)
+    slow = copy.deepcopy(translate)
+    slow.update(name="translate-slow", route_prefix="/slow")
+    slow["args"]["backend"] = _fake_backend("slow_translate_responder")
+    slow["deployments"][0].update(max_ongoing_requests=1, max_queued_requests=1,
+                                  user_config={"max_batch_size": 1})
+    return {"applications": [findings, rules, secure, translate, slow]}
+
+
+def deploy(config: dict, timeout: float = 240) -> None:
+    """What ``serve deploy`` / ``serve run config.yaml`` do: apply a declarative config."""
+    from ray import serve
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    serve_start().deploy_apps(ServeDeploySchema.model_validate(config))
+    names = {a["name"] for a in config["applications"]}
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        apps = serve.status().applications
+        states = {n: apps[n].status for n in names if n in apps}
+        if len(states) == len(names) and set(states.values()) == {"RUNNING"}:
+            return
+        failed = {n: apps[n].message for n, s in states.items() if s == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"deploy failed: {failed}")
+        time.sleep(0.5)
+    raise TimeoutError(f"apps not running after {timeout}s: {states}")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("findings-models")
+    return [build_findings_checkpoint(root / f"seed{s}", seed=s) for s in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, checkpoints):
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
+    config = apps_config(checkpoints[0])
+    deploy(config)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        yield {"http": client, "base": f"http://127.0.0.1:{port}", "config": config}
+    serve.shutdown()
+
+
+def _labels(item: dict) -> set[str]:
+    return {c for c, v in item["labels"].items() if v}
+
+
+# ------------------------------------------------------------------ no Ray needed
+
+def test_serve_configs_are_valid_deploy_configs():
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
+
+    from ctray.jobs import JOBS, load_job_modules
+
+    for path in sorted((REPO / "serve").glob("*.yaml")):
+        config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+        assert config.http_options.host == "127.0.0.1", path
+        assert config.http_options.request_timeout_s, path
+        assert config.logging_config.enable_access_log is True  # no bodies: checked below
+        for app in config.applications:
+            builder = __import__(app.import_path.split(":")[0], fromlist=["x"])
+            built = call_user_app_builder_with_args_if_necessary(
+                getattr(builder, app.import_path.split(":")[1]), app.args)
+            assert built is not None
+            for dep in app.deployments:
+                assert dep.max_queued_requests > 0 and dep.max_ongoing_requests > 0
+                auto = dep.autoscaling_config
+                assert auto["min_replicas"] <= auto["max_replicas"]
+                assert auto["target_ongoing_requests"] > 0
+                assert dep.ray_actor_options.num_cpus is not None
+    load_job_modules()
+    assert "serve-bench" in JOBS
+
+
+def test_batch_errors_are_isolated_per_item():
+    from ctray.serving.batching import run_isolated
+
+    def square(items):
+        if any(i < 0 for i in items):
+            raise ValueError("negative input")
+        return [i * i for i in items]
+
+    out = run_isolated(square, [1, -2, 3])
+    assert [o.value for o in out] == [1, None, 9]
+    assert out[1].error.code == "model_error" and "negative" in out[1].error.message
+    assert [o.batch_size for o in out] == [1, 1, 1]
+    whole = run_isolated(square, [2, 3])
+    assert [(o.value, o.batch_size) for o in whole] == [(4, 2), (9, 2)]
+
+
+# ------------------------------------------------------------------ served apps
+
+def test_rules_app_labels_known_sentences(server):
+    texts = [*EN_CASES, *JA_CASES, "   "]
+    r = server["http"].post("/rules/label", json={"texts": texts, "include_evidence": True,
+                                                  "ids": [f"r{i}" for i in range(len(texts))]})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    expected = [*EN_CASES.values(), *JA_CASES.values()]
+    for item, want in zip(results, expected):
+        assert item["error"] is None and _labels(item) == want, item
+    assert results[3]["lang"] == "ja" and results[0]["lang"] == "en"
+    assert "Bilateral pleural effusion" in results[0]["evidence"]["pleural_effusion"]
+    assert results[-1]["error"]["code"] == "empty_text" and results[-1]["labels"] is None
+    assert [i["id"] for i in results] == [f"r{i}" for i in range(len(texts))]
+
+
+def test_findings_app_equals_classifier_predict(server, checkpoints):
+    from ctray.tasks.findings.model import FindingsClassifier
+
+    clf = FindingsClassifier.from_pretrained(checkpoints[0], device="cpu")
+    labels, probs = clf.predict(TEXTS)
+    assert clf.last_n_chunked >= 1  # the long report really spans several windows
+    r = server["http"].post("/findings/label", json={"texts": TEXTS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["checkpoint"] == checkpoints[0]
+    for i, item in enumerate(body["results"]):
+        assert [item["labels"][c] for c in clf.columns] == labels[i].tolist()
+        got = np.array([item["probabilities"][c] for c in clf.columns])
+        np.testing.assert_allclose(got, probs[i], atol=1e-5)
+        assert item["positive"] == [n for n, v in zip(clf.label_names, labels[i]) if v]
+
+
+def test_findings_batches_concurrent_requests(server, checkpoints):
+    from ctray.tasks.findings.model import FindingsClassifier
+
+    expected = FindingsClassifier.from_pretrained(checkpoints[0], device="cpu").predict_proba(TEXTS)
+    before = server["http"].get("/findings/stats").json()
+
+    def one(i: int):
+        text_index = i % len(TEXTS)
+        r = httpx.post(f"{server['base']}/findings/label",
+                       json={"texts": [TEXTS[text_index]]}, timeout=60)
+        return text_index, r.json()["results"][0]
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(32)))
+    sizes = [item["batch_size"] for _, item in results]
+    assert max(sizes) > 1, sizes
+    for text_index, item in results:  # batching never mixes up whose result is whose
+        got = np.array(list(item["probabilities"].values()))
+        np.testing.assert_allclose(got, expected[text_index], atol=1e-5)
+    after = server["http"].get("/findings/stats").json()
+    assert after["items"] - before["items"] == 32
+    assert any(int(size) > 1 for size in after["batch_sizes"])
+
+
+def test_http_errors_422_413(server):
+    http = server["http"]
+    missing = http.post("/findings/label", json={"text": ["typo in the field name"]})
+    assert missing.status_code == 422
+    fields = [tuple(e["loc"]) for e in missing.json()["detail"]]
+    assert ("body", "texts") in fields
+    wrong_type = http.post("/rules/label", json={"texts": "not a list"})
+    assert wrong_type.status_code == 422 and wrong_type.json()["detail"][0]["loc"] == ["body", "texts"]
+    ids = http.post("/rules/label", json={"texts": ["a", "b"], "ids": ["only-one"]})
+    assert ids.status_code == 422 and "ids" in ids.text
+    too_long = http.post("/findings/label", json={"texts": ["ok", "x" * 5001]})
+    assert too_long.status_code == 413 and "texts[1]" in too_long.json()["detail"]
+    too_many = http.post("/rules/label", json={"texts": ["ok"] * 11})
+    assert too_many.status_code == 413 and "limit is 10" in too_many.json()["detail"]
+
+
+def test_translate_app_per_item_errors(server):
+    sections = {"findings": "No pleural effusion.", "impressions": "Normal study.",
+                "technique": f"{UNPARSEABLE} section", "clinical_information": ""}
+    r = server["http"].post("/translate/report", json={"id": "rep-1", "sections": sections})
+    assert r.status_code == 200, r.text
+    out = r.json()["sections"]
+    assert out["findings"]["translation"] == fake_translation("No pleural effusion.")
+    assert out["impressions"]["translation"] == fake_translation("Normal study.")
+    assert out["technique"]["error"]["code"] == "parse_error" and out["technique"]["translation"] is None
+    assert out["clinical_information"]["error"]["code"] == "empty_text"
+    assert max(s["batch_size"] or 0 for s in out.values()) > 1  # sections batched together
+    assert r.json()["prompt_version"].startswith("translate-en-ja@")
+
+
+def test_overload_gives_503_and_slow_requests_408(server):
+    def fire(_):
+        return httpx.post(f"{server['base']}/slow/report",
+                          json={"sections": {"findings": "Small nodule."}}, timeout=60).status_code
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(fire, range(8)))
+    # One running, one queued; the rest are refused at once instead of piling up.
+    assert codes.count(200) >= 2 and codes.count(503) >= 1, codes
+    assert set(codes) <= {200, 503}
+    timed_out = server["http"].post("/slow/report", json={"sections": {"findings": "Nodule."}},
+                                    headers={"x-request-timeout-seconds": "0.3"})
+    assert timed_out.status_code == 408
+
+
+def test_bearer_token_auth(server):
+    from ctray.serving.client import LabelingClient, LabelingError
+
+    url = "/secure/label"
+    body = {"texts": ["Cardiomegaly."]}
+    assert server["http"].post(url, json=body).status_code == 401
+    wrong = server["http"].post(url, json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert server["http"].get("/secure/healthz").status_code == 200  # probes need no token
+    assert server["http"].get("/secure/version").status_code == 401
+    with LabelingClient(server["base"], token=TOKEN, prefixes={"rules": "/secure"}) as client:
+        assert client.rules(["Cardiomegaly."]).results[0].positive == ["Cardiomegaly"]
+    with LabelingClient(server["base"], prefixes={"rules": "/secure"}) as client:
+        with pytest.raises(LabelingError) as err:
+            client.rules(["Cardiomegaly."])
+        assert err.value.status_code == 401
+    # Auth off (no token in that replica's environment): the same call works without one.
+    assert server["http"].post("/rules/label", json=body).status_code == 200
+
+
+def test_client_health_and_version(server, checkpoints):
+    from ctray.serving.client import LabelingClient
+
+    with LabelingClient(server["base"]) as client:
+        for app in ("findings", "rules", "translate"):
+            assert client.health(app).status == "ok"
+        version = client.version("findings")
+        assert version.checkpoint == checkpoints[0] and version.model == "tiny-random-bert-seed0"
+        assert version.max_batch_size == 8 and version.replica.startswith("SERVE_REPLICA::findings")
+        result = client.findings(["Hiatal hernia.", ""], ids=["a", "b"])
+        assert result.results[0].labels is not None and result.results[1].error.code == "empty_text"
+        translated = client.translate({"findings": "Atelectasis."}).sections["findings"]
+        assert translated.translation == fake_translation("Atelectasis.")
+
+
+def test_report_text_never_logged(server):
+    import ray
+
+    text = f"{SECRET_MARKER} reports a pleural effusion."
+    for path, body in (("/findings/label", {"texts": [text]}), ("/rules/label", {"texts": [text]}),
+                       ("/translate/report", {"sections": {"findings": text}}),
+                       ("/findings/label", {"texts": [text * 400]})):  # 413 path too
+        server["http"].post(path, json=body)
+    time.sleep(1.0)  # log files are flushed by the replicas asynchronously
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    leaked = [p.name for p in logs.rglob("*") if p.is_file()
+              and SECRET_MARKER.encode() in p.read_bytes()]
+    assert not leaked
+    serve_logs = "".join(p.read_text(errors="ignore") for p in (logs / "serve").glob("*.log"))
+    assert "items=1 chars=" in serve_logs  # what is logged instead: counts and lengths
+
+
+def test_reconfigure_swaps_checkpoint_without_restart(server, checkpoints):
+    from ctray.tasks.findings.model import FindingsClassifier
+
+    http = server["http"]
+    replica = http.get("/findings/version").json()["replica"]
+    config = copy.deepcopy(server["config"])
+    config["applications"][0]["deployments"][0]["user_config"]["checkpoint"] = checkpoints[1]
+    deploy(config)
+    deadline = time.time() + 60
+    while http.get("/findings/version").json()["checkpoint"] != checkpoints[1]:
+        assert time.time() < deadline, "user_config was not applied"
+        time.sleep(0.5)
+    assert http.get("/findings/version").json()["replica"] == replica  # same actor: no restart
+    labels, _ = FindingsClassifier.from_pretrained(checkpoints[1], device="cpu").predict(TEXTS)
+    body = http.post("/findings/label", json={"texts": TEXTS}).json()
+    assert body["model"] == "tiny-random-bert-seed1"
+    got = [[item["labels"][c] for c in item["labels"]] for item in body["results"]]
+    assert got == labels.tolist()
+
+
+def test_replica_failure_recovers(server):
+    import ray
+
+    http = server["http"]
+    replica = http.get("/rules/version").json()["replica"]
+    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
+    deadline, codes = time.time() + 120, []
+    while True:
+        r = http.post("/rules/label", json={"texts": ["Cardiomegaly."]})
+        codes.append(r.status_code)
+        if r.status_code == 200:
+            break
+        assert time.time() < deadline, f"no recovery: {codes[-5:]}"
+        time.sleep(0.5)
+    assert r.json()["results"][0]["positive"] == ["Cardiomegaly"]
+    assert http.get("/rules/version").json()["replica"] != replica
+
+
+def test_serve_bench_job_against_running_app(server, tmp_path):
+    from ctray.cli import run_job
+
+    report = run_job("serve-bench", ["--url", server["base"], "--output", str(tmp_path),
+                                     "--set", "concurrency=[1,4]", "--set", "requests_per_level=12",
+                                     "--set", "warmup_requests=2", "--set", "corpus.limit=16"])
+    assert [r["concurrency"] for r in report["results"]] == [1, 4]
+    for r in report["results"]:
+        assert r["errors"] == 0 and r["requests"] == 12
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["requests_per_s"] > 0
+    assert (tmp_path / "serve_bench.json").exists()
