@@ -183,6 +183,8 @@ def _list_answer(organ: str, numbers: list[int]) -> str:
 def answer(request: LLMRequest) -> str:
     """The fake_responder: reasoning for CoT steps, the formatted answer otherwise."""
     prompt = next(m["content"] for m in request.messages if m["role"] == "user")
+    if "ZZFAIL" in prompt:
+        raise RuntimeError("simulated engine failure")  # the backend records a row error
     last = request.messages[-1]["content"]
     organ = _organ(prompt)
     if "Which sentences are informative about the" in prompt:

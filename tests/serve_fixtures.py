@@ -25,23 +25,54 @@ def free_port() -> int:
 
 def build_findings_checkpoint(out_dir: str | Path, seed: int = 0, hidden: int = 32,
                               layers: int = 1, heads: int = 2, max_length: int = 64,
-                              stride: int = 16) -> str:
+                              stride: int = 16, lang: str = "ja") -> str:
     """A random tiny BERT exported like ``ctray train-findings`` exports a model.
 
+    ``lang="ja"``: the CT-BERT-JPN setup (tohoku-style MeCab + WordPiece tokenizer).
     ``max_length`` is small so that ordinary reports need several windows and the
     served path exercises the classifier's window pooling."""
-    from tiny_bert import build_en_tokenizer, build_tiny_bert
+    from tiny_bert import build_en_tokenizer, build_ja_tokenizer, build_tiny_bert
 
     from ctray.tasks.findings.model import META_FILE, FindingsModelMeta
 
     out = Path(out_dir)
-    tokenizer = build_en_tokenizer(out / "_tokenizer")
+    build_tokenizer = build_ja_tokenizer if lang == "ja" else build_en_tokenizer
+    tokenizer = build_tokenizer(out / "_tokenizer")
     build_tiny_bert(out, tokenizer, hidden=hidden, layers=layers, heads=heads, seed=seed,
                     dropout=0.0)
+    _spread_outputs(out, seed)
     meta = FindingsModelMeta(max_length=max_length, stride=stride,
-                             base_model=f"tiny-random-bert-seed{seed}")
+                             base_model=f"random-bert-{hidden}x{layers}")
     (out / META_FILE).write_text(json.dumps(meta.to_dict()), encoding="utf-8")
     return str(out)
+
+
+STD = 0.3
+
+
+def reseeded_checkpoint(source: str | Path, out_dir: str | Path, seed: int) -> str:
+    """A copy of ``source`` (same tokenizer and settings) with other random weights."""
+    import shutil
+
+    shutil.copytree(source, out_dir)
+    _spread_outputs(Path(out_dir), seed)
+    return str(out_dir)
+
+
+def _spread_outputs(path: Path, seed: int) -> None:
+    """Scale the pooler and classifier weights up: at BERT's init scale every report
+    gets the same probabilities to 5 decimals, so a served result could not be told
+    from another report's. Scaled, each report gets its own, clearly different ones."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    generator = torch.Generator().manual_seed(1234 + seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("weight") and param.dim() == 2:
+                param.normal_(0.0, STD, generator=generator)
+    model.save_pretrained(path)
 
 
 def _source(request: LLMRequest) -> str:
@@ -68,7 +99,7 @@ def translate_responder(request: LLMRequest) -> str:
 
 
 def slow_translate_responder(request: LLMRequest) -> str:
-    time.sleep(1.0)
+    time.sleep(2.0)
     return translate_responder(request)
 
 

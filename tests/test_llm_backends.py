@@ -12,15 +12,13 @@ processor wiring is tested with Ray's real Processor around a fake engine stage.
 from __future__ import annotations
 
 import json
-import os
-import threading
+import shutil
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from ctray.llm.base import LLMRequest, LLMResponse, PromptTooLongError, messages_to_text
+from ctray.llm.base import LLMRequest, PromptTooLongError, messages_to_text
 from ctray.llm.config import BackendConfig, MissingAPIKeyError
 from ctray.llm.task import LLMStage, LLMTask, RAW_COL, PROMPT_TOKENS_COL, COMPLETION_TOKENS_COL
 from ctray.pipeline.stage import ERROR_COL, ERROR_STAGE_COL, RowError
@@ -288,6 +286,7 @@ def test_real_gemma_gguf_converts_once_then_loads_from_cache(tmp_path):
     assert answer.prompt_tokens > 10 and answer.meta["guided"] is True
     [free] = second.generate([LLMRequest(user("Say hello."), max_tokens=8)])
     assert free.ok and 0 < free.completion_tokens <= 8
+    shutil.rmtree(cache_dir)  # 1.1 GB of float32 weights: do not keep one per test run
 
 
 # ============================================================== openai backend
@@ -345,7 +344,7 @@ def test_openai_does_not_retry_a_bad_request():
 
 def test_openai_respects_max_parallel_requests():
     def slow(body):
-        time.sleep(0.15)
+        time.sleep(0.3)
         return "ok"
 
     with StubOpenAIServer(responder=slow) as server:
@@ -355,7 +354,7 @@ def test_openai_respects_max_parallel_requests():
         elapsed = time.perf_counter() - started
         assert all(r.ok for r in responses)
         assert server.max_in_flight == 3  # parallel, but never more than the limit
-        assert elapsed >= 3 * 0.15 * 0.9
+        assert elapsed >= 3 * 0.3 * 0.9
         backend.close()
 
 
@@ -511,6 +510,26 @@ class SchemaTask(EchoTask):
         return {"answer": json.loads(response.text)["answer"]}
 
 
+class MixedTask(EchoTask):
+    """Choice, JSON-schema or free answer, by the row's ``kind``."""
+
+    name = "mixed_task"
+
+    def build_request(self, row):
+        if row["kind"] == "json":
+            return SchemaTask().build_request(row)
+        if row["kind"] == "free":
+            return LLMRequest(user(row["text"]), max_tokens=5)
+        return super().build_request(row)
+
+    def parse(self, row, response):
+        if row["kind"] == "json":
+            return SchemaTask().parse(row, response)
+        if row["kind"] == "free":
+            return {"answer": response.text}
+        return super().parse(row, response)
+
+
 def vllm_cfg(**overrides) -> BackendConfig:
     values = {"kind": "vllm", "model": "google/gemma-3-270m-it", "tensor_parallel_size": 2,
               "max_model_len": 4096, "batch_size": 64, "concurrency": 2,
@@ -591,7 +610,9 @@ def test_vllm_postprocess_and_finalize_rebuild_the_stage_row():
     data = {**row, **vllm_preprocess(stage, row), "prompt": "<templated>", "generated_text": "no",
             "num_input_tokens": 17, "num_generated_tokens": 2, "generated_tokens": [5, 1],
             "time_taken_llm": 0.1, "params": "SamplingParams(...)"}
-    out = vllm_finalize(stage, {**vllm_postprocess(stage, data), INFERENCE_ERROR_KEY: ""})
+    # In a block shared with failed rows, a finished row gains their columns as nulls.
+    out = vllm_finalize(stage, {**vllm_postprocess(stage, data), INFERENCE_ERROR_KEY: "",
+                                "messages": None, "sampling_params": None, "prompt": None})
     assert out["answer"] == "no" and out[RAW_COL] == "no"
     assert out[PROMPT_TOKENS_COL] == 17 and out[COMPLETION_TOKENS_COL] == 2
     assert out[ERROR_COL] is None
@@ -635,7 +656,11 @@ def _fake_engine_udf_class():
                 if structured:
                     chosen = [k for k, v in structured.items() if v is not None]
                     assert len(chosen) == 1, structured  # vLLM allows exactly one kind
-                    answer = list(structured["choice"])[0] if chosen == ["choice"] else "{}"
+                    if chosen == ["choice"]:
+                        answer = list(structured["choice"])[0]
+                    else:
+                        schema = json.loads(structured["json"])
+                        answer = json.dumps({"answer": schema["properties"]["answer"]["enum"][-1]})
                 else:
                     answer = "free text"
                 yield {**base, "generated_text": answer, "num_generated_tokens": 1}
@@ -662,20 +687,26 @@ def test_apply_vllm_stage_through_rays_processor(ray_local, monkeypatch):
                          postprocess_map_kwargs=kwargs.get("postprocess_map_kwargs"))
 
     monkeypatch.setattr(vb, "_build_processor", fake_build)
-    rows = [{"id": "a", "text": "small nodule", "site": "lung"},
-            {"id": "b", "text": "", "site": "liver"},
-            {"id": "c", "text": "BOOM", "site": "kidney"},
-            {"id": "d", "text": "no effusion", "site": "lung"}]
-    stage = LLMStage(EchoTask(), vllm_cfg(batch_size=4, concurrency=1))
-    out = stage.apply(ray.data.from_items(rows)).to_pandas().set_index("id").sort_index()
-    assert list(out.index) == ["a", "b", "c", "d"]
-    assert list(out["site"]) == ["lung", "liver", "kidney", "lung"]  # columns carried
-    assert out.loc["a", "answer"] == "yes" and out.loc["d", "answer"] == "yes"
-    assert out.loc["a", PROMPT_TOKENS_COL] == len(EchoTask().build_request(rows[0]).messages[-1]["content"].split())
-    assert pd.isna(out.loc["a", ERROR_COL]) and pd.isna(out.loc["d", ERROR_COL])
+    # Choice, JSON-schema and unguided requests share blocks: their sampling params
+    # must survive Ray's Arrow round trip in the shape vLLM's stage accepts.
+    rows = [{"id": "a", "text": "small nodule", "site": "lung", "kind": "choice"},
+            {"id": "b", "text": "", "site": "liver", "kind": "choice"},
+            {"id": "c", "text": "BOOM", "site": "kidney", "kind": "choice"},
+            {"id": "d", "text": "no effusion", "site": "lung", "kind": "json"},
+            {"id": "e", "text": "heart size", "site": "heart", "kind": "free"}]
+    stage = LLMStage(MixedTask(), vllm_cfg(batch_size=5, concurrency=1))
+    ds = ray.data.from_items(rows, override_num_blocks=1)  # one block: one Arrow schema
+    out = stage.apply(ds).to_pandas().set_index("id").sort_index()
+    assert list(out.index) == ["a", "b", "c", "d", "e"]
+    assert list(out["site"]) == ["lung", "liver", "kidney", "lung", "heart"]  # columns carried
+    assert out.loc["a", "answer"] == "yes"  # first choice
+    assert out.loc["d", "answer"] == "no"  # last enum value, through the JSON schema
+    assert out.loc["e", "answer"] == "free text"
+    assert out.loc["a", PROMPT_TOKENS_COL] == len(MixedTask().build_request(rows[0]).messages[-1]["content"].split())
+    assert out.loc[["a", "d", "e"], ERROR_COL].isna().all()
     assert "field 'text' is empty" in out.loc["b", ERROR_COL]
     assert "engine failed" in out.loc["c", ERROR_COL]
-    assert set(out.loc[["b", "c"], ERROR_STAGE_COL]) == {"echo_task"}
+    assert set(out.loc[["b", "c"], ERROR_STAGE_COL]) == {"mixed_task"}
     # Nothing of vLLM's or ours leaks into the output.
     leaked = {"messages", "sampling_params", "generated_text", "prompt", "__inference_error__",
               vb.ORIGINAL_COLUMNS_KEY} & set(out.columns)

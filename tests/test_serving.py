@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -18,7 +19,10 @@ import numpy as np
 import pytest
 import yaml
 
-from serve_fixtures import UNPARSEABLE, build_findings_checkpoint, fake_translation, free_port
+from openai_stub_server import StubOpenAIServer
+from serve_fixtures import (UNPARSEABLE, build_findings_checkpoint, fake_translation, free_port,
+                            reseeded_checkpoint)
+from tiny_bert import sample_texts
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-7f3a"
@@ -32,8 +36,10 @@ EN_CASES = {
 }
 JA_CASES = {"両側に胸水を認める。心拡大あり。": {"pleural_effusion", "cardiomegaly"},
             "肺気腫を認める。胸水は認めない。": {"emphysema"}}
-LONG_REPORT = " ".join(["Mild atelectasis in the lower lobes."] * 12 + ["Small pleural effusion."])
-TEXTS = [*EN_CASES, LONG_REPORT, "Calcified plaque in the aortic wall.", "Hiatal hernia."]
+# The findings model is a Japanese (CT-BERT-JPN style) tiny BERT: Japanese sample reports,
+# each longer than one 64-token window, and a short one.
+JA_REPORTS = sample_texts("ja")[:6]
+TEXTS = [*JA_REPORTS, "食道裂孔ヘルニアを認める。"]
 
 
 def _load_app(name: str) -> dict:
@@ -55,10 +61,26 @@ def _fit_for_tests(app: dict) -> dict:
 
 
 def _fake_backend(responder: str) -> dict:
-    return {"kind": "fake", "model": "fake-translator", "fake_responder": f"serve_fixtures:{responder}"}
+    return {"kind": "fake", "model": "fake-translator",
+            "fake_responder": f"serve_fixtures:{responder}"}
 
 
-def apps_config(checkpoint: str) -> dict:
+def rule_labeler_as_llm(body: dict) -> str:
+    """An OpenAI-compatible "model" that answers the findings JSON with the rule labeler."""
+    from ctray.tasks.findings.rules import RuleLabeler
+    from ctray.tasks.findings.schema import COLUMN_TO_NAME
+
+    prompt = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    if UNPARSEABLE in prompt:
+        return "Sorry, I am not sure."
+    if '"""' not in prompt:  # the /healthz probe
+        return "OK"
+    report = prompt.split('"""')[1].strip()
+    labels = RuleLabeler("auto").label(report).labels
+    return json.dumps({COLUMN_TO_NAME[c]: v for c, v in labels.items()})
+
+
+def apps_config(checkpoint: str, llm_url: str) -> dict:
     findings = _fit_for_tests(_load_app("findings"))
     findings["deployments"][0]["user_config"].update(
         checkpoint=checkpoint, max_batch_size=8, batch_wait_timeout_s=0.1, max_chars=5000,
@@ -79,7 +101,11 @@ def apps_config(checkpoint: str) -> dict:
     slow["args"]["backend"] = _fake_backend("slow_translate_responder")
     slow["deployments"][0].update(max_ongoing_requests=1, max_queued_requests=1,
                                   user_config={"max_batch_size": 1})
-    return {"applications": [findings, rules, secure, translate, slow]}
+    llm = _fit_for_tests(_load_app("llm_findings"))
+    # The production path on a GPU cluster: the replica calls an OpenAI-compatible server.
+    llm["args"]["backend"] = {"kind": "openai", "model": "stub-model", "base_url": llm_url}
+    llm["deployments"][0]["user_config"].update(max_batch_size=8, batch_wait_timeout_s=0.1)
+    return {"applications": [findings, rules, secure, translate, slow, llm]}
 
 
 def deploy(config: dict, timeout: float = 240) -> None:
@@ -106,16 +132,23 @@ def deploy(config: dict, timeout: float = 240) -> None:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("findings-models")
-    return [build_findings_checkpoint(root / f"seed{s}", seed=s) for s in (0, 1)]
+    first = build_findings_checkpoint(root / "seed0", seed=0)
+    return [first, reseeded_checkpoint(first, root / "seed1", seed=1)]
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, checkpoints):
+def llm_server():
+    with StubOpenAIServer(rule_labeler_as_llm) as stub:
+        yield stub
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, checkpoints, llm_server):
     from ray import serve
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
-    config = apps_config(checkpoints[0])
+    config = apps_config(checkpoints[0], llm_server.base_url)
     deploy(config)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         yield {"http": client, "base": f"http://127.0.0.1:{port}", "config": config}
@@ -152,6 +185,10 @@ def test_serve_configs_are_valid_deploy_configs():
                 assert dep.ray_actor_options.num_cpus is not None
     load_job_modules()
     assert "serve-bench" in JOBS
+    # serve/all.yaml holds exactly the per-app blocks (one `serve deploy` for all apps).
+    combined = yaml.safe_load((REPO / "serve" / "all.yaml").read_text())["applications"]
+    singles = [_load_app(n) for n in ("findings", "rules", "llm_findings", "translate")]
+    assert combined == singles
 
 
 def test_batch_errors_are_isolated_per_item():
@@ -192,7 +229,7 @@ def test_findings_app_equals_classifier_predict(server, checkpoints):
 
     clf = FindingsClassifier.from_pretrained(checkpoints[0], device="cpu")
     labels, probs = clf.predict(TEXTS)
-    assert clf.last_n_chunked >= 1  # the long report really spans several windows
+    assert clf.last_n_chunked >= 5  # the reports really span several windows
     r = server["http"].post("/findings/label", json={"texts": TEXTS})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -219,7 +256,7 @@ def test_findings_batches_concurrent_requests(server, checkpoints):
     with cf.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(32)))
     sizes = [item["batch_size"] for _, item in results]
-    assert max(sizes) > 1, sizes
+    assert 1 < max(sizes) <= 8, sizes  # 8: user_config.max_batch_size, not the default 16
     for text_index, item in results:  # batching never mixes up whose result is whose
         got = np.array(list(item["probabilities"].values()))
         np.testing.assert_allclose(got, expected[text_index], atol=1e-5)
@@ -235,13 +272,16 @@ def test_http_errors_422_413(server):
     fields = [tuple(e["loc"]) for e in missing.json()["detail"]]
     assert ("body", "texts") in fields
     wrong_type = http.post("/rules/label", json={"texts": "not a list"})
-    assert wrong_type.status_code == 422 and wrong_type.json()["detail"][0]["loc"] == ["body", "texts"]
+    assert wrong_type.status_code == 422
+    assert wrong_type.json()["detail"][0]["loc"] == ["body", "texts"]
     ids = http.post("/rules/label", json={"texts": ["a", "b"], "ids": ["only-one"]})
     assert ids.status_code == 422 and "ids" in ids.text
     too_long = http.post("/findings/label", json={"texts": ["ok", "x" * 5001]})
     assert too_long.status_code == 413 and "texts[1]" in too_long.json()["detail"]
     too_many = http.post("/rules/label", json={"texts": ["ok"] * 11})
     assert too_many.status_code == 413 and "limit is 10" in too_many.json()["detail"]
+    section = http.post("/translate/report", json={"sections": {"findings": "x" * 8001}})
+    assert section.status_code == 413 and "sections['findings']" in section.json()["detail"]
 
 
 def test_translate_app_per_item_errors(server):
@@ -252,21 +292,49 @@ def test_translate_app_per_item_errors(server):
     out = r.json()["sections"]
     assert out["findings"]["translation"] == fake_translation("No pleural effusion.")
     assert out["impressions"]["translation"] == fake_translation("Normal study.")
-    assert out["technique"]["error"]["code"] == "parse_error" and out["technique"]["translation"] is None
+    assert out["technique"]["error"]["code"] == "parse_error"
+    assert out["technique"]["translation"] is None
     assert out["clinical_information"]["error"]["code"] == "empty_text"
     assert max(s["batch_size"] or 0 for s in out.values()) > 1  # sections batched together
     assert r.json()["prompt_version"].startswith("translate-en-ja@")
 
 
+def test_llm_findings_app_through_openai_compatible_server(server, llm_server):
+    from ctray.tasks.findings.rules import RuleLabeler
+
+    texts = [*EN_CASES, *JA_CASES, f"{UNPARSEABLE}: cardiomegaly."]
+    seen = len(llm_server.requests)
+    r = server["http"].post("/llm-findings/label", json={"texts": texts})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    for text, item in zip(texts[:-1], body["results"]):
+        assert item["error"] is None, item
+        assert item["labels"] == RuleLabeler("auto").label(text).labels
+        assert item["prompt_tokens"] > 0 and item["completion_tokens"] > 0
+    bad = body["results"][-1]
+    assert bad["error"]["code"] == "parse_error" and bad["labels"] is None
+    requests = llm_server.requests[seen:]
+    assert len(requests) == len(texts) + 1  # one repair request for the unusable answer
+    assert all(q["response_format"]["type"] == "json_schema" for q in requests)
+    assert max(i["batch_size"] for i in body["results"]) > 1
+    assert body["prompt_version"] and body["model"] == "openai:stub-model"
+
+
 def test_overload_gives_503_and_slow_requests_408(server):
+    import threading
+
+    start = threading.Barrier(8)
+
     def fire(_):
+        start.wait()  # all eight arrive while the first (2 s) is still running
         return httpx.post(f"{server['base']}/slow/report",
                           json={"sections": {"findings": "Small nodule."}}, timeout=60).status_code
 
     with cf.ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(fire, range(8)))
-    # One running, one queued; the rest are refused at once instead of piling up.
-    assert codes.count(200) >= 2 and codes.count(503) >= 1, codes
+    # One running and one queued; the rest are refused at once (no pile-up). One slot of
+    # slack for a thread the loaded test machine starts late.
+    assert 1 <= codes.count(200) <= 3 and codes.count(503) >= 5, codes
     assert set(codes) <= {200, 503}
     timed_out = server["http"].post("/slow/report", json={"sections": {"findings": "Nodule."}},
                                     headers={"x-request-timeout-seconds": "0.3"})
@@ -297,12 +365,12 @@ def test_client_health_and_version(server, checkpoints):
     from ctray.serving.client import LabelingClient
 
     with LabelingClient(server["base"]) as client:
-        for app in ("findings", "rules", "translate"):
+        for app in ("findings", "rules", "translate", "llm_findings"):
             assert client.health(app).status == "ok"
         version = client.version("findings")
-        assert version.checkpoint == checkpoints[0] and version.model == "tiny-random-bert-seed0"
+        assert version.checkpoint == checkpoints[0] and version.model == "random-bert-32x1"
         assert version.max_batch_size == 8 and version.replica.startswith("SERVE_REPLICA::findings")
-        result = client.findings(["Hiatal hernia.", ""], ids=["a", "b"])
+        result = client.findings(["食道裂孔ヘルニアを認める。", ""], ids=["a", "b"])
         assert result.results[0].labels is not None and result.results[1].error.code == "empty_text"
         translated = client.translate({"findings": "Atelectasis."}).sections["findings"]
         assert translated.translation == fake_translation("Atelectasis.")
@@ -314,6 +382,7 @@ def test_report_text_never_logged(server):
     text = f"{SECRET_MARKER} reports a pleural effusion."
     for path, body in (("/findings/label", {"texts": [text]}), ("/rules/label", {"texts": [text]}),
                        ("/translate/report", {"sections": {"findings": text}}),
+                       ("/llm-findings/label", {"texts": [text, f"{UNPARSEABLE} {text}"]}),
                        ("/findings/label", {"texts": [text * 400]})):  # 413 path too
         server["http"].post(path, json=body)
     time.sleep(1.0)  # log files are flushed by the replicas asynchronously
@@ -338,11 +407,13 @@ def test_reconfigure_swaps_checkpoint_without_restart(server, checkpoints):
         assert time.time() < deadline, "user_config was not applied"
         time.sleep(0.5)
     assert http.get("/findings/version").json()["replica"] == replica  # same actor: no restart
-    labels, _ = FindingsClassifier.from_pretrained(checkpoints[1], device="cpu").predict(TEXTS)
+    old = FindingsClassifier.from_pretrained(checkpoints[0], device="cpu").predict_proba(TEXTS)
+    new = FindingsClassifier.from_pretrained(checkpoints[1], device="cpu").predict_proba(TEXTS)
+    assert np.abs(old - new).max() > 0.05  # the two models are distinguishable
     body = http.post("/findings/label", json={"texts": TEXTS}).json()
-    assert body["model"] == "tiny-random-bert-seed1"
-    got = [[item["labels"][c] for c in item["labels"]] for item in body["results"]]
-    assert got == labels.tolist()
+    assert body["checkpoint"] == checkpoints[1]
+    got = np.array([list(item["probabilities"].values()) for item in body["results"]])
+    np.testing.assert_allclose(got, new, atol=1e-5)
 
 
 def test_replica_failure_recovers(server):
@@ -366,9 +437,12 @@ def test_replica_failure_recovers(server):
 def test_serve_bench_job_against_running_app(server, tmp_path):
     from ctray.cli import run_job
 
-    report = run_job("serve-bench", ["--url", server["base"], "--output", str(tmp_path),
-                                     "--set", "concurrency=[1,4]", "--set", "requests_per_level=12",
-                                     "--set", "warmup_requests=2", "--set", "corpus.limit=16"])
+    report = run_job("serve-bench", [
+        "--config", str(REPO / "configs" / "serve_bench.yaml"), "--url", server["base"],
+        "--output", str(tmp_path), "--limit", "16", "--set", "concurrency=[1,4]",
+        "--set", "requests_per_level=12", "--set", "warmup_requests=2",
+        "--set", f"corpus.path={REPO / 'ctray' / 'data' / 'sample_reports_ja.csv'}",
+        "--set", "corpus.sections={findings: Findings_JA, impressions: Impressions_JA}"])
     assert [r["concurrency"] for r in report["results"]] == [1, 4]
     for r in report["results"]:
         assert r["errors"] == 0 and r["requests"] == 12

@@ -205,6 +205,42 @@ def _load_from_pretrained(location: str, dtype, revision: str | None = None,
     return model, tokenizer
 
 
+def _cache_key(source: ResolvedSource, dtype: str, revision: str | None) -> tuple[ResolvedSource, str]:
+    is_local = bool(source.package) or Path(source.location).is_dir()
+    if is_local and source.sha256 is None:
+        source = ResolvedSource(source.kind, source.location, source.gguf_file,
+                                _sha256_file(Path(source.location) / source.gguf_file),
+                                source.package)
+    if source.sha256 is not None:
+        ident = source.sha256
+    else:  # hub GGUF: the repository, file and revision identify the content
+        ident = hashlib.sha256(
+            f"{source.location}/{source.gguf_file}@{revision or 'main'}".encode()).hexdigest()
+    return source, f"{ident[:16]}-{dtype.lower()}-v{CACHE_FORMAT}"
+
+
+def ensure_cached(source: ResolvedSource, *, dtype: str = "float32", revision: str | None = None,
+                  cache_dir: str | None = None) -> tuple[Path, bool]:
+    """Convert a GGUF source into the cache unless it is there; ``(directory, converted_now)``.
+
+    Safe to call from many processes at once: one converts, the others wait on the
+    lock and then find the finished cache. A driver can call it before starting
+    its workers so that none of them pays for the conversion."""
+    if source.kind != "gguf":
+        raise ValueError(f"only GGUF sources are converted and cached, not {source.label()}")
+    root = default_cache_root(cache_dir)
+    source, key = _cache_key(source, dtype, revision)
+    target = root / key
+    if (target / CACHE_MARKER).is_file():
+        return target, False
+    with _file_lock(root / f".{key}.lock"):
+        # Another worker may have finished the conversion while we waited.
+        if (target / CACHE_MARKER).is_file():
+            return target, False
+        _convert_into_cache(source, target, _torch_dtype(dtype), revision, root)
+        return target, True
+
+
 def load_model(source: ResolvedSource, *, dtype: str = "float32", revision: str | None = None,
                cache_dir: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """Load ``(model, tokenizer, info)``; GGUF sources go through the converted cache.
@@ -216,29 +252,9 @@ def load_model(source: ResolvedSource, *, dtype: str = "float32", revision: str 
     if source.kind != "gguf":
         model, tokenizer = _load_from_pretrained(source.location, torch_dtype, revision)
         return model, tokenizer, info
-
-    root = default_cache_root(cache_dir)
-    is_local = bool(source.package) or Path(source.location).is_dir()
-    if is_local and source.sha256 is None:
-        source = ResolvedSource(source.kind, source.location, source.gguf_file,
-                                _sha256_file(Path(source.location) / source.gguf_file),
-                                source.package)
-    if source.sha256 is not None:
-        key = f"{source.sha256[:16]}-{dtype.lower()}-v{CACHE_FORMAT}"
-    else:  # hub GGUF: the repository, file and revision identify the content
-        ident = f"{source.location}/{source.gguf_file}@{revision or 'main'}"
-        key = f"{hashlib.sha256(ident.encode()).hexdigest()[:16]}-{dtype.lower()}-v{CACHE_FORMAT}"
-    target = root / key
-    info["cache_dir"] = str(target)
-
-    if not (target / CACHE_MARKER).is_file():
-        with _file_lock(root / f".{key}.lock"):
-            # Another worker may have finished the conversion while we waited.
-            if not (target / CACHE_MARKER).is_file():
-                _convert_into_cache(source, target, torch_dtype, revision, root)
-                info["cache_hit"] = False
-    if info["cache_hit"] is None:
-        info["cache_hit"] = True
+    target, converted = ensure_cached(source, dtype=dtype, revision=revision, cache_dir=cache_dir)
+    info.update(cache_dir=str(target), cache_hit=not converted)
+    # Also right after converting: every worker then runs exactly what the cache holds.
     model, tokenizer = _load_from_pretrained(str(target), torch_dtype)
     return model, tokenizer, info
 
@@ -255,6 +271,7 @@ def _convert_into_cache(source: ResolvedSource, target: Path, torch_dtype, revis
     _detach_gguf_quantizer(model)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared by other users
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -47,8 +47,17 @@ from ctray.pipeline.stage import (
 
 #: carried through the processor: the names of the row's own columns
 ORIGINAL_COLUMNS_KEY = "__ctray_columns"
+#: carried from postprocess to finalize: the names of the output row's columns
+OUTPUT_COLUMNS_KEY = "__ctray_output_columns"
 #: set by Ray on rows the engine failed on (with should_continue_on_error)
 INFERENCE_ERROR_KEY = "__inference_error__"
+#: columns added by preprocess and by Ray's chat-template/tokenize/vLLM/detokenize stages
+HELPER_COLUMNS = frozenset({
+    ORIGINAL_COLUMNS_KEY, OUTPUT_COLUMNS_KEY, INFERENCE_ERROR_KEY, "messages", "sampling_params",
+    "prompt", "tokenized_prompt", "prompt_token_ids", "generated_tokens", "generated_text",
+    "num_input_tokens", "num_generated_tokens", "embeddings", "metrics", "logprobs",
+    "prompt_logprobs", "request_id", "batch_uuid", "time_taken_llm", "params",
+})
 DUMMY_MESSAGES = [{"role": "user", "content": "."}]
 ERROR_COLUMNS = (ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL)
 
@@ -185,8 +194,8 @@ def vllm_response(data: dict[str, Any]) -> LLMResponse:
     )
 
 
-def vllm_postprocess(stage, data: dict[str, Any]) -> dict[str, Any]:
-    """Engine output -> the stage's output row (or its error row)."""
+def finished_row(stage, data: dict[str, Any]) -> dict[str, Any]:
+    """Engine output (Ray's data dict for one row) -> the stage's output row or error row."""
     row = _original_row(data)
     if _has_error(row):
         # Failed before inference; the dummy answer is ignored.
@@ -198,13 +207,26 @@ def vllm_postprocess(stage, data: dict[str, Any]) -> dict[str, Any]:
     return _complete(stage, result)
 
 
+def vllm_postprocess(stage, data: dict[str, Any]) -> dict[str, Any]:
+    """Postprocess of the processor. Its rows share a block with the raw rows of
+    failed requests (which skip postprocess), and a block has one schema, so every
+    row gains the others' columns as nulls on the way to ``vllm_finalize``; the
+    list of the columns this row really has travels along to undo that."""
+    out = finished_row(stage, data)
+    out[OUTPUT_COLUMNS_KEY] = list(out)
+    return out
+
+
 def vllm_finalize(stage, row: dict[str, Any]) -> dict[str, Any]:
     """After the processor: rows vLLM failed on skipped postprocess (Ray passes them
-    through raw, helper columns and all); give them the same treatment."""
+    through raw, helper columns and all) and get the same treatment here; every row
+    keeps exactly the stage's columns."""
     if row.get(INFERENCE_ERROR_KEY):
-        return vllm_postprocess(stage, row)
-    row.pop(INFERENCE_ERROR_KEY, None)
-    return row
+        return finished_row(stage, row)
+    names = row.get(OUTPUT_COLUMNS_KEY)
+    if names is None:  # not from vllm_postprocess: drop what we know is ours or vLLM's
+        return {k: v for k, v in row.items() if k not in HELPER_COLUMNS}
+    return {name: row.get(name) for name in list(names)}
 
 
 def _build_processor(config, **kwargs):

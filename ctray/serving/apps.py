@@ -23,7 +23,7 @@ from ray.serve import Application
 
 from ctray.llm.config import BackendConfig
 from ctray.serving.deployments import FindingsLabeler, FindingsUserConfig, RuleLabelerService
-from ctray.serving.llm_deployments import LLMUserConfig, TranslatorService
+from ctray.serving.llm_deployments import LLMFindingsLabeler, LLMUserConfig, TranslatorService
 from ctray.serving.service import Limits
 from ctray.tasks.translate.prompts import TranslationPromptConfig
 
@@ -87,3 +87,24 @@ def translate_app(args: TranslateAppArgs, **options: Any) -> Application:
 
 def build_translate_app(args: TranslateAppArgs) -> Application:
     return translate_app(args)
+
+
+class LLMFindingsAppArgs(LLMAppArgs):
+    lang: str = Field(default="auto", description="prompt language: en, ja or auto (per report)")
+    max_tokens: int = Field(default=400, ge=1)
+    guided_json: bool = Field(default=True, description="send the JSON schema to the backend")
+    repair: bool = True
+    lenient: bool = False
+
+    def task_options(self) -> dict[str, Any]:
+        return self.model_dump(include={"lang", "max_tokens", "guided_json", "repair", "lenient"})
+
+
+def llm_findings_app(args: LLMFindingsAppArgs, **options: Any) -> Application:
+    args = _coerce(LLMFindingsAppArgs, args)
+    return LLMFindingsLabeler.options(user_config=_user_config(args, LLMUserConfig),
+                                      **options).bind(args.backend, args.task_options())
+
+
+def build_llm_findings_app(args: LLMFindingsAppArgs) -> Application:
+    return llm_findings_app(args)

@@ -18,7 +18,8 @@ TOKEN_ENV = "CTRAY_SERVE_TOKEN"
 
 # auto_error=False: a missing header must give 401 (and only when auth is on),
 # not FastAPI's 403.
-_bearer = HTTPBearer(auto_error=False, description=f"required when {TOKEN_ENV} is set on the server")
+_bearer = HTTPBearer(auto_error=False,
+                     description=f"required when {TOKEN_ENV} is set on the server")
 
 
 def expected_token() -> str | None:

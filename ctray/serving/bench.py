@@ -173,14 +173,20 @@ def _deploy_and_measure(cfg: ServeBenchConfig, texts: list[str]) -> list[LevelRe
 
     if not cfg.checkpoint:
         raise UserError("serve-bench: set checkpoint (a findings model directory) or url")
+    from pathlib import Path
+
+    # Replicas do not share this process's working directory.
+    checkpoint = cfg.checkpoint
+    if "://" not in checkpoint and Path(checkpoint).exists():
+        checkpoint = str(Path(checkpoint).resolve())
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     results: list[LevelResult] = []
     try:
         for size in cfg.max_batch_sizes:
-            args = FindingsAppArgs(checkpoint=cfg.checkpoint, device=cfg.device,
-                                   max_batch_size=size,
-                                   batch_wait_timeout_s=cfg.batch_wait_timeout_s if size > 1 else 0.0,
+            wait = cfg.batch_wait_timeout_s if size > 1 else 0.0
+            args = FindingsAppArgs(checkpoint=checkpoint, device=cfg.device, max_batch_size=size,
+                                   batch_wait_timeout_s=wait,
                                    max_items=max(cfg.texts_per_request, 64))
             app = findings_app(args, num_replicas=cfg.num_replicas,
                                max_ongoing_requests=max(64, 2 * size),

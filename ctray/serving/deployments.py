@@ -50,6 +50,17 @@ class FindingsUserConfig(BatchingConfig):
         return (self.checkpoint, self.device, self.dtype, self.chunk_batch_size, self.cache_dir)
 
 
+def _check_local_path(checkpoint: str) -> None:
+    """A path-like checkpoint that is missing fails here, not as a confusing hub lookup."""
+    import os
+
+    if checkpoint.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(checkpoint)):
+        raise ValueError(f"checkpoint {checkpoint!r} is not a directory on this node; use an "
+                         "absolute path that exists on every node, an s3:// URI or a Hugging "
+                         "Face model id (relative paths resolve against the replica's working "
+                         "directory, not yours)")
+
+
 findings_api = FastAPI(title="ctray findings classifier", version=ctray.__version__,
                        description=DOCS)
 
@@ -73,6 +84,7 @@ class FindingsLabeler(Service):
         if self.config is None or cfg.model_key() != self.config.model_key():
             from ctray.tasks.findings.model import FindingsClassifier
 
+            _check_local_path(cfg.checkpoint)
             # Load beside the old model and swap the reference: requests in flight
             # finish on the old weights, none sees a half-loaded model.
             loaded = await asyncio.to_thread(
@@ -87,11 +99,13 @@ class FindingsLabeler(Service):
 
     def check_health(self) -> None:
         if self.classifier is None:
-            raise RuntimeError("no model loaded")
+            raise RuntimeError("no model loaded: the deployment needs user_config.checkpoint")
 
-    def _predict(self, classifier, texts: list[str]) -> list[np.ndarray]:
+    def _predict(self, classifier, texts: list[str]) -> list[tuple]:
+        """(classifier, probabilities) per text: an item is read with the thresholds
+        of the model that scored it, even if reconfigure swaps models meanwhile."""
         with self.model_lock:
-            return list(classifier.predict_proba(texts))
+            return [(classifier, p) for p in classifier.predict_proba(texts)]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def predict_batch(self, texts: list[str]) -> list[Outcome]:
@@ -104,8 +118,8 @@ class FindingsLabeler(Service):
     def _item(self, item_id: str, outcome: Outcome, with_probs: bool) -> FindingsItem:
         if outcome.error is not None:
             return FindingsItem(id=item_id, error=outcome.error, batch_size=outcome.batch_size)
-        clf = self.classifier
-        probs = np.asarray(outcome.value, dtype=float)
+        clf, probs = outcome.value
+        probs = np.asarray(probs, dtype=float)
         labels = (probs >= clf.thresholds).astype(int)
         columns = clf.columns
         return FindingsItem(
@@ -139,8 +153,8 @@ class FindingsLabeler(Service):
     async def healthz(self) -> Health:
         started = time.perf_counter()
         try:
-            probs = await asyncio.to_thread(self._predict, self.classifier, [HEALTH_TEXT])
-            ok = len(probs) == 1 and bool(np.all(np.isfinite(probs[0])))
+            scored = await asyncio.to_thread(self._predict, self.classifier, [HEALTH_TEXT])
+            ok = len(scored) == 1 and bool(np.all(np.isfinite(scored[0][1])))
         except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
             log.warning("findings healthz failed: %s", type(exc).__name__)
             ok = False

@@ -25,10 +25,12 @@ from ctray.llm.task import COMPLETION_TOKENS_COL, PROMPT_TOKENS_COL, LLMStage, L
 from ctray.pipeline.stage import ERROR_COL
 from ctray.serving.auth import AUTH
 from ctray.serving.batching import MAX_ERROR_CHARS, Outcome, run_isolated
-from ctray.serving.schemas import (BatchStats, Health, ItemError, TranslateRequest,
-                                   TranslateResponse, TranslationItem, VersionInfo)
+from ctray.serving.schemas import (BatchStats, Health, ItemError, LabelRequest, LLMFindingsItem,
+                                   LLMFindingsResponse, TranslateRequest, TranslateResponse,
+                                   TranslationItem, VersionInfo)
 from ctray.serving.service import (BatchingConfig, Limits, Service, const,
                                    empty_text_error, is_blank, log)
+from ctray.tasks.findings.schema import COLUMN_TO_NAME, FINDING_COLUMNS
 from ctray.tasks.translate.prompts import TranslationPromptConfig
 from ctray.tasks.translate.task import SECTION_COL, SOURCE_COL, TRANSLATION_COL, TranslateTask
 
@@ -135,7 +137,7 @@ class TranslatorService(LLMService):
     async def translate(self, body: TranslateRequest, request: Request) -> TranslateResponse:
         started = time.perf_counter()
         names, texts = list(body.sections), list(body.sections.values())
-        self.check_limits(texts)
+        self.check_limits(texts, field="sections", keys=names)
         self.counter.record_request(len(texts))
         rows = [None if is_blank(text) else
                 {"report_id": body.id or "request", SECTION_COL: name, SOURCE_COL: text}
@@ -165,6 +167,56 @@ class TranslatorService(LLMService):
         return self.counter.snapshot(self.replica_name)
 
 
-def usage(row: dict[str, Any]) -> dict[str, int]:
-    return {"prompt_tokens": int(row.get(PROMPT_TOKENS_COL) or 0),
-            "completion_tokens": int(row.get(COMPLETION_TOKENS_COL) or 0)}
+llm_findings_api = FastAPI(title="ctray LLM findings labeler", version=ctray.__version__,
+                           description="Labels the 18 CT-RATE findings with an LLM answering "
+                                       "one JSON object per report (the prompts of the LLM "
+                                       "labeling job). Report text is never logged.")
+
+
+@serve.deployment(max_ongoing_requests=16, max_queued_requests=128,
+                  ray_actor_options={"num_cpus": 1})
+@serve.ingress(llm_findings_api)
+class LLMFindingsLabeler(LLMService):
+    app_label = "llm-findings"
+
+    def __init__(self, backend: BackendConfig, task_options: dict[str, Any] | None = None) -> None:
+        from ctray.tasks.findings.llm_labeler import FindingsLLMTask
+
+        self._init_llm(FindingsLLMTask(**(task_options or {})), backend)
+
+    def _item(self, item_id: str, outcome: Outcome) -> LLMFindingsItem:
+        if outcome.error is not None:
+            return LLMFindingsItem(id=item_id, error=outcome.error, batch_size=outcome.batch_size)
+        row = outcome.value
+        labels = {c: int(row[c]) for c in FINDING_COLUMNS}
+        return LLMFindingsItem(id=item_id, batch_size=outcome.batch_size, labels=labels,
+                               positive=[COLUMN_TO_NAME[c] for c in FINDING_COLUMNS if labels[c]],
+                               prompt_tokens=int(row.get(PROMPT_TOKENS_COL) or 0),
+                               completion_tokens=int(row.get(COMPLETION_TOKENS_COL) or 0))
+
+    @llm_findings_api.post("/label", response_model=LLMFindingsResponse, dependencies=AUTH)
+    async def label(self, body: LabelRequest, request: Request) -> LLMFindingsResponse:
+        started = time.perf_counter()
+        self.check_limits(body.texts)
+        self.counter.record_request(len(body.texts))
+        rows = [None if is_blank(text) else {"report_id": body.item_id(i), "text": text}
+                for i, text in enumerate(body.texts)]
+        outcomes = await self.run_rows(rows)
+        self.counter.record_errors(sum(r is None for r in rows))
+        self.log_request(request, body.texts, started, outcomes)
+        return LLMFindingsResponse(model=self.model_label(),
+                                   prompt_version=self.stage.task.prompt_version(),
+                                   results=[self._item(body.item_id(i), o)
+                                            for i, o in enumerate(outcomes)])
+
+    @llm_findings_api.get("/healthz", response_model=Health)
+    async def healthz(self) -> Health:
+        return await self.health()
+
+    @llm_findings_api.get("/version", response_model=VersionInfo, dependencies=AUTH)
+    async def version(self) -> VersionInfo:
+        return self.llm_version()
+
+    @llm_findings_api.get("/stats", response_model=BatchStats, dependencies=AUTH)
+    async def stats(self) -> BatchStats:
+        return self.counter.snapshot(self.replica_name)

@@ -78,17 +78,20 @@ class Service:
                 self._replica = None
         return self._replica
 
-    def check_limits(self, texts: list[str]) -> None:
-        """413 for a request over the configured size (before any model work)."""
+    def check_limits(self, texts: list[str], field: str = "texts",
+                     keys: list[str] | None = None) -> None:
+        """413 for a request over the configured size (before any model work).
+        ``keys`` name the items in the message (section names); default: indices."""
         limits = self.limits
         if len(texts) > limits.max_items:
             raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                                detail=f"{len(texts)} texts in one request; the limit is "
+                                detail=f"{len(texts)} {field} in one request; the limit is "
                                        f"{limits.max_items} (user_config.max_items)")
         for i, text in enumerate(texts):
             if len(text) > limits.max_chars:
+                where = f"{field}[{keys[i]!r}]" if keys else f"{field}[{i}]"
                 raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                                    detail=f"texts[{i}] has {len(text)} characters; the limit "
+                                    detail=f"{where} has {len(text)} characters; the limit "
                                            f"is {limits.max_chars} (user_config.max_chars)")
 
     def log_request(self, request: Request | None, texts: list[str], started: float,

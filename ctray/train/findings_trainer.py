@@ -268,11 +268,11 @@ def _evaluate(model, tokenizer, frame: pd.DataFrame, params: TrainingParams, dev
     with torch.inference_mode(), ctx:
         for s in range(0, len(mine), params.eval_batch_size):
             batch = [texts[i] for i in mine[s:s + params.eval_batch_size]]
-            logits, n = report_logits(getattr(model, "module", model), tokenizer, batch,
+            logits, windows = report_logits(getattr(model, "module", model), tokenizer, batch,
                                       params.max_length, params.stride, device,
                                       params.chunk_batch_size)
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-            chunked += n
+            chunked += int(np.sum(windows > 1))
     local = (mine, np.concatenate(probs) if probs else np.zeros((0, len(FINDING_COLUMNS))), chunked)
     out = np.zeros((len(frame), len(FINDING_COLUMNS)), dtype=np.float32)
     total_chunked = 0
@@ -328,7 +328,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             scaler.load_state_dict(state["scaler"])
     loss_fn = torch.nn.BCEWithLogitsLoss()
     y_val = val_df[list(FINDING_COLUMNS)].to_numpy()
-    epochs_run = []
+    epochs_run: list[int] = []
+    history: list[dict] = list(state.get("history", [])) if state is not None else []
 
     for epoch in range(start_epoch, params.epochs):
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -358,13 +359,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                       f"{len(loader)} loss {loss_sum / seen:.4f}", flush=True)
         ranks = np.stack(_gather(np.array([seen, loss_sum, chunked, time.time() - started]), world))
         totals = ranks.sum(axis=0)
+        eval_started = time.time()
         probs, val_chunked = _evaluate(model, tokenizer, val_df, params, device, rank, world, amp)
         metrics = {"epoch": epoch + 1, "train_loss": float(totals[1] / max(totals[0], 1)),
                    "train_reports": int(totals[0]), "n_chunked_train": int(totals[2]),
                    "n_chunked_val": int(val_chunked), "resumed_from_epoch": start_epoch,
                    # ranks run concurrently: global rate = all reports / slowest rank's time
                    "train_reports_per_s": float(totals[0] / max(ranks[:, 3].max(), 1e-9)),
+                   "train_s": float(ranks[:, 3].max()), "eval_s": time.time() - eval_started,
                    **epoch_metrics(y_val, probs)}
+        history.append({k: v for k, v in metrics.items() if not k.startswith("val_auc_")})
         epochs_run.append(epoch + 1)
         if rank == 0:
             print(f"[train-findings] epoch {epoch + 1}/{params.epochs}: train loss "
@@ -376,9 +380,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 getattr(model, "module", model).save_pretrained(os.path.join(tmp, "model"))
                 tokenizer.save_pretrained(os.path.join(tmp, "model"))
                 torch.save({"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
+                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                            "history": history},
                            os.path.join(tmp, "train_state.pt"))
                 np.save(os.path.join(tmp, "val_probs.npy"), probs)
+                # Readable without torch: the whole run so far, also after resumes.
+                with open(os.path.join(tmp, "history.json"), "w") as f:
+                    json.dump(history, f, indent=1)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
     return {"start_epoch": start_epoch + 1, "epochs_run": epochs_run}
@@ -440,12 +448,16 @@ def _best(result) -> tuple[Any, dict]:
 
 
 def _history(result) -> list[dict]:
-    df = result.metrics_dataframe
-    if df is None or df.empty:
+    """Every epoch's metrics (the latest checkpoint carries the run's full history;
+    the result's own metrics list only covers the checkpoints still kept)."""
+    if result.checkpoint is None:
         return []
-    cols = [c for c in ("epoch", "train_loss", "val_loss", SCORE, "val_micro_f1", "val_macro_auc",
-                        "n_chunked_train", "n_chunked_val", "train_reports_per_s") if c in df]
-    return df[cols].sort_values("epoch").to_dict("records")
+    with result.checkpoint.as_directory() as d:
+        path = os.path.join(d, "history.json")
+        if not os.path.exists(path):
+            return []
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
 
 
 def export_best(result, cfg: TrainFindingsConfig, val_df: pd.DataFrame, export_to: str) -> dict:

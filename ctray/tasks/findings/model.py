@@ -91,10 +91,14 @@ class EncodedReports:
     owner: list[int]  # report index of each window
     n_reports: int
 
+    def windows(self) -> np.ndarray:
+        """Number of windows per report."""
+        return np.bincount(np.asarray(self.owner, dtype=np.int64), minlength=self.n_reports)
+
     @property
     def n_chunked(self) -> int:
         """Reports that needed more than one window."""
-        return int(np.sum(np.bincount(self.owner, minlength=self.n_reports) > 1)) if self.owner else 0
+        return int(np.sum(self.windows() > 1))
 
 
 def encode_reports(tokenizer, texts: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH,
@@ -134,7 +138,8 @@ def max_pool(logits, owner, n_reports: int):
 
 def report_logits(model, tokenizer, texts: Sequence[str], max_length: int, stride: int,
                   device, chunk_batch_size: int = 16):
-    """Max-pooled logits [n_reports, num_labels] (no grad handling: caller decides)."""
+    """(max-pooled logits [n_reports, num_labels], windows per report). Gradient mode
+    and autocast are the caller's choice."""
     import torch
 
     enc = encode_reports(tokenizer, texts, max_length, stride)
@@ -151,7 +156,7 @@ def report_logits(model, tokenizer, texts: Sequence[str], max_length: int, strid
     for idx, part in parts:
         logits[idx.to(logits.device)] = part
     owner = torch.as_tensor(enc.owner, device=logits.device)
-    return max_pool(logits, owner, len(texts)), enc.n_chunked
+    return max_pool(logits, owner, len(texts)), enc.windows()
 
 
 # -- storage ---------------------------------------------------------------------------
@@ -224,7 +229,8 @@ class FindingsClassifier:
         self.meta = meta
         self.device = device
         self.chunk_batch_size = chunk_batch_size
-        self.last_n_chunked = 0  # reports that needed several windows in the last call
+        # Windows per report in the last call (>1: the report was longer than max_length).
+        self.last_windows = np.zeros(0, dtype=np.int64)
 
     @classmethod
     def from_pretrained(cls, path: str, device: str | None = None,
@@ -259,6 +265,10 @@ class FindingsClassifier:
         return list(self.meta.columns)
 
     @property
+    def last_n_chunked(self) -> int:
+        return int(np.sum(self.last_windows > 1))
+
+    @property
     def thresholds(self) -> np.ndarray:
         return self.meta.threshold_array()
 
@@ -270,7 +280,7 @@ class FindingsClassifier:
         if not texts:
             return np.zeros((0, len(self.meta.labels)), dtype=np.float32)
         with torch.inference_mode(), _autocast(self.device):
-            logits, self.last_n_chunked = report_logits(
+            logits, self.last_windows = report_logits(
                 self.model, self.tokenizer, texts, self.meta.max_length, self.meta.stride,
                 self.device, self.chunk_batch_size)
         return torch.sigmoid(logits).cpu().numpy().astype(np.float32)

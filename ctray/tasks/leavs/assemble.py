@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from ctray.io.output import USAGE_COLS
 from ctray.tasks.leavs import schema
 from ctray.tasks.leavs.fanout import FIXED_URGENCY, URGENT_CERTAINTIES, evidence, parse_idx
 
@@ -44,15 +45,31 @@ def events(batch: pd.DataFrame, kind: str, fields: Iterable[str]) -> pd.DataFram
          for r in recs], columns=EVENT_COLS)
 
 
-# Which columns of each stage's results become events.
+# Stage (pass) whose results each event kind comes from, in pipeline order.
+KIND_PASS = {"list": "filter_list", "check": "filter_check", "types": "finding_types",
+             "certainty": "certainty", "urgency": "urgency"}
+STAGES = tuple(KIND_PASS.values())
+# Which columns of each stage's results become events (LLM usage travels along, so
+# the labels carry what each organ cost per stage).
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "base": ("n_sentences",),
-    "list": ("sentences_json", "listed"),
-    "check": ("sentence_idx", "informative"),
-    "types": ("types",),
-    "certainty": ("finding_type", "certainty"),
-    "urgency": ("finding_type", "urgency"),
+    "list": ("sentences_json", "listed", *USAGE_COLS),
+    "check": ("sentence_idx", "informative", *USAGE_COLS),
+    "types": ("types", *USAGE_COLS),
+    "certainty": ("finding_type", "certainty", *USAGE_COLS),
+    "urgency": ("finding_type", "urgency", *USAGE_COLS),
 }
+USAGE_COLUMNS = [f"{p}_{c}" for p in STAGES for c in USAGE_COLS]
+
+
+def organ_usage(ev: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """LLM calls and tokens spent on one organ, per stage."""
+    out = {c: 0 for c in USAGE_COLUMNS}
+    for kind, stage in KIND_PASS.items():
+        for e in ev.get(kind, []):
+            for c in USAGE_COLS:
+                out[f"{stage}_{c}"] += int(e.get(c) or 0)
+    return out
 
 
 def _by_kind(group: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
@@ -134,7 +151,7 @@ def organ_labels(ev: dict[str, list[dict[str, Any]]], fast: bool,
 LABEL_COLUMNS = (["report_id", "organ", "status", "n_sentences", "n_evidence", "evidence",
                   "types"] + list(schema.FINDING_TYPES)
                  + [f"urgency_{t}" for t in schema.FINDING_TYPES]
-                 + [f"merged_{m}" for m in schema.MERGED_TYPES])
+                 + [f"merged_{m}" for m in schema.MERGED_TYPES] + USAGE_COLUMNS)
 
 
 def assemble_group(group: pd.DataFrame, fast: bool, ask_unselected: bool) -> pd.DataFrame:
@@ -153,6 +170,7 @@ def assemble_group(group: pd.DataFrame, fast: bool, ask_unselected: bool) -> pd.
     row.update(got["codes"])
     row.update({f"urgency_{t}": u for t, u in got["urgency"].items()})
     row.update({f"merged_{m}": c for m, c in schema.merge_label_row(got["codes"]).items()})
+    row.update(organ_usage(ev))
     return pd.DataFrame([row], columns=LABEL_COLUMNS)
 
 
@@ -183,10 +201,48 @@ def write_labels_shard(batch: pd.DataFrame, out: str, run_id: str) -> pd.DataFra
         csv = release_rows(ok).to_csv(index=False, header=False, lineterminator="\n")
         write_bytes_atomic(f"{out}/csv_parts/{name}.csv", csv.encode("utf-8"))
     if len(todo):
-        _write_parquet(todo[["report_id", "organ", "status"]].assign(run_id=run_id),
+        _write_parquet(todo[["report_id", "organ", "status", *USAGE_COLUMNS]].assign(run_id=run_id),
                        f"{out}/incomplete/{name}.parquet")
     return pd.DataFrame([{"ok": len(ok), "incomplete": len(todo),
                           "by_status": json.dumps(todo["status"].value_counts().to_dict())}])
+
+
+def write_usage_shard(batch: pd.DataFrame, out: str) -> pd.DataFrame:
+    """map_batches over per-report usage sums: add totals, write, return shard statistics."""
+    from ctray.io.output import shard_digest
+
+    batch = batch.reset_index(drop=True)
+    if batch.empty:
+        return pd.DataFrame([{"reports": 0}])
+    for c in USAGE_COLS:
+        batch[f"total_{c}"] = sum(batch[f"{p}_{c}"] for p in STAGES).astype("int64")
+    _write_parquet(batch, f"{out}/usage_per_report/part-{shard_digest(batch[['report_id']])}.parquet")
+    stats: dict[str, Any] = {"reports": len(batch)}
+    for c in USAGE_COLUMNS + [f"total_{c}" for c in USAGE_COLS]:
+        stats[f"sum_{c}"] = int(batch[c].sum())
+    for c in USAGE_COLS:
+        stats[f"min_total_{c}"] = int(batch[f"total_{c}"].min())
+        stats[f"max_total_{c}"] = int(batch[f"total_{c}"].max())
+    return pd.DataFrame([stats])
+
+
+def combine_usage_stats(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-report usage summary from the writers' shard statistics: for every
+    ``<stage>_<usage>`` and ``total_<usage>`` column its sum over the corpus and its
+    mean per report, and the range of the per-report totals."""
+    shards = [s for s in shards if s.get("reports")]
+    n = sum(int(s["reports"]) for s in shards)
+    if not n:
+        return {"reports": 0}
+    out: dict[str, Any] = {"reports": n}
+    for key in [k for k in shards[0] if k.startswith("sum_")]:
+        col = key[len("sum_"):]
+        out[col] = sum(int(s[key]) for s in shards)
+        out[f"mean_{col}"] = round(out[col] / n, 2)
+    for c in USAGE_COLS:
+        out[f"min_total_{c}"] = min(int(s[f"min_total_{c}"]) for s in shards)
+        out[f"max_total_{c}"] = max(int(s[f"max_total_{c}"]) for s in shards)
+    return out
 
 
 def _write_parquet(df: pd.DataFrame, uri: str) -> None:

@@ -102,7 +102,7 @@ _NEGATED = r"(?<!\bnot )(?<!\bno )(?<!\bnon-)"
 
 def parse_choice(text: str, options: Mapping[str, Any],
                  aliases: Mapping[str, Any] | None = None) -> Any:
-    """The value of the one option ``text`` names (exact, leading, or sole mention).
+    """The value of the one option ``text`` names (exactly, or as its only option).
 
     Aliases (short words such as "present") are used only when no full option label
     occurs, and not when negated ("not present").
@@ -115,14 +115,15 @@ def parse_choice(text: str, options: Mapping[str, Any],
         return labels[norm]
     for table in (labels, {k.lower(): v for k, v in (aliases or {}).items()}):
         ordered = sorted(table, key=len, reverse=True)
-        for label in ordered:
-            if re.match(rf"{re.escape(label)}\b", norm):
-                return table[label]
         hits = {table[label] for label in ordered
                 if re.search(rf"{_NEGATED}\b{re.escape(label)}\b", norm)}
+        leading = next((table[label] for label in ordered
+                        if re.match(rf"{re.escape(label)}\b", norm)), None)
+        if leading is not None and hits <= {leading}:
+            return leading
         if len(hits) == 1:
             return hits.pop()
-        if len(hits) > 1:
+        if hits:
             raise AnswerParseError(f"the answer names several options: {sorted(map(str, hits))}")
     raise AnswerParseError(f"the answer names none of the options {list(options)}")
 

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
@@ -33,8 +34,8 @@ from ctray.config import LLMJobConfig
 from ctray.io.corpus import CorpusConfig
 from ctray.io.output import USAGE_COLS, OutputLayout
 from ctray.llm.config import BackendConfig
-from ctray.pipeline.job import run_corpus_job
-from ctray.pipeline.runner import RunSummary
+from ctray.pipeline.job import run_corpus_job, run_spec
+from ctray.pipeline.runner import RunSummary, run_pipeline
 from ctray.tasks.leavs import assemble as A
 from ctray.tasks.leavs import schema
 from ctray.tasks.leavs.fanout import (ORGAN_KEYS, SENTENCE_KEYS, TYPE_KEYS, certainty_rows,
@@ -83,6 +84,22 @@ class LeavsConfig(LLMJobConfig):
     # One follow-up request when an answer cannot be parsed.
     repair: bool = True
     csv_name: str = A.CSV_NAME
+    # Partitions of the groupby/join shuffles (fan-in, resume, per-report usage); None:
+    # Ray's default (200), right for large corpora; a few for small runs and tests.
+    shuffle_partitions: int | None = None
+    # Ray Data shuffle strategy for the groupbys, e.g. "sort_shuffle_pull_based" (no
+    # aggregator actors to start: much faster on small runs); None: Ray's default.
+    shuffle_strategy: str | None = None
+
+    @field_validator("shuffle_strategy")
+    @classmethod
+    def _strategy(cls, value: str | None) -> str | None:
+        from ray.data.context import ShuffleStrategy
+
+        known = [s.value for s in ShuffleStrategy]
+        if value is not None and value not in known:
+            raise ValueError(f"shuffle_strategy {value!r} is not one of {known}")
+        return value
 
     @field_validator("organs")
     @classmethod
@@ -137,12 +154,24 @@ def _run_pass(cfg: LeavsConfig, out: str, name: str, make_ds) -> RunSummary | No
             print(f"[ctray leavs] {name}: nothing to ask (no input rows yet)")
             return summary
         print(f"[ctray leavs] stage {PASSES.index(name) + 1}/{len(PASSES)}: {name}")
-        summary = run_corpus_job(
-            run_cfg, [_question_stage(cfg, name)], ds=ds, key_columns=PASS_KEYS[name],
-            fingerprint=_pass_fingerprint(cfg, name), output=f"{out}/{name}",
-            extra_manifest={"leavs": {"pass": name, "keys": list(PASS_KEYS[name]),
-                                      "cot": not cfg.no_cot, "fast": cfg.fast,
-                                      "unselected_types": cfg.unselected_types}})
+        extra = {"leavs": {"pass": name, "keys": list(PASS_KEYS[name]), "cot": not cfg.no_cot,
+                           "fast": cfg.fast, "unselected_types": cfg.unselected_types}}
+        stages = [_question_stage(cfg, name)]
+        if name == PASSES[0]:
+            summary = run_corpus_job(run_cfg, stages, ds=ds, key_columns=PASS_KEYS[name],
+                                     fingerprint=_pass_fingerprint(cfg, name),
+                                     output=f"{out}/{name}", extra_manifest=extra)
+            continue
+        # Later stages' keys are unique by construction (fanned out from unique keys),
+        # so the duplicate-key check, a full extra execution with a shuffle, is skipped.
+        spec = run_spec(run_cfg, PASS_KEYS[name], _pass_fingerprint(cfg, name), f"{out}/{name}")
+        spec.check_duplicate_keys = False
+        if cfg.shuffle_partitions:
+            spec.join_partitions = cfg.shuffle_partitions
+        summary = run_pipeline(ds, stages, spec, extra)
+        print(f"[ctray leavs] {name}: {summary.ok} rows done, {summary.failed} failed, "
+              f"{summary.skipped} already done; {summary.output}/results, "
+              f"{summary.output}/errors, {summary.output}/manifest.json")
     return summary
 
 
@@ -165,13 +194,13 @@ def _event_parts(out: str, passes) -> list:
     return parts
 
 
-def filtered_organs(out: str, fast: bool):
+def filtered_organs(out: str, fast: bool, partitions: int | None = None):
     """Fan-in of sentence filtration: per (report, organ), the union of both steps."""
     parts = _event_parts(out, ["filter_list"] + ([] if fast else ["filter_check"]))
     if not parts:
         return None
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    return ds.groupby(list(ORGAN_KEYS)).map_groups(
+    return ds.groupby(list(ORGAN_KEYS), num_partitions=partitions).map_groups(
         A.combine_filter, fn_kwargs={"fast": fast}, batch_format="pandas")
 
 
@@ -186,7 +215,7 @@ def _stage_inputs(cfg: LeavsConfig, out: str):
         return make
 
     def types():
-        ds = filtered_organs(out, cfg.fast)
+        ds = filtered_organs(out, cfg.fast, cfg.shuffle_partitions)
         return None if ds is None else ds.map_batches(type_rows, batch_format="pandas")
 
     return {"filter_list": lambda: organ_dataset(cfg),
@@ -204,7 +233,8 @@ def assemble_labels(cfg: LeavsConfig, out: str, run_id: str) -> dict[str, Any]:
         batch_format="pandas")
     used = [p for p in PASSES if not (cfg.fast and p == "filter_check")]
     parts = [base] + _event_parts(out, used)
-    grouped = parts[0].union(*parts[1:]).groupby(list(ORGAN_KEYS)).map_groups(
+    grouped = parts[0].union(*parts[1:]).groupby(
+        list(ORGAN_KEYS), num_partitions=cfg.shuffle_partitions).map_groups(
         A.assemble_group, fn_kwargs={"fast": cfg.fast,
                                      "ask_unselected": cfg.unselected_types == "ask"},
         batch_format="pandas")
@@ -221,48 +251,21 @@ def assemble_labels(cfg: LeavsConfig, out: str, run_id: str) -> dict[str, Any]:
             "incomplete_table": f"{out}/incomplete"}
 
 
-def _usage_columns(batch, name: str, passes: list[str]):
-    out = batch[["report_id"]].copy()
-    for p in passes:
-        for c in USAGE_COLS:
-            out[f"{p}_{c}"] = (batch[c].fillna(0).astype("int64") if p == name
-                               else 0)
-    return out
-
-
-def usage_per_report(out: str, passes: list[str]) -> dict[str, Any]:
-    """Per-report LLM calls and tokens by stage (Ray groupby) -> Parquet + summary."""
+def usage_per_report(out: str, partitions: int | None = None) -> dict[str, Any]:
+    """Per-report LLM calls and tokens by stage: a Ray groupby over the per-organ usage
+    the assembly wrote; workers write the table and return sums, the driver adds them."""
     import ray
-    from ray.data.aggregate import Max, Mean, Min, Sum
+    from ray.data.aggregate import Sum
 
-    parts = []
-    for name in passes:
-        ds = _results(out, name, ["report_id", *USAGE_COLS])
-        if ds is not None:
-            parts.append(ds.map_batches(_usage_columns, fn_kwargs={"name": name, "passes": passes},
-                                        batch_format="pandas"))
-    if not parts:
+    files = [f for sub in ("labels", "incomplete") for f in OutputLayout(out).parquet_files(sub)]
+    if not files:
         return {"reports": 0}
-    cols = [f"{p}_{c}" for p in passes for c in USAGE_COLS]
-    per_report = parts[0].union(*parts[1:]).groupby("report_id").aggregate(
-        *[Sum(c, alias_name=c) for c in cols])
-
-    def totals(batch):
-        for c in USAGE_COLS:
-            batch[f"total_{c}"] = sum(batch[f"{p}_{c}"] for p in passes)
-        return batch
-
-    path = f"{out}/usage_per_report"
-    per_report.map_batches(totals, batch_format="pandas").write_parquet(path)
-    table = ray.data.read_parquet(path)
-    stat_cols = [f"total_{c}" for c in USAGE_COLS] + cols
-    aggs = ([Mean(c, alias_name=f"mean_{c}") for c in stat_cols]
-            + [Min(f"total_{c}", alias_name=f"min_total_{c}") for c in USAGE_COLS]
-            + [Max(f"total_{c}", alias_name=f"max_total_{c}") for c in USAGE_COLS]
-            + [Sum("total_llm_calls", alias_name="sum_llm_calls")])
-    stats = table.aggregate(*aggs)
-    return {"table": path, "reports": table.count(),
-            **{k: (round(float(v), 2) if v is not None else None) for k, v in stats.items()}}
+    per_report = ray.data.read_parquet(files, columns=["report_id", *A.USAGE_COLUMNS]).groupby(
+        "report_id", num_partitions=partitions).aggregate(
+        *[Sum(c, alias_name=c) for c in A.USAGE_COLUMNS])
+    shards = per_report.map_batches(A.write_usage_shard, fn_kwargs={"out": out},
+                                    batch_format="pandas", batch_size=4096).take_all()
+    return {"table": f"{out}/usage_per_report", **A.combine_usage_stats(shards)}
 
 
 def _pass_manifest(summary: RunSummary | None) -> dict[str, Any] | None:
@@ -275,6 +278,25 @@ def _pass_manifest(summary: RunSummary | None) -> dict[str, Any] | None:
             "wall_time_s": m["wall_time_s"]}
 
 
+@contextmanager
+def _data_context(cfg: LeavsConfig):
+    """Shuffle settings for this job only; shuffles it does not size itself (the
+    corpus duplicate-id check) use them too."""
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    ctx = DataContext.get_current()
+    before = (ctx.default_hash_shuffle_parallelism, ctx.shuffle_strategy)
+    if cfg.shuffle_partitions:
+        ctx.default_hash_shuffle_parallelism = cfg.shuffle_partitions
+    if cfg.shuffle_strategy:
+        ctx.shuffle_strategy = ShuffleStrategy(cfg.shuffle_strategy)
+    try:
+        yield
+    finally:
+        ctx.default_hash_shuffle_parallelism, ctx.shuffle_strategy = before
+
+
 def run_leavs(cfg: LeavsConfig) -> LeavsRun:
     from ctray.io.manifest import config_hash, library_versions, scrub_secrets
 
@@ -284,11 +306,12 @@ def run_leavs(cfg: LeavsConfig) -> LeavsRun:
     inputs = _stage_inputs(cfg, out)
     passes = [p for p in PASSES if not (cfg.fast and p == "filter_check")]
     summaries: dict[str, RunSummary | None] = {}
-    for name in passes:
-        summaries[name] = _run_pass(cfg, out, name, inputs[name])
-    print("[ctray leavs] assembling labels per (report, organ)")
-    labels = assemble_labels(cfg, out, run_id)
-    per_report = usage_per_report(out, passes)
+    with _data_context(cfg):
+        for name in passes:
+            summaries[name] = _run_pass(cfg, out, name, inputs[name])
+        print("[ctray leavs] assembling labels per (report, organ)")
+        labels = assemble_labels(cfg, out, run_id)
+        per_report = usage_per_report(out, cfg.shuffle_partitions)
     by_stage = {p: (summaries[p].manifest["usage"] if summaries[p] else None) for p in passes}
     manifest = {
         "job": cfg.job, "run_id": run_id, "output": out,

@@ -1,0 +1,213 @@
+"""LLM labeler for the 18 CT-RATE findings: one JSON object of 0/1 values per report.
+
+The request carries a JSON schema (18 required integer keys, each 0 or 1, nothing
+else), which the vLLM and OpenAI backends enforce while decoding. Backends that
+cannot (local transformers, the fake backend) get the same instruction in the
+prompt and their answer is validated strictly: missing keys, extra keys, values
+other than 0/1, non-JSON, a code fence or prose around the object are errors. An
+unusable answer gets one repair request naming the problem; a second failure
+is a row error that keeps the raw answer. ``lenient=True`` accepts one object
+inside a code fence or prose, for models that always add them (it saves the repair
+call, at the cost of accepting answers that ignored the format instruction).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ctray.llm.base import LLMRequest, LLMResponse
+from ctray.llm.prompts import PromptTemplate
+from ctray.llm.task import LLMTask
+from ctray.pipeline.stage import RowError
+from ctray.tasks.findings.schema import FINDING_COLUMNS, FINDING_NAMES, FINDINGS
+
+KEYS: tuple[str, ...] = FINDING_NAMES  # JSON keys: the CT-RATE display names
+_KEY_LIST = "\n".join(f"- {name}" for name in KEYS)
+_KEY_LIST_JA = "\n".join(f"- {f.name}（{f.ja}）" for f in FINDINGS)
+
+
+def label_schema() -> dict[str, Any]:
+    """JSON schema of a valid answer (strict: every key required, no other key)."""
+    return {
+        "type": "object",
+        "properties": {k: {"type": "integer", "enum": [0, 1]} for k in KEYS},
+        "required": list(KEYS),
+        "additionalProperties": False,
+    }
+
+
+PROMPT_EN = PromptTemplate(
+    name="findings-json-en",
+    system=(
+        "You read chest CT reports and record which abnormalities the report states are "
+        "present. You answer with a single JSON object and nothing else."
+    ),
+    user=(
+        "For each finding below, write 1 if the report says it is present in this examination "
+        "and 0 if the report says it is absent, does not mention it, or only mentions it as a "
+        "possibility to exclude. Sizes described as normal or below pathological thresholds "
+        "count as absent.\n\n"
+        "Findings (use exactly these keys):\n" + _KEY_LIST + "\n\n"
+        "Report:\n\"\"\"\n{report}\n\"\"\"\n\n"
+        "Answer with one JSON object that has exactly these 18 keys and the value 0 or 1 for "
+        "each. Do not use a code block and do not add any text before or after the object."
+    ),
+)
+
+PROMPT_JA = PromptTemplate(
+    name="findings-json-ja",
+    system=(
+        "あなたは胸部CT読影レポートから所見の有無を読み取る放射線科医です。"
+        "回答は1つのJSONオブジェクトのみで、それ以外は出力しません。"
+    ),
+    user=(
+        "以下の日本語の胸部CTレポートについて、各所見が今回の検査で「ある」と記載されていれば1、"
+        "「ない」と記載されている・記載がない・除外目的で言及されているだけの場合は0としてください。"
+        "正常範囲や病的サイズ未満とされたものは0です。\n\n"
+        "所見（キーは括弧の前の英語名をそのまま使ってください）:\n" + _KEY_LIST_JA + "\n\n"
+        "レポート:\n\"\"\"\n{report}\n\"\"\"\n\n"
+        "18個の英語キーをすべて含み、値が0か1だけのJSONオブジェクトを1つだけ出力してください。"
+        "コードブロックや前後の説明文は付けないでください。"
+    ),
+)
+
+REPAIR = (
+    "That answer could not be used: {problem}. Reply again with only one JSON object with "
+    "exactly these keys: {keys}. Each value must be the number 0 or 1. No code block, no other text."
+)
+
+
+class LabelParseError(ValueError):
+    pass
+
+
+def _norm(key: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", key).strip().lower()
+
+
+_BY_NORM = {_norm(f.name): f.column for f in FINDINGS} | {_norm(f.column): f.column for f in FINDINGS}
+_FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
+
+
+def _extract_lenient(text: str) -> str:
+    fenced = _FENCE.findall(text)
+    if len(fenced) > 1:
+        raise LabelParseError("the answer has several code blocks")
+    if fenced:
+        return fenced[0].strip()
+    start = text.find("{")
+    if start < 0:
+        raise LabelParseError("the answer contains no JSON object")
+    try:
+        _, end = json.JSONDecoder().raw_decode(text[start:])
+    except json.JSONDecodeError as exc:
+        raise LabelParseError(f"the answer is not valid JSON ({exc.msg})") from None
+    if "{" in text[start + end:]:
+        raise LabelParseError("the answer contains more than one JSON object")
+    return text[start:start + end]
+
+
+def parse_labels(text: str, lenient: bool = False) -> dict[str, int]:
+    """The 18 labels (snake_case columns) from an answer, or :class:`LabelParseError`."""
+    body = (text or "").strip()
+    if not body:
+        raise LabelParseError("the answer is empty")
+    if lenient:
+        body = _extract_lenient(body)
+    elif body.startswith("```"):
+        raise LabelParseError("the answer is wrapped in a code block")
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError as exc:
+        if not lenient and "{" in body:
+            raise LabelParseError("the answer has text around the JSON object") from None
+        raise LabelParseError(f"the answer is not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise LabelParseError(f"the answer is a JSON {type(obj).__name__}, not an object")
+    labels: dict[str, int] = {}
+    seen: set[str] = set()
+    extra, bad = [], []
+    for key, value in obj.items():
+        column = _BY_NORM.get(_norm(str(key)))
+        if column is None:
+            extra.append(key)
+            continue
+        if column in seen:
+            raise LabelParseError(f"finding {key!r} appears twice")
+        seen.add(column)
+        # bool is an int subclass in Python; JSON true/false is not the requested 0/1.
+        if isinstance(value, bool) or value not in (0, 1) or not isinstance(value, int):
+            bad.append(f"{key}={json.dumps(value)[:20]}")
+            continue
+        labels[column] = int(value)
+    problems = []
+    missing = [f.name for f in FINDINGS if f.column not in seen]
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if extra:
+        problems.append(f"unknown keys {[str(k)[:40] for k in extra]}")
+    if bad:
+        problems.append(f"values other than 0/1: {bad}")
+    if problems:
+        raise LabelParseError("; ".join(problems))
+    return {c: labels[c] for c in FINDING_COLUMNS}
+
+
+class FindingsLLMTask(LLMTask):
+    """Label one report with the 18 findings through any configured LLM backend."""
+
+    name = "llm_findings"
+    output_columns = FINDING_COLUMNS
+
+    def __init__(self, lang: str = "auto", text_column: str = "text", max_tokens: int = 400,
+                 temperature: float = 0.0, guided_json: bool = True, repair: bool = True,
+                 lenient: bool = False):
+        if lang not in ("auto", "en", "ja"):
+            raise ValueError(f"lang must be auto, en or ja, not {lang!r}")
+        self.lang = lang
+        self.text_column = text_column
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.guided_json = guided_json
+        self.repair = repair
+        self.lenient = lenient
+        self.input_columns = ("report_id", text_column)
+
+    def prompts(self) -> list[PromptTemplate]:
+        return {"en": [PROMPT_EN], "ja": [PROMPT_JA]}.get(self.lang, [PROMPT_EN, PROMPT_JA])
+
+    def template_for(self, text: str) -> PromptTemplate:
+        lang = self.lang
+        if lang == "auto":
+            from ctray.text.sentences import detect_lang
+
+            lang = detect_lang(text)
+        return PROMPT_JA if lang == "ja" else PROMPT_EN
+
+    def _request(self, messages: list[dict[str, str]]) -> LLMRequest:
+        return LLMRequest(messages, max_tokens=self.max_tokens, temperature=self.temperature,
+                          json_schema=label_schema() if self.guided_json else None)
+
+    def build_request(self, row: dict[str, Any]) -> LLMRequest:
+        text = row.get(self.text_column)
+        if not isinstance(text, str) or not text.strip():
+            raise RowError(f"row {row.get('report_id')!r}: field {self.text_column!r} is empty")
+        return self._request(self.template_for(text).render(report=text.strip()))
+
+    def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
+        try:
+            return parse_labels(response.text, self.lenient)
+        except LabelParseError as exc:
+            raise RowError(f"row {row.get('report_id')!r}: field llm_raw: {exc}") from None
+
+    def repair_request(self, row: dict[str, Any], response: LLMResponse,
+                       error: RowError) -> LLMRequest | None:
+        if not self.repair:
+            return None
+        first = self.build_request(row)
+        problem = str(error).split("llm_raw: ", 1)[-1]
+        follow_up = REPAIR.format(problem=problem, keys=", ".join(KEYS))
+        return self._request(first.messages + [{"role": "assistant", "content": response.text},
+                                               {"role": "user", "content": follow_up}])
