@@ -486,6 +486,8 @@ def test_rerun_resumes_every_stage_without_llm_calls(leavs_run):
     assert {s: again.passes[s].ok for s in A.STAGES} == {s: 0 for s in A.STAGES}
     assert {s: again.passes[s].usage["llm_calls"] for s in A.STAGES} == {s: 0 for s in A.STAGES}
     assert again.manifest["this_run_usage"]["llm_calls"] == 0
+    # Later stages whose upstream results did not change are not even re-planned.
+    assert [again.passes[s].run_id for s in A.STAGES[1:]] == ["unchanged"] * 4
     after = pd.read_parquet(out / "labels").sort_values(["report_id", "organ"])
     cols = list(schema.FINDING_TYPES) + [f"urgency_{t}" for t in schema.FINDING_TYPES]
     assert before[cols].to_numpy().tolist() == after[cols].to_numpy().tolist()

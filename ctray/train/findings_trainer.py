@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ctray.config import JobConfig
 from ctray.errors import UserError
@@ -106,6 +106,14 @@ class TrainFindingsConfig(JobConfig):
     thresholds: Literal["fixed", "search"] = "fixed"
     export: str | None = None  # default <run.output>/model
 
+    @field_validator("corpus", mode="before")
+    @classmethod
+    def _corpus_defaults(cls, value):
+        # `--limit 10` alone must not drop the default corpus path and sections.
+        if isinstance(value, dict) and "path" not in value:
+            return {**_default_corpus().model_dump(exclude_unset=True), **value}
+        return value
+
 
 # ----------------------------------------------------------------------------- data
 
@@ -143,6 +151,8 @@ def split_reports(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.
     scan share a report) stay on one side so validation never sees training text."""
     from sklearn.model_selection import GroupShuffleSplit
 
+    # Sorted first: the split must not depend on the order the corpus was read in.
+    df = df.sort_values("report_id", ignore_index=True)
     groups = df["text"].factorize()[0]
     splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train_idx, val_idx = next(splitter.split(df, groups=groups))

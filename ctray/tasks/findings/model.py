@@ -68,11 +68,35 @@ class FindingsModelMeta:
 
 # -- long reports: windows and pooling -------------------------------------------------
 
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a single text ([CLS] / [SEP] for BERT,
+    <s> / </s> for RoBERTa). Read from the tokenizer's own output because fast
+    tokenizers in transformers 5 have no ``build_inputs_with_special_tokens``."""
+    cached = getattr(tokenizer, "_ctray_specials", None)
+    if cached is not None:
+        return cached
+    probe = "a"
+    body = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for k in range(len(full) - len(body) + 1):
+        if full[k:k + len(body)] == body:
+            found = (list(full[:k]), list(full[k + len(body):]))
+            break
+    else:  # pragma: no cover - a tokenizer whose specials change the text's own tokens
+        raise ValueError(f"cannot tell the special tokens of {type(tokenizer).__name__}")
+    try:
+        tokenizer._ctray_specials = found
+    except AttributeError:  # pragma: no cover - tokenizers that refuse new attributes
+        pass
+    return found
+
+
 def window_token_ids(ids: Sequence[int], tokenizer, max_length: int, stride: int) -> list[list[int]]:
     """Overlapping windows of ``ids`` (no special tokens), each wrapped as the model
     expects ([CLS] ... [SEP] for BERT). Consecutive windows share ``stride`` tokens
     so a sentence cut at a window edge is seen whole in the next one."""
-    body = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    prefix, suffix = special_tokens(tokenizer)
+    body = max_length - len(prefix) - len(suffix)
     if body <= 0:
         raise ValueError(f"max_length {max_length} leaves no room for tokens")
     if not 0 <= stride < body:
@@ -82,7 +106,7 @@ def window_token_ids(ids: Sequence[int], tokenizer, max_length: int, stride: int
     starts = [0]
     while starts[-1] + body < len(ids):
         starts.append(starts[-1] + step)
-    return [tokenizer.build_inputs_with_special_tokens(ids[s:s + body]) for s in starts]
+    return [prefix + ids[s:s + body] + suffix for s in starts]
 
 
 @dataclass

@@ -15,7 +15,6 @@ reach the next. ``<output>/manifest.json`` indexes the passes.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any, Literal
 
@@ -29,13 +28,13 @@ from ctray.llm.config import BackendConfig
 from ctray.llm.task import LLMStage
 from ctray.pipeline.job import run_corpus_job
 from ctray.pipeline.runner import RunSpec, RunSummary
+from ctray.pipeline.stage import LIGHT_TASK
 from ctray.tasks.grounding.categories import load_categories
 from ctray.tasks.grounding.text_checks import CHECKS_VERSION, IMPRESSION_LETTER, REGIONS
 from ctray.tasks.grounding.text_tasks import (CATEGORIES, CODE_MAP, FINDINGS, N_ABNORMAL,
                                               REWRITE, CategoriseTask, ExtractTask,
                                               RewriteTask)
 
-log = logging.getLogger(__name__)
 PASSES = ("rewrite", "findings", "categories")
 KEY = ("report_id",)
 
@@ -101,15 +100,16 @@ def _input(cfg: GroundTextConfig, out: str, name: str):
 
         keep = ["report_id", "findings", "impressions", *cfg.corpus.keep_columns]
         return read_corpus(cfg.corpus).map_batches(_keep, fn_kwargs={"columns": keep},
-                                                   batch_format="pandas")
+                                                   batch_format="pandas", **LIGHT_TASK)
     previous = PASSES[PASSES.index(name) - 1]
     files = OutputLayout(f"{out}/{previous}").parquet_files("results")
     if not files:
         return None
-    ds = ray.data.read_parquet(files)
+    # Reads and filters are light: the LLM stage's actors must keep their CPUs.
+    ds = ray.data.read_parquet(files, **LIGHT_TASK)
     if name == "findings":
         return ds.select_columns(["report_id", REWRITE, CODE_MAP])
-    return ds.map_batches(_only_abnormal, batch_format="pandas").select_columns(
+    return ds.map_batches(_only_abnormal, batch_format="pandas", **LIGHT_TASK).select_columns(
         ["report_id", FINDINGS])
 
 
@@ -194,15 +194,18 @@ def write_final_table(out: str) -> dict[str, Any] | None:
     if not findings:
         print("[ctray ground-text] no final table: no findings yet")
         return None
-    ds = ray.data.read_parquet(findings).select_columns(["report_id", FINDINGS])
+    ds = ray.data.read_parquet(findings, **LIGHT_TASK).select_columns(
+        ["report_id", FINDINGS])
     categories = OutputLayout(f"{out}/categories").parquet_files("results")
     if categories:
-        right = ray.data.read_parquet(categories).select_columns(["report_id", CATEGORIES])
+        right = ray.data.read_parquet(categories, **LIGHT_TASK).select_columns(
+            ["report_id", CATEGORIES])
         ds = ds.join(right, join_type="left_outer", on=KEY,
-                     num_partitions=RunSpec(job="", output="").join_partitions)
+                     num_partitions=RunSpec(job="", output="").join_partitions,
+                     aggregator_ray_remote_args=LIGHT_TASK)
     path = f"{out}/final"
-    ds.map_batches(explode_findings, batch_format="pandas").write_parquet(
-        path, mode=SaveMode.OVERWRITE)
+    ds.map_batches(explode_findings, batch_format="pandas", **LIGHT_TASK).write_parquet(
+        path, mode=SaveMode.OVERWRITE, ray_remote_args=LIGHT_TASK)
     rows = OutputLayout(out).row_count("final")
     print(f"[ctray ground-text] final table: {rows} findings in {path}")
     return {"path": path, "rows": rows}

@@ -36,6 +36,7 @@ from ctray.io.output import USAGE_COLS, OutputLayout
 from ctray.llm.config import BackendConfig
 from ctray.pipeline.job import run_corpus_job, run_spec
 from ctray.pipeline.runner import RunSummary, run_pipeline
+from ctray.pipeline.stage import LIGHT_TASK
 from ctray.tasks.leavs import assemble as A
 from ctray.tasks.leavs import schema
 from ctray.tasks.leavs.fanout import (ORGAN_KEYS, SENTENCE_KEYS, TYPE_KEYS, certainty_rows,
@@ -122,7 +123,7 @@ def _results(out: str, name: str, columns: list[str] | None = None):
     import ray
 
     files = OutputLayout(f"{out}/{name}").parquet_files("results")
-    return ray.data.read_parquet(files, columns=columns) if files else None
+    return ray.data.read_parquet(files, columns=columns, **LIGHT_TASK) if files else None
 
 
 def _pass_fingerprint(cfg: LeavsConfig, name: str) -> dict[str, Any]:
@@ -141,7 +142,47 @@ def _question_stage(cfg: LeavsConfig, name: str):
                           repair=cfg.repair)
 
 
+# The stages whose results a stage's input rows are made from.
+UPSTREAM = {"filter_check": ("filter_list",), "finding_types": ("filter_list", "filter_check"),
+            "certainty": ("finding_types",), "urgency": ("certainty",)}
+
+
+def _input_signature(cfg: LeavsConfig, out: str, name: str) -> str:
+    """Digest of everything a later stage's input rows are derived from.
+
+    Result files are named by a digest of the keys they hold, so the same file names
+    mean the same upstream rows; with the same options and prompts the stage would
+    see exactly the rows it finished last time."""
+    from ctray.io.manifest import config_hash
+
+    files = {u: [f.rsplit("/", 1)[-1] for f in OutputLayout(f"{out}/{u}").parquet_files("results")]
+             for u in UPSTREAM[name] if not (cfg.fast and u == "filter_check")}
+    return config_hash({"files": files, "fingerprint": _pass_fingerprint(cfg, name),
+                        "stage": _question_stage(cfg, name).describe(), "fast": cfg.fast,
+                        "unselected_types": cfg.unselected_types})
+
+
+def _unchanged(cfg: LeavsConfig, out: str, name: str, signature: str) -> RunSummary | None:
+    """The previous summary when this stage finished over exactly these inputs: a
+    rerun of a finished job then costs no Ray execution for it."""
+    layout = OutputLayout(f"{out}/{name}")
+    previous = layout.read_json()
+    if (not cfg.run.resume or cfg.run.retry_failed or not previous
+            or previous.get("leavs", {}).get("input_signature") != signature):
+        return None
+    done = layout.row_count("results") + layout.row_count("errors")
+    print(f"[ctray leavs] {name}: inputs unchanged since its last complete run; "
+          f"{done} rows already done")
+    return RunSummary("unchanged", layout.root, 0, 0, done, 0.0,
+                      {c: 0 for c in USAGE_COLS}, previous)
+
+
 def _run_pass(cfg: LeavsConfig, out: str, name: str, make_ds) -> RunSummary | None:
+    if name in UPSTREAM:
+        signature = _input_signature(cfg, out, name)
+        same = _unchanged(cfg, out, name, signature)
+        if same is not None:
+            return same
     runs = [cfg]
     if cfg.run.retry_failed:
         # The retry replays this stage's failures; rows that became ready because an
@@ -155,7 +196,8 @@ def _run_pass(cfg: LeavsConfig, out: str, name: str, make_ds) -> RunSummary | No
             return summary
         print(f"[ctray leavs] stage {PASSES.index(name) + 1}/{len(PASSES)}: {name}")
         extra = {"leavs": {"pass": name, "keys": list(PASS_KEYS[name]), "cot": not cfg.no_cot,
-                           "fast": cfg.fast, "unselected_types": cfg.unselected_types}}
+                           "fast": cfg.fast, "unselected_types": cfg.unselected_types,
+                           "input_signature": signature if name in UPSTREAM else None}}
         stages = [_question_stage(cfg, name)]
         if name == PASSES[0]:
             summary = run_corpus_job(run_cfg, stages, ds=ds, key_columns=PASS_KEYS[name],
@@ -179,7 +221,7 @@ def organ_dataset(cfg: LeavsConfig):
     from ctray.io.corpus import read_corpus
 
     return read_corpus(cfg.corpus).map_batches(
-        organ_rows, fn_kwargs={"organs": cfg.organs}, batch_format="pandas")
+        organ_rows, fn_kwargs={"organs": cfg.organs}, batch_format="pandas", **LIGHT_TASK)
 
 
 def _event_parts(out: str, passes) -> list:
@@ -190,7 +232,7 @@ def _event_parts(out: str, passes) -> list:
         ds = _results(out, name, ["report_id", "organ", *fields])
         if ds is not None:
             parts.append(ds.map_batches(A.events, fn_kwargs={"kind": kind, "fields": fields},
-                                        batch_format="pandas"))
+                                        batch_format="pandas", **LIGHT_TASK))
     return parts
 
 
@@ -201,7 +243,7 @@ def filtered_organs(out: str, fast: bool, partitions: int | None = None):
         return None
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     return ds.groupby(list(ORGAN_KEYS), num_partitions=partitions).map_groups(
-        A.combine_filter, fn_kwargs={"fast": fast}, batch_format="pandas")
+        A.combine_filter, fn_kwargs={"fast": fast}, batch_format="pandas", **LIGHT_TASK)
 
 
 def _stage_inputs(cfg: LeavsConfig, out: str):
@@ -211,12 +253,12 @@ def _stage_inputs(cfg: LeavsConfig, out: str):
         def make():
             ds = _results(out, name)
             return None if ds is None else ds.map_batches(fn, fn_kwargs=kwargs,
-                                                          batch_format="pandas")
+                                                          batch_format="pandas", **LIGHT_TASK)
         return make
 
     def types():
         ds = filtered_organs(out, cfg.fast, cfg.shuffle_partitions)
-        return None if ds is None else ds.map_batches(type_rows, batch_format="pandas")
+        return None if ds is None else ds.map_batches(type_rows, batch_format="pandas", **LIGHT_TASK)
 
     return {"filter_list": lambda: organ_dataset(cfg),
             "filter_check": after("filter_list", check_rows),
@@ -230,16 +272,16 @@ def assemble_labels(cfg: LeavsConfig, out: str, run_id: str) -> dict[str, Any]:
     A.clear_outputs(out)
     base = organ_dataset(cfg).map_batches(
         A.events, fn_kwargs={"kind": "base", "fields": list(A.EVENT_FIELDS["base"])},
-        batch_format="pandas")
+        batch_format="pandas", **LIGHT_TASK)
     used = [p for p in PASSES if not (cfg.fast and p == "filter_check")]
     parts = [base] + _event_parts(out, used)
     grouped = parts[0].union(*parts[1:]).groupby(
         list(ORGAN_KEYS), num_partitions=cfg.shuffle_partitions).map_groups(
         A.assemble_group, fn_kwargs={"fast": cfg.fast,
                                      "ask_unselected": cfg.unselected_types == "ask"},
-        batch_format="pandas")
+        batch_format="pandas", **LIGHT_TASK)
     counts = grouped.map_batches(A.write_labels_shard, fn_kwargs={"out": out, "run_id": run_id},
-                                 batch_format="pandas", batch_size=1024).take_all()
+                                 batch_format="pandas", **LIGHT_TASK, batch_size=1024).take_all()
     by_status: dict[str, int] = {}
     for c in counts:
         for status, n in json.loads(c["by_status"]).items():
@@ -260,11 +302,11 @@ def usage_per_report(out: str, partitions: int | None = None) -> dict[str, Any]:
     files = [f for sub in ("labels", "incomplete") for f in OutputLayout(out).parquet_files(sub)]
     if not files:
         return {"reports": 0}
-    per_report = ray.data.read_parquet(files, columns=["report_id", *A.USAGE_COLUMNS]).groupby(
+    per_report = ray.data.read_parquet(files, columns=["report_id", *A.USAGE_COLUMNS], **LIGHT_TASK).groupby(
         "report_id", num_partitions=partitions).aggregate(
         *[Sum(c, alias_name=c) for c in A.USAGE_COLUMNS])
     shards = per_report.map_batches(A.write_usage_shard, fn_kwargs={"out": out},
-                                    batch_format="pandas", batch_size=4096).take_all()
+                                    batch_format="pandas", **LIGHT_TASK, batch_size=4096).take_all()
     return {"table": f"{out}/usage_per_report", **A.combine_usage_stats(shards)}
 
 
