@@ -4,6 +4,11 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Ray workers import stages and fake responders from tests/ modules. Every local Ray
+# started from this process (also by code under test calling ray.init) inherits this.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO_ROOT / "tests"), str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
 SHARED_DATA = Path(os.environ.get("CTRAY_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 

@@ -1,10 +1,10 @@
 """Apply a chain of stages to a Dataset with resume, per-row errors and a manifest.
 
-Resume never brings ids to the driver: finished keys are read from the output's
-Parquet files as a Dataset and removed from the input with a distributed
-``left_anti`` join. Retry-failed reads the errors table instead and replays the
-stored input rows. Workers write the Parquet files; the driver only sees one
-small count row per written shard.
+Resume never brings ids to the driver: a one-actor filter stage reads the key
+columns of the output's Parquet files and drops finished rows (or, with
+``retry_failed``, keeps only rows whose latest attempt failed). Retry re-reads the
+source so input validation runs again. Workers write the Parquet files; the driver
+only sees one small count row per written shard.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ class RunSpec:
     writer_batch_size: int = 256
     check_duplicate_keys: bool = True
     allow_config_change: bool = False
-    join_partitions: int = 4
 
 
 @dataclass
@@ -72,36 +71,67 @@ def _tag_input(batch: pd.DataFrame) -> pd.DataFrame:
     return batch.assign(**{INPUT_COL: dumped, ATTEMPT_COL: attempt})
 
 
-def _latest_attempt(group: pd.DataFrame) -> pd.DataFrame:
-    return group.sort_values("attempt").tail(1)
-
-
-def _key_dataset(layout: OutputLayout, which: list[str], keys: list[str]):
-    import ray
-
-    files = [f for w in which for f in layout.parquet_files(w)]
-    if not files:
-        return None
-    return ray.data.read_parquet(files, ray_remote_args=LIGHT_TASK).select_columns(keys)
-
-
 PREVIOUS_ATTEMPT = "_previous_attempt"
 
 
-def _unresolved_errors(layout: OutputLayout, keys: list[str], partitions: int):
-    """Keys (and last attempt number) of failed rows that have not succeeded since."""
-    import ray
+def _read_keys(files: list[str], columns: list[str]):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    files = layout.parquet_files("errors")
-    if not files:
-        return None
-    errors = ray.data.read_parquet(files, ray_remote_args=LIGHT_TASK).select_columns(keys + ["attempt"])
-    done = _key_dataset(layout, ["results"], keys)
-    if done is not None:
-        errors = errors.join(done, join_type="left_anti", on=tuple(keys), num_partitions=partitions,
-                             aggregator_ray_remote_args=LIGHT_TASK)
-    latest = errors.groupby(keys).map_groups(_latest_attempt, batch_format="pandas", **LIGHT_TASK)
-    return latest.rename_columns({"attempt": PREVIOUS_ATTEMPT})
+    from ctray.io.output import resolve_fs
+
+    tables = []
+    for uri in files:
+        filesystem, path = resolve_fs(uri)
+        tables.append(pq.read_table(path, columns=columns, filesystem=filesystem))
+    return pa.concat_tables(tables) if tables else None
+
+
+def _key_tuples(table, keys: list[str]):
+    return zip(*[[str(v) for v in table.column(k).to_pylist()] for k in keys])
+
+
+class _ResumeFilter:
+    """Drops finished rows (or, for retry, keeps only unresolved failures).
+
+    Runs as a Ray Data actor: each worker reads just the key columns of the output's
+    Parquet files once, so finished ids never pass through the driver. (Ray 2.60's
+    hash join failed on empty partitions here, which is why this is not a join.)"""
+
+    def __init__(self, layout: OutputLayout, keys: list[str], retry_failed: bool):
+        self.keys = keys
+        self.retry_failed = retry_failed
+        results = _read_keys(layout.parquet_files("results"), keys)
+        done = set(_key_tuples(results, keys)) if results is not None else set()
+        if retry_failed:
+            errors = _read_keys(layout.parquet_files("errors"), keys + ["attempt"])
+            self.unresolved: dict[tuple, int] = {}
+            if errors is not None:
+                for key, attempt in zip(_key_tuples(errors, keys), errors.column("attempt").to_pylist()):
+                    if key not in done:
+                        self.unresolved[key] = max(int(attempt), self.unresolved.get(key, 0))
+        else:
+            errors = _read_keys(layout.parquet_files("errors"), keys)
+            if errors is not None:
+                done.update(_key_tuples(errors, keys))
+            self.done = done
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch = batch.reset_index(drop=True)
+        tuples = list(zip(*[batch[k].astype(str) for k in self.keys])) if len(batch) else []
+        if self.retry_failed:
+            mask = [t in self.unresolved for t in tuples]
+            out = batch[mask].copy()
+            out[PREVIOUS_ATTEMPT] = [self.unresolved[t] for t in tuples if t in self.unresolved]
+            return out
+        return batch[[t not in self.done for t in tuples]]
+
+
+def _resume_filter(ds, layout: OutputLayout, keys: list[str], retry_failed: bool):
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(_ResumeFilter, fn_constructor_args=(layout, keys, retry_failed),
+                          batch_format="pandas", compute=ActorPoolStrategy(size=1), **LIGHT_TASK)
 
 
 def _check_fingerprint(layout: OutputLayout, spec: RunSpec, digest: str) -> dict[str, Any] | None:
@@ -133,14 +163,11 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
     if spec.retry_failed:
         # Rows are re-read from the source, not replayed from the errors table, so
         # input validation runs again (a fixed input file is picked up).
-        failed = _unresolved_errors(layout, keys, spec.join_partitions)
-        if failed is None:
+        if prior_failed == 0:
             log.info("ctray: no failed rows to retry in %s", layout.root)
             return _finish(layout, spec, run_id, started, fingerprint, digest, previous,
                            [], prior_ok, extra_manifest)
-        ds = ds.join(failed, join_type="inner", on=tuple(keys),
-                     num_partitions=spec.join_partitions, aggregator_ray_remote_args=LIGHT_TASK)
-        ds = ds.map_batches(_tag_input, batch_format="pandas", **LIGHT_TASK)
+        ds = _resume_filter(ds, layout, keys, retry_failed=True)
     else:
         if spec.check_duplicate_keys:
             from ctray.io.corpus import find_duplicate_ids
@@ -150,13 +177,9 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
                 shown = ", ".join(f"{[d[k] for k in keys]} ×{d['count()']}" for d in dups)
                 raise ValueError(f"duplicate row keys {keys} in the input: {shown}. "
                                  "Ids must be unique for resume to be correct.")
-        if spec.resume:
-            done = _key_dataset(layout, ["results", "errors"], keys)
-            if done is not None:
-                ds = ds.join(done, join_type="left_anti", on=tuple(keys),
-                             num_partitions=spec.join_partitions,
-                             aggregator_ray_remote_args=LIGHT_TASK)
-        ds = ds.map_batches(_tag_input, batch_format="pandas", **LIGHT_TASK)
+        if spec.resume and prior_ok + prior_failed:
+            ds = _resume_filter(ds, layout, keys, retry_failed=False)
+    ds = ds.map_batches(_tag_input, batch_format="pandas", **LIGHT_TASK)
 
     for stage in stages:
         ds = stage.apply(ds)
