@@ -44,6 +44,8 @@ class RunSpec:
     writer_batch_size: int = 256
     check_duplicate_keys: bool = True
     allow_config_change: bool = False
+    # Shuffle width for jobs that join their own passes (fan-in by key).
+    join_partitions: int = 4
 
 
 @dataclass
