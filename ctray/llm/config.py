@@ -54,7 +54,9 @@ class BackendConfig(BaseModel):
     # Ray Data sizing of the LLM stage.
     batch_size: int = 16
     concurrency: int | tuple[int, int] = 1
-    num_cpus: float = 1.0
+    # None: a whole CPU for local models (hf), a quarter for I/O-bound backends
+    # (openai, fake) whose actor mostly waits on the network.
+    num_cpus: float | None = None
     num_gpus: float = 0.0
 
     # openai: any OpenAI-compatible endpoint.
@@ -102,7 +104,9 @@ class BackendConfig(BaseModel):
             )
 
     def resources(self) -> Resources:
-        return Resources(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+        num_cpus = self.num_cpus if self.num_cpus is not None else (
+            1.0 if self.kind == "hf" else 0.25)
+        return Resources(num_cpus=num_cpus, num_gpus=self.num_gpus,
                          batch_size=self.batch_size, concurrency=self.concurrency)
 
     def model_label(self) -> str:

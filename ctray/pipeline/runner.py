@@ -1,7 +1,7 @@
 """Apply a chain of stages to a Dataset with resume, per-row errors and a manifest.
 
-Resume never brings ids to the driver: a one-actor filter stage reads the key
-columns of the output's Parquet files and drops finished rows (or, with
+Resume never brings ids to the driver: a light filter task reads the key
+columns of the output's Parquet files (once per worker process) and drops finished rows (or, with
 ``retry_failed``, keeps only rows whose latest attempt failed). Retry re-reads the
 source so input validation runs again. Workers write the Parquet files; the driver
 only sees one small count row per written shard.
@@ -9,6 +9,7 @@ only sees one small count row per written shard.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -16,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ctray.errors import UserError
@@ -42,6 +44,8 @@ class RunSpec:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     writer_batch_size: int = 256
+    # Rows per block entering the stages (None: writer_batch_size); bounds what a kill loses.
+    rows_per_block: int | None = None
     check_duplicate_keys: bool = True
     allow_config_change: bool = False
     # Shuffle width for jobs that join their own passes (fan-in by key).
@@ -89,51 +93,94 @@ def _read_keys(files: list[str], columns: list[str]):
     return pa.concat_tables(tables) if tables else None
 
 
-def _key_tuples(table, keys: list[str]):
-    return zip(*[[str(v) for v in table.column(k).to_pylist()] for k in keys])
+def _key_hashes(columns: list[list[Any]]) -> np.ndarray:
+    """64-bit digests of key tuples: a million finished rows cost 8 MB per worker,
+    not a set of Python strings (collision odds ~1e-8 at that size)."""
+    out = np.empty(len(columns[0]) if columns else 0, dtype=np.uint64)
+    for i, values in enumerate(zip(*columns)):
+        digest = hashlib.blake2b("\x1f".join(map(str, values)).encode("utf-8"), digest_size=8)
+        out[i] = int.from_bytes(digest.digest(), "little")
+    return out
 
 
-class _ResumeFilter:
-    """Drops finished rows (or, for retry, keeps only unresolved failures).
+def _table_hashes(table, keys: list[str]) -> np.ndarray:
+    return _key_hashes([table.column(k).to_pylist() for k in keys])
 
-    Runs as a Ray Data actor: each worker reads just the key columns of the output's
-    Parquet files once, so finished ids never pass through the driver. (Ray 2.60's
-    hash join failed on empty partitions here, which is why this is not a join.)"""
+
+class _ResumeIndex:
+    """Which keys are finished (or, for retry, unresolved failures and their attempt).
+
+    Built from the key columns of the output's Parquet files, once per worker process
+    and run (see ``_resume_filter``), so finished ids never pass through the driver
+    and no long-lived actor holds CPUs a small machine needs for the stages."""
 
     def __init__(self, layout: OutputLayout, keys: list[str], retry_failed: bool):
-        self.keys = keys
-        self.retry_failed = retry_failed
         results = _read_keys(layout.parquet_files("results"), keys)
-        done = set(_key_tuples(results, keys)) if results is not None else set()
+        done = _table_hashes(results, keys) if results is not None else np.empty(0, np.uint64)
         if retry_failed:
             errors = _read_keys(layout.parquet_files("errors"), keys + ["attempt"])
-            self.unresolved: dict[tuple, int] = {}
+            latest: dict[int, int] = {}
             if errors is not None:
-                for key, attempt in zip(_key_tuples(errors, keys), errors.column("attempt").to_pylist()):
-                    if key not in done:
-                        self.unresolved[key] = max(int(attempt), self.unresolved.get(key, 0))
+                hashes = _table_hashes(errors, keys)
+                keep = ~np.isin(hashes, done)
+                for h, attempt in zip(hashes[keep].tolist(),
+                                      np.asarray(errors.column("attempt"))[keep].tolist()):
+                    latest[h] = max(int(attempt), latest.get(h, 0))
+            self.keys = np.array(sorted(latest), dtype=np.uint64)
+            self.attempts = np.array([latest[h] for h in self.keys.tolist()], dtype=np.int64)
         else:
             errors = _read_keys(layout.parquet_files("errors"), keys)
             if errors is not None:
-                done.update(_key_tuples(errors, keys))
-            self.done = done
+                done = np.concatenate([done, _table_hashes(errors, keys)])
+            self.keys = np.unique(done)
+            self.attempts = None
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        batch = batch.reset_index(drop=True)
-        tuples = list(zip(*[batch[k].astype(str) for k in self.keys])) if len(batch) else []
-        if self.retry_failed:
-            mask = [t in self.unresolved for t in tuples]
-            out = batch[mask].copy()
-            out[PREVIOUS_ATTEMPT] = [self.unresolved[t] for t in tuples if t in self.unresolved]
-            return out
-        return batch[[t not in self.done for t in tuples]]
+
+_RESUME_CACHE: dict[str, _ResumeIndex] = {}
+
+
+def _resume_filter_batch(batch: pd.DataFrame, layout: OutputLayout, keys: list[str],
+                         retry_failed: bool, token: str) -> pd.DataFrame:
+    index = _RESUME_CACHE.get(token)
+    if index is None:
+        _RESUME_CACHE.clear()  # one run at a time per worker process
+        index = _RESUME_CACHE[token] = _ResumeIndex(layout, keys, retry_failed)
+    batch = batch.reset_index(drop=True)
+    if batch.empty:
+        return batch
+    hashes = _key_hashes([batch[k].tolist() for k in keys])
+    pos = np.searchsorted(index.keys, hashes)
+    found = np.zeros(len(hashes), dtype=bool)
+    inside = pos < len(index.keys)
+    found[inside] = index.keys[pos[inside]] == hashes[inside]
+    if not retry_failed:
+        return batch[~found]
+    out = batch[found].copy()
+    out[PREVIOUS_ATTEMPT] = index.attempts[pos[found]]
+    return out
 
 
 def _resume_filter(ds, layout: OutputLayout, keys: list[str], retry_failed: bool):
-    from ray.data import ActorPoolStrategy
+    token = uuid.uuid4().hex
+    return ds.map_batches(_resume_filter_batch,
+                          fn_kwargs={"layout": layout, "keys": keys,
+                                     "retry_failed": retry_failed, "token": token},
+                          batch_format="pandas", **LIGHT_TASK)
 
-    return ds.map_batches(_ResumeFilter, fn_constructor_args=(layout, keys, retry_failed),
-                          batch_format="pandas", compute=ActorPoolStrategy(size=1), **LIGHT_TASK)
+
+def _small_blocks(ds, rows: int):
+    """Cap rows per block before the stages.
+
+    A reader hands a whole CSV split (thousands of reports) to a stage as one block,
+    and a stage's output block only reaches the writer when the block is done, so a
+    kill would lose every row of it. Small blocks bound that loss to a few batches.
+    The repartition is made a light task (Ray gives it no resource arguments of its
+    own) so it fuses into the preceding light map instead of claiming a whole CPU."""
+    ds = ds.repartition(target_num_rows_per_block=rows)
+    op = getattr(getattr(ds, "_logical_plan", None), "dag", None)
+    if op is not None and getattr(op, "ray_remote_args", None) == {}:
+        object.__setattr__(op, "ray_remote_args", dict(LIGHT_TASK))
+    return ds
 
 
 def _check_fingerprint(layout: OutputLayout, spec: RunSpec, digest: str) -> dict[str, Any] | None:
@@ -182,6 +229,7 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
         if spec.resume and prior_ok + prior_failed:
             ds = _resume_filter(ds, layout, keys, retry_failed=False)
     ds = ds.map_batches(_tag_input, batch_format="pandas", **LIGHT_TASK)
+    ds = _small_blocks(ds, spec.rows_per_block or spec.writer_batch_size)
 
     for stage in stages:
         ds = stage.apply(ds)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ctray.config import JobConfig
 from ctray.io.manifest import library_versions
+from ctray.pipeline.stage import LIGHT_TASK
 from ctray.metrics.translation import DEFAULT_WEIGHTS, ROUGE_TYPES, PairScorer, corpus_bleu
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def score_pairs(pairs: pd.DataFrame, scorer: PairScorer, parallel_threshold: int
         init_ray(run_cfg)
     ds = ray.data.from_pandas(pairs).repartition(max(1, len(pairs) // 200))
     scored = ds.map_batches(score_batch, fn_kwargs={"scorer": scorer}, batch_format="pandas",
-                            batch_size=200)
+                            batch_size=200, **LIGHT_TASK)
     return scored.to_pandas().sort_values(["section", "report_id"]).reset_index(drop=True)
 
 

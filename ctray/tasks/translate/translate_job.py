@@ -21,6 +21,7 @@ from ctray.llm.config import BackendConfig
 from ctray.llm.task import LLMStage
 from ctray.pipeline.job import run_corpus_job
 from ctray.pipeline.runner import RunSummary
+from ctray.pipeline.stage import LIGHT_TASK
 from ctray.tasks.translate.prompts import TranslationPromptConfig, back_translation_prompt
 from ctray.tasks.translate.task import (BACK_TRANSLATION_COL, SOURCE_COL, TRANSLATION_COL,
                                         TranslateTask, back_translation_rows, section_rows)
@@ -115,7 +116,7 @@ def run_translate(cfg: TranslateConfig) -> dict[str, RunSummary]:
     out = cfg.run.output.rstrip("/")
     ds = read_corpus(cfg.corpus).map_batches(
         section_rows, fn_kwargs={"sections": cfg.sections, "all_sections": list(cfg.corpus.sections)},
-        batch_format="pandas")
+        batch_format="pandas", **LIGHT_TASK)
     fingerprint = {"prompt": cfg.prompt.model_dump(), "repair": cfg.repair}
     summaries = {"translate": run_corpus_job(
         cfg, [_stage(cfg, cfg.prompt, cfg.backend)], ds=ds, key_columns=KEYS,
@@ -149,7 +150,8 @@ def _run_back_translation(cfg: TranslateConfig, out: str) -> RunSummary | None:
         runs.append(cfg.model_copy(update={"run": cfg.run.model_copy(update={"retry_failed": False})}))
     summary = None
     for run_cfg in runs:
-        ds = ray.data.read_parquet(first).map_batches(back_translation_rows, batch_format="pandas")
+        ds = ray.data.read_parquet(first).map_batches(back_translation_rows, batch_format="pandas",
+                                                         **LIGHT_TASK)
         summary = run_corpus_job(run_cfg, [stage], ds=ds, key_columns=KEYS, fingerprint=fingerprint,
                                  output=output, extra_manifest=info)
         _record_cost(summary, backend)
