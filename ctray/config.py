@@ -34,6 +34,8 @@ class RunConfig(BaseModel):
     ray_address: str | None = None
     num_cpus: int | None = None
     writer_batch_size: int = 256
+    # Rows per block entering the stages (None: writer_batch_size): what a kill can lose.
+    rows_per_block: int | None = None
     log_level: str = "INFO"
 
 

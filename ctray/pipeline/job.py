@@ -22,6 +22,7 @@ def run_spec(cfg, key_columns: Sequence[str] = ("report_id",),
         retry_failed=cfg.run.retry_failed,
         allow_config_change=cfg.run.allow_config_change,
         writer_batch_size=cfg.run.writer_batch_size,
+        rows_per_block=cfg.run.rows_per_block,
         fingerprint=fingerprint or {},
         config=cfg.model_dump(mode="json"),
     )
