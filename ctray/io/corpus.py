@@ -97,14 +97,14 @@ def read_corpus(cfg: CorpusConfig):
         # Bytes, not strings: decoding per row isolates invalid UTF-8 to one row.
         convert = pacsv.ConvertOptions(column_types={c: pa.binary() for c in cfg.source_columns()})
         ds = ray.data.read_csv(cfg.path, convert_options=convert, include_paths=True,
-                               ray_remote_args=LIGHT_TASK)
+                               **LIGHT_TASK)
     elif fmt == "jsonl":
         ds = ray.data.read_json(cfg.path, lines=True, include_paths=True,
-                                ray_remote_args=LIGHT_TASK)
+                                **LIGHT_TASK)
     elif fmt == "parquet":
-        ds = ray.data.read_parquet(cfg.path, include_paths=True, ray_remote_args=LIGHT_TASK)
+        ds = ray.data.read_parquet(cfg.path, include_paths=True, **LIGHT_TASK)
     elif fmt == "txt":
-        ds = ray.data.read_binary_files(cfg.path, include_paths=True, ray_remote_args=LIGHT_TASK)
+        ds = ray.data.read_binary_files(cfg.path, include_paths=True, **LIGHT_TASK)
         ds = ds.map_batches(_txt_rows, batch_format="pandas", **LIGHT_TASK)
         return _finish(ds, cfg)
     else:  # pragma: no cover - guarded by the Literal type
