@@ -68,16 +68,24 @@ class ToHUd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        slope = d.get(self.slope_key)
-        intercept = d.get(self.intercept_key)
-        slope = self.default_slope if slope is None else float(slope)
-        intercept = self.default_intercept if intercept is None else float(intercept)
+        slope = _given(d.get(self.slope_key), self.default_slope)
+        intercept = _given(d.get(self.intercept_key), self.default_intercept)
         for key in self.key_iterator(d):
             img = d[key]
             if not torch.is_floating_point(torch.as_tensor(img)):
                 img = img.float() if isinstance(img, torch.Tensor) else np.asarray(img, np.float32)
             d[key] = img * slope + intercept
         return d
+
+
+def _given(value: Any, default: float) -> float:
+    # A manifest read with pandas/Ray Data holds NaN, not None, where a row has no
+    # slope/intercept: both mean "use the default", never "make every voxel NaN".
+    try:
+        value = float(value)
+    except TypeError:  # None, pandas.NA
+        return default
+    return default if np.isnan(value) else value
 
 
 def _config(cfg: PreprocessConfig | Mapping[str, Any] | None) -> PreprocessConfig:
@@ -97,6 +105,9 @@ def build_preprocess(cfg: PreprocessConfig | Mapping[str, Any] | None = None,
     labels = list(label_keys)
     spatial = [IMAGE_KEY, *labels]
     nearest = ["nearest"] * len(labels)
+    # torch's "nearest" picks floor(i * scale), up to half an output voxel off the
+    # trilinear image samples; "nearest-exact" samples the same centres as the image.
+    nearest_resize = ["nearest-exact"] * len(labels)
     lo, hi = cfg.window
     steps: list = []
     if cfg.orientation:
@@ -111,7 +122,7 @@ def build_preprocess(cfg: PreprocessConfig | Mapping[str, Any] | None = None,
     if cfg.axial_size is not None:
         # anti_aliasing only acts when shrinking (512² from larger scans); -1 keeps depth.
         steps.append(Resized(spatial, spatial_size=(*cfg.axial_size, -1),
-                             mode=[cfg.resize_mode, *nearest], anti_aliasing=[True] + [False] * len(labels)))
+                             mode=[cfg.resize_mode, *nearest_resize], anti_aliasing=[True] + [False] * len(labels)))
     return Compose(steps)
 
 

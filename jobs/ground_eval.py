@@ -1,0 +1,8 @@
+"""``ray job submit --working-dir . -- python jobs/ground_eval.py --config configs/ground_eval.yaml``"""
+
+import sys
+
+from ctray.cli import job_entrypoint
+
+if __name__ == "__main__":
+    sys.exit(job_entrypoint("ground-eval"))
