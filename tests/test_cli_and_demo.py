@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from ctray.cli import main, overrides_from_args
-from ctray.config import ConfigError, LLMJobConfig, load_config
+from ctray.config import ConfigError, load_config
 from ctray.jobs import JOBS, load_job_modules
 from ctray.tasks.demo import DemoConfig, run_demo
 

@@ -22,7 +22,6 @@ import os
 import tempfile
 import time
 from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,11 +32,12 @@ from ctray.config import JobConfig
 from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
 from ctray.tasks.findings.schema import FINDING_COLUMNS, FINDING_NAMES
+from ctray.train.common import (CheckpointParams, ScalingParams, abs_uri, announce_resume,
+                                 check_resume, export_dir, gather, make_trainer, use_gpu)
 
 log = logging.getLogger(__name__)
 
 SCORE = "val_macro_f1"
-FINGERPRINT_FILE = "ctray_train_fingerprint.json"
 DEFAULT_MODEL = "tohoku-nlp/bert-base-japanese-v3"
 
 
@@ -77,20 +77,8 @@ class TrainingParams(BaseModel):
     log_every_steps: int = 50
 
 
-class ScalingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    num_workers: int = 1
-    use_gpu: bool | Literal["auto"] = "auto"
-    cpus_per_worker: float = 1.0
-    max_failures: int = 0  # worker failures Ray Train recovers from (from the last checkpoint)
-
-
-class CheckpointParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    storage_path: str | None = None  # default <run.output>/checkpoints; s3:// for clusters
+class FindingsCheckpoint(CheckpointParams):
     name: str = "train_findings"
-    num_to_keep: int = 2
-    allow_config_change: bool = False
 
 
 class TrainFindingsConfig(JobConfig):
@@ -101,7 +89,7 @@ class TrainFindingsConfig(JobConfig):
     tokenizer: str | None = None  # default: the model's own
     training: TrainingParams = Field(default_factory=TrainingParams)
     scaling: ScalingParams = Field(default_factory=ScalingParams)
-    checkpoint: CheckpointParams = Field(default_factory=CheckpointParams)
+    checkpoint: FindingsCheckpoint = Field(default_factory=FindingsCheckpoint)
     # "search": per-finding thresholds maximising F1 on the held-out split.
     thresholds: Literal["fixed", "search"] = "fixed"
     export: str | None = None  # default <run.output>/model
@@ -250,16 +238,6 @@ def _load_model(source: str, ckpt_dir: str | None, tokenizer_source: str | None)
     return model, tokenizer
 
 
-def _gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def _evaluate(model, tokenizer, frame: pd.DataFrame, params: TrainingParams, device,
               rank: int, world: int, amp) -> tuple[np.ndarray, int]:
     """Probabilities for every held-out report: each rank scores a disjoint share
@@ -286,7 +264,7 @@ def _evaluate(model, tokenizer, frame: pd.DataFrame, params: TrainingParams, dev
     local = (mine, np.concatenate(probs) if probs else np.zeros((0, len(FINDING_COLUMNS))), chunked)
     out = np.zeros((len(frame), len(FINDING_COLUMNS)), dtype=np.float32)
     total_chunked = 0
-    for idx, p, n in _gather(local, world):
+    for idx, p, n in gather(local, world):
         out[idx] = p
         total_chunked += n
     return out, total_chunked
@@ -367,7 +345,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             if rank == 0 and params.log_every_steps and (step + 1) % params.log_every_steps == 0:
                 print(f"[train-findings] epoch {epoch + 1}/{params.epochs} step {step + 1}/"
                       f"{len(loader)} loss {loss_sum / seen:.4f}", flush=True)
-        ranks = np.stack(_gather(np.array([seen, loss_sum, chunked, time.time() - started]), world))
+        ranks = np.stack(gather(np.array([seen, loss_sum, chunked, time.time() - started]), world))
         totals = ranks.sum(axis=0)
         eval_started = time.time()
         probs, val_chunked = _evaluate(model, tokenizer, val_df, params, device, rank, world, amp)
@@ -410,43 +388,12 @@ def _null():
 
 # ----------------------------------------------------------------------------- driver side
 
-def _abs(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
-
-
 def _fingerprint(cfg: TrainFindingsConfig) -> dict[str, Any]:
     # epochs may grow on resume (train 4, then continue to 6); nothing else may change.
     training = cfg.training.model_dump(exclude={"epochs", "log_every_steps", "eval_batch_size",
                                                 "chunk_batch_size"})
     return {"model": cfg.model, "tokenizer": cfg.tokenizer, "corpus": cfg.corpus.model_dump(),
             "labels": cfg.labels.model_dump(), "training": training}
-
-
-def _check_resume(run_dir: str, cfg: TrainFindingsConfig) -> dict | None:
-    """The previous run's state in ``run_dir`` (None for a new run); refuses a changed config."""
-    from ctray.io.output import resolve_fs, write_bytes_atomic
-    from pyarrow import fs as pafs
-
-    filesystem, path = resolve_fs(f"{run_dir}/{FINGERPRINT_FILE}")
-    current = _fingerprint(cfg)
-    previous = None
-    if filesystem.get_file_info(path).type == pafs.FileType.File:
-        with filesystem.open_input_stream(path) as f:
-            previous = json.loads(f.read().decode("utf-8"))
-        if previous != json.loads(json.dumps(current)) and not cfg.checkpoint.allow_config_change:
-            raise UserError(f"{run_dir} holds checkpoints of a different training configuration "
-                            "(model, data or hyperparameters changed). Use a new checkpoint.name, "
-                            "or set checkpoint.allow_config_change=true to continue anyway.")
-    write_bytes_atomic(f"{run_dir}/{FINGERPRINT_FILE}", json.dumps(current, indent=2).encode())
-    return previous
-
-
-def _use_gpu(setting: bool | str) -> bool:
-    if setting != "auto":
-        return bool(setting)
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def _best(result) -> tuple[Any, dict]:
@@ -494,58 +441,36 @@ def export_best(result, cfg: TrainFindingsConfig, val_df: pd.DataFrame, export_t
                  **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                  "val_macro_f1_at_thresholds": tuned[SCORE], "thresholds": cfg.thresholds,
                  "history": _history(result)})
-    if "://" in export_to:
-        from pyarrow import fs as pafs
-
-        with tempfile.TemporaryDirectory() as tmp:
-            save_findings_model(tmp, model, tokenizer, meta)
-            pafs.copy_files(tmp, export_to)
-    else:
-        save_findings_model(export_to, model, tokenizer, meta)
+    export_dir(export_to, lambda d: save_findings_model(d, model, tokenizer, meta))
     return load_meta(export_to).to_dict() if "://" not in export_to else meta.to_dict()
 
 
 def run_train_findings(cfg: TrainFindingsConfig) -> dict[str, Any]:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from ctray.io.manifest import config_hash, library_versions, scrub_secrets
     from ctray.io.output import OutputLayout
 
     started = time.time()
     output = cfg.run.output
-    storage = _abs(cfg.checkpoint.storage_path or f"{output}/checkpoints")
+    storage = abs_uri(cfg.checkpoint.storage_path or f"{output}/checkpoints")
     run_dir = f"{storage.rstrip('/')}/{cfg.checkpoint.name}"
-    export_to = _abs(cfg.export or f"{output}/model")
+    export_to = abs_uri(cfg.export or f"{output}/model")
 
     df, data_stats = load_labeled_reports(cfg.corpus, cfg.labels)
     train_df, val_df = split_reports(df, cfg.training.val_fraction, cfg.training.seed)
-    previous = _check_resume(run_dir, cfg)
-    if previous is not None:
-        try:
-            last = Result.from_path(run_dir).metrics or {}
-            print(f"[train-findings] resuming {run_dir} after epoch {last.get('epoch', '?')}")
-        except RuntimeError:
-            print(f"[train-findings] {run_dir} has no finished epoch yet: starting at epoch 1")
+    previous = check_resume(run_dir, _fingerprint(cfg), cfg.checkpoint.allow_config_change,
+                            "model, data or hyperparameters")
+    announce_resume("train-findings", run_dir, previous)
     print(f"[train-findings] {len(train_df)} training / {len(val_df)} held-out reports, "
           f"{cfg.scaling.num_workers} worker(s)")
 
-    use_gpu = _use_gpu(cfg.scaling.use_gpu)
-    trainer = TorchTrainer(
+    gpu = use_gpu(cfg.scaling.use_gpu)
+    trainer = make_trainer(
         train_loop_per_worker,
-        train_loop_config={"training": cfg.training.model_dump(), "model": cfg.model,
-                           "tokenizer": cfg.tokenizer, "data": ray.put((train_df, val_df))},
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
-                                                           **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(
-            name=cfg.checkpoint.name, storage_path=storage,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,
-                                               checkpoint_score_attribute=SCORE,
-                                               checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures)),
-    )
+        {"training": cfg.training.model_dump(), "model": cfg.model,
+         "tokenizer": cfg.tokenizer, "data": ray.put((train_df, val_df))},
+        cfg.scaling, cfg.checkpoint, storage, gpu, score=SCORE)
     result = trainer.fit()
     meta = export_best(result, cfg, val_df, export_to)
     run_info = result.return_value or {}
@@ -557,7 +482,7 @@ def run_train_findings(cfg: TrainFindingsConfig) -> dict[str, Any]:
         "history": meta["metrics"]["history"], "thresholds": meta["thresholds"],
         "data": {**data_stats, "train_reports": len(train_df), "val_reports": len(val_df)},
         "n_chunked_val": meta["metrics"].get("n_chunked_val"),
-        "use_gpu": use_gpu, "num_workers": cfg.scaling.num_workers,
+        "use_gpu": gpu, "num_workers": cfg.scaling.num_workers,
     }
     manifest = {**summary, "config": scrub_secrets(cfg.model_dump(mode="json")),
                 "config_hash": config_hash(cfg.model_dump(mode="json")),

@@ -39,8 +39,9 @@ from ctray.config import JobConfig
 from ctray.errors import UserError
 from ctray.tasks.grounding.preprocess import PreprocessConfig
 from ctray.tasks.grounding.segment_job import ManifestInput
+from ctray.train.common import (CheckpointParams, ScalingParams, abs_uri, announce_resume,
+                                 check_resume, export_dir, gather, make_trainer, use_gpu)
 
-FINGERPRINT_FILE = "ctray_train_fingerprint.json"
 IMAGE, LABEL, EMB = "image", "label", "text_embedding"
 
 
@@ -74,20 +75,8 @@ class GroundingTrainingParams(BaseModel):
     log_every_steps: int = 0
 
 
-class GroundingScaling(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    num_workers: int = 1
-    use_gpu: bool | Literal["auto"] = "auto"
-    cpus_per_worker: float = 1.0
-    max_failures: int = 0
-
-
-class GroundingCheckpoint(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    storage_path: str | None = None  # default <run.output>/checkpoints
+class GroundingCheckpoint(CheckpointParams):
     name: str = "train_grounding"
-    num_to_keep: int = 2
-    allow_config_change: bool = False
 
 
 class TrainGroundingConfig(JobConfig):
@@ -99,7 +88,7 @@ class TrainGroundingConfig(JobConfig):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelParams = Field(default_factory=ModelParams)
     training: GroundingTrainingParams = Field(default_factory=GroundingTrainingParams)
-    scaling: GroundingScaling = Field(default_factory=GroundingScaling)
+    scaling: ScalingParams = Field(default_factory=ScalingParams)
     checkpoint: GroundingCheckpoint = Field(default_factory=GroundingCheckpoint)
     export: str | None = None  # default <run.output>/model
 
@@ -201,7 +190,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from monai.data import CacheDataset, DataLoader, list_data_collate
 
     from ctray.tasks.grounding.model import TextFiLMUNet, grounding_loss
-    from ctray.train.findings_trainer import _gather
 
     params = GroundingTrainingParams(**config["training"])
     preprocess = PreprocessConfig(**config["preprocess"])
@@ -264,7 +252,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             if rank == 0 and params.log_every_steps and (step + 1) % params.log_every_steps == 0:
                 print(f"[train-grounding] epoch {epoch + 1}/{params.epochs} step {step + 1}/"
                       f"{len(loader)} loss {loss_sum / seen:.4f}", flush=True)
-        ranks = np.stack(_gather(np.array([seen, loss_sum, time.time() - started]), world))
+        ranks = np.stack(gather(np.array([seen, loss_sum, time.time() - started]), world))
         totals = ranks.sum(axis=0)
         metrics = {"epoch": epoch + 1, "train_loss": float(totals[1] / max(totals[0], 1)),
                    "train_crops": int(totals[0]), "resumed_from_epoch": start_epoch,
@@ -301,26 +289,6 @@ def _fingerprint(cfg: TrainGroundingConfig) -> dict[str, Any]:
             "model": cfg.model.model_dump(mode="json"), "training": training}
 
 
-def _check_resume(run_dir: str, cfg: TrainGroundingConfig) -> dict | None:
-    """The previous run's fingerprint (None for a new run); refuses a changed config."""
-    from pyarrow import fs as pafs
-
-    from ctray.io.output import resolve_fs, write_bytes_atomic
-
-    filesystem, path = resolve_fs(f"{run_dir}/{FINGERPRINT_FILE}")
-    current = json.loads(json.dumps(_fingerprint(cfg)))
-    previous = None
-    if filesystem.get_file_info(path).type == pafs.FileType.File:
-        with filesystem.open_input_stream(path) as f:
-            previous = json.loads(f.read().decode("utf-8"))
-        if previous != current and not cfg.checkpoint.allow_config_change:
-            raise UserError(f"{run_dir} holds checkpoints of a different training configuration "
-                            "(data, encoder, preprocessing, model or hyperparameters changed). "
-                            "Use a new checkpoint.name, or set checkpoint.allow_config_change=true.")
-    write_bytes_atomic(f"{run_dir}/{FINGERPRINT_FILE}", json.dumps(current, indent=2).encode())
-    return previous
-
-
 def export_model(result, cfg: TrainGroundingConfig, text_dim: int, export_to: str) -> dict:
     import torch
 
@@ -341,25 +309,15 @@ def export_model(result, cfg: TrainGroundingConfig, text_dim: int, export_to: st
         preprocess=cfg.preprocess, roi_size=cfg.training.crop_size,
         metrics={"epochs": len(history), "final_train_loss": history[-1]["train_loss"],
                  "history": history, "source_checkpoint": result.checkpoint.path})
-    if "://" in export_to:
-        from pyarrow import fs as pafs
-
-        with tempfile.TemporaryDirectory() as tmp:
-            save_grounding_model(tmp, state, meta)
-            pafs.copy_files(tmp, export_to)
-    else:
-        save_grounding_model(export_to, state, meta)
+    export_dir(export_to, lambda d: save_grounding_model(d, state, meta))
     return meta.model_dump(mode="json")
 
 
 def run_train_grounding(cfg: TrainGroundingConfig) -> dict[str, Any]:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from ctray.io.manifest import config_hash, library_versions, scrub_secrets
     from ctray.io.output import OutputLayout
-    from ctray.train.findings_trainer import _abs, _use_gpu
 
     crop = cfg.training.crop_size
     if any(s % 16 for s in crop) or math.prod(s // 16 for s in crop) < 2:
@@ -368,35 +326,24 @@ def run_train_grounding(cfg: TrainGroundingConfig) -> dict[str, Any]:
                         "norm needs more than one voxel at the bottleneck)")
     started = time.time()
     output = cfg.run.output
-    storage = _abs(cfg.checkpoint.storage_path or f"{output}/checkpoints")
+    storage = abs_uri(cfg.checkpoint.storage_path or f"{output}/checkpoints")
     run_dir = f"{storage.rstrip('/')}/{cfg.checkpoint.name}"
-    export_to = _abs(cfg.export or f"{output}/model")
+    export_to = abs_uri(cfg.export or f"{output}/model")
 
     items, text_dim = load_triples(cfg)
-    previous = _check_resume(run_dir, cfg)
-    if previous is not None:
-        try:
-            last = Result.from_path(run_dir).metrics or {}
-            print(f"[train-grounding] resuming {run_dir} after epoch {last.get('epoch', '?')}")
-        except RuntimeError:
-            print(f"[train-grounding] {run_dir} has no finished epoch yet: starting at epoch 1")
+    previous = check_resume(run_dir, _fingerprint(cfg), cfg.checkpoint.allow_config_change,
+                            "data, encoder, preprocessing, model or hyperparameters")
+    announce_resume("train-grounding", run_dir, previous)
     print(f"[train-grounding] {len(items)} (volume, finding, mask) triples, "
           f"{cfg.scaling.num_workers} worker(s)")
 
-    use_gpu = _use_gpu(cfg.scaling.use_gpu)
-    trainer = TorchTrainer(
+    gpu = use_gpu(cfg.scaling.use_gpu)
+    trainer = make_trainer(
         train_loop_per_worker,
-        train_loop_config={"training": cfg.training.model_dump(), "features": list(cfg.model.features),
-                           "preprocess": cfg.preprocess.model_dump(), "init_from": cfg.model.init_from,
-                           "data": ray.put((items, text_dim))},
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
-                                                           **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(
-            name=cfg.checkpoint.name, storage_path=storage,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
-            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures)),
-    )
+        {"training": cfg.training.model_dump(), "features": list(cfg.model.features),
+         "preprocess": cfg.preprocess.model_dump(), "init_from": cfg.model.init_from,
+         "data": ray.put((items, text_dim))},
+        cfg.scaling, cfg.checkpoint, storage, gpu)
     result = trainer.fit()
     meta = export_model(result, cfg, text_dim, export_to)
     run_info = result.return_value or {}
@@ -405,7 +352,7 @@ def run_train_grounding(cfg: TrainGroundingConfig) -> dict[str, Any]:
         "job": cfg.job, "output": output, "model_dir": export_to, "checkpoints": run_dir,
         "started_at_epoch": run_info.get("start_epoch"), "epochs_run": run_info.get("epochs_run"),
         "history": history, "final_train_loss": history[-1]["train_loss"],
-        "triples": len(items), "use_gpu": use_gpu, "num_workers": cfg.scaling.num_workers,
+        "triples": len(items), "use_gpu": gpu, "num_workers": cfg.scaling.num_workers,
     }
     manifest = {**summary, "config": scrub_secrets(cfg.model_dump(mode="json")),
                 "config_hash": config_hash(cfg.model_dump(mode="json")),

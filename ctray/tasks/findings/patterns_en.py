@@ -35,7 +35,7 @@ _CALCIFIED_VESSEL = (rf"\bcalcif\w*(?:\W+\w+){{0,6}}?\W+{_VESSEL}\b|\b{_VESSEL}\
                      r"\W+calcif\w*")
 _CORONARY = rx(r"\bcoronar\w*(?:\s+(?:arter(?:y|ies)|vascular\s+structures?|vessels?|walls?))?|"
                r"\b(?:LAD|RCA|LCX|circumflex|left\s+anterior\s+descending)\b")
-_OTHER_VESSEL = rx(rf"\b(?:aort\w*|arter\w*|vascular|vessels?|carotid|subclavian|brachiocephalic|"
+_OTHER_VESSEL = rx(r"\b(?:aort\w*|arter\w*|vascular|vessels?|carotid|subclavian|brachiocephalic|"
                    r"iliac|supra-?aortic|innominate|arch)\b")
 _VALVE = rx(r"\b(?:aortic|mitral|tricuspid|pulmonary)\s+(?:valves?|annulus)\b|\bvalves?\b|"
             r"\bannul\w*")

@@ -136,7 +136,6 @@ def _draw_nodule(g, lungs, rng):
 
 def _draw_effusion(g, lungs, rng):
     side = rng.choice(["right", "left"])
-    cu = 0.42 if side == "right" else -0.42
     taper = np.sqrt(np.clip((0.95 - g.w) / 0.45, 0.0, 1.0))
     frac = rng.uniform(0.2, 0.35)
     # Fluid settles posteriorly: the lowest `frac` of each lung section, lower half only.
