@@ -98,7 +98,8 @@ class TrainGroundingConfig(JobConfig):
 def load_triples(cfg: TrainGroundingConfig) -> tuple[list[dict[str, Any]], int]:
     """Training items (image/label URIs, slope, intercept, embedding) and the text width."""
     from ctray.tasks.grounding.model import TextEncoder
-    from ctray.tasks.grounding.segment_job import INTERCEPT, SLOPE, TEXT, VOLUME, read_manifest
+    from ctray.tasks.grounding.segment_job import (INTERCEPT, SLOPE, TEXT, VOLUME, absolute_local,
+                                                   read_manifest)
 
     df = read_manifest(cfg.manifest)
     # read_manifest renames a `mask_uri` input column so it is not taken for a prediction.
@@ -112,7 +113,7 @@ def load_triples(cfg: TrainGroundingConfig) -> tuple[list[dict[str, Any]], int]:
                           normalize=cfg.text_normalize)
     texts = df[TEXT].astype(str).tolist()
     emb = encoder.encode(texts).numpy()
-    items = [{IMAGE: v, LABEL: str(m), "slope": s, "intercept": b, EMB: e}
+    items = [{IMAGE: v, LABEL: absolute_local(str(m)), "slope": s, "intercept": b, EMB: e}
              for v, m, s, b, e in zip(df[VOLUME], df[mask_col], df[SLOPE], df[INTERCEPT], emb)]
     return items, encoder.dim
 

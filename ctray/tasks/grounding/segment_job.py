@@ -324,6 +324,10 @@ def _digest(data: bytes) -> str:
 
 # ----------------------------------------------------------------------------- driver side
 
+def absolute_local(uri: str) -> str:
+    return uri if "://" in uri or not uri else str(Path(uri).resolve())
+
+
 def read_manifest(inp: ManifestInput) -> pd.DataFrame:
     """The manifest with canonical column names, sorted by volume (stable), so a
     scan's findings arrive in one batch."""
@@ -352,7 +356,11 @@ def read_manifest(inp: ManifestInput) -> pd.DataFrame:
             df[col] = np.nan
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df[FINDING_ID] = df[FINDING_ID].astype(str)
-    df[VOLUME] = df[VOLUME].astype(str)
+    # Relative paths mean "from where the job was started"; Ray workers run elsewhere.
+    df[VOLUME] = df[VOLUME].astype(str).map(absolute_local)
+    if "gt_mask_uri" in df:
+        df["gt_mask_uri"] = df["gt_mask_uri"].map(
+            lambda v: absolute_local(str(v)) if isinstance(v, str) else v)
     dups = df[FINDING_ID][df[FINDING_ID].duplicated()].unique().tolist()
     if dups:
         raise UserError(f"{path}: duplicate {inp.id_column!r} values {dups[:5]}; ids must be "
@@ -371,9 +379,9 @@ def run_segment(cfg: SegmentConfig) -> dict[str, Any]:
 
     started = time.time()
     output = cfg.run.output.rstrip("/")
-    masks_dir = cfg.masks_dir or f"{output}/masks"
-    if "://" not in masks_dir:
-        masks_dir = str(Path(masks_dir).resolve())
+    masks_dir = absolute_local(cfg.masks_dir or f"{output}/masks")
+    if Path(cfg.model).exists():
+        cfg = cfg.model_copy(update={"model": absolute_local(cfg.model)})
     df = read_manifest(cfg.manifest)
     stage = SegmentStage(cfg, masks_dir)
     spec = run_spec(cfg, KEY, fingerprint={"manifest_columns": sorted(df.columns)})
