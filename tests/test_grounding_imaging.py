@@ -356,3 +356,18 @@ def test_ground_eval_scores_segment_outputs_and_an_oracle(segmented, phantoms):
     md = (out / "table4.md").read_text()
     assert "| film_unet |" in md and "| oracle |" in md and "Non-focal (" in md
     assert (out / "per_category.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_relative_manifest_paths_resolve_from_the_launch_directory(tmp_path, monkeypatch):
+    from ctray.tasks.grounding.segment_job import ManifestInput, read_manifest
+
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"volume_uri": ["vols/a.nii.gz", "s3://bucket/b.nii.gz"],
+                  "finding_id": ["a_1", "b_1"], "finding_text": ["x", "y"],
+                  "mask_uri": ["masks/a_1.nii.gz", None]}).to_csv("m.csv", index=False)
+    df = read_manifest(ManifestInput(path="m.csv")).set_index("finding_id")
+    # Ray workers do not share the driver's working directory: local paths become absolute.
+    assert df.loc["a_1", "volume_uri"] == str(tmp_path / "vols" / "a.nii.gz")
+    assert df.loc["a_1", "gt_mask_uri"] == str(tmp_path / "masks" / "a_1.nii.gz")
+    assert df.loc["b_1", "volume_uri"] == "s3://bucket/b.nii.gz"
+    assert pd.isna(df.loc["b_1", "gt_mask_uri"])
