@@ -89,6 +89,35 @@ class OutputLayout:
                                                      default=str).encode("utf-8"))
 
 
+def read_output_table(path: str, kind: str, columns: list[str] | None = None,
+                      allow_empty: bool = False) -> pd.DataFrame:
+    """A job output folder's ``results`` Parquet files (only ``columns`` that exist,
+    when given), or one CSV/Parquet file; ``kind`` names the folder in errors."""
+    from ctray.errors import UserError
+
+    root = path.rstrip("/")
+    filesystem, base = resolve_fs(root + "/results")
+    if filesystem.get_file_info(base).type == pafs.FileType.Directory:
+        frames = []
+        for uri in OutputLayout(root).parquet_files("results"):
+            fs_, p = resolve_fs(uri)
+            with fs_.open_input_file(p) as f:
+                pf = pq.ParquetFile(f)
+                names = pf.schema_arrow.names
+                frames.append(pf.read(columns=[c for c in (columns or names) if c in names])
+                              .to_pandas())
+        if not frames:
+            if allow_empty:
+                return pd.DataFrame()
+            raise UserError(f"{path}: the results folder holds no Parquet file")
+        return pd.concat(frames, ignore_index=True)
+    if root.endswith(".parquet"):
+        return pd.read_parquet(root)
+    if root.endswith(".csv"):
+        return pd.read_csv(root)
+    raise UserError(f"{path}: not a {kind}, .csv or .parquet file")
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     filesystem, path = resolve_fs(uri)
     parent = path.rsplit("/", 1)[0]

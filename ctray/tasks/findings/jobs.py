@@ -90,29 +90,9 @@ class FindingsEvalConfig(JobConfig):
 # ----------------------------------------------------------------------------- reading
 
 def _read_table(path: str, columns: list[str] | None = None) -> pd.DataFrame:
-    from ctray.io.output import OutputLayout, resolve_fs
-    from pyarrow import fs as pafs
+    from ctray.io.output import read_output_table
 
-    filesystem, base = resolve_fs(path.rstrip("/") + "/results")
-    if filesystem.get_file_info(base).type == pafs.FileType.Directory:
-        files = OutputLayout(path.rstrip("/")).parquet_files("results")
-        if not files:
-            raise UserError(f"{path}: the results folder holds no Parquet file")
-        import pyarrow.parquet as pq
-
-        frames = []
-        for uri in files:
-            fs_, p = resolve_fs(uri)
-            with fs_.open_input_file(p) as f:
-                pf = pq.ParquetFile(f)
-                cols = [c for c in (columns or pf.schema_arrow.names) if c in pf.schema_arrow.names]
-                frames.append(pf.read(columns=cols).to_pandas())
-        return pd.concat(frames, ignore_index=True)
-    if path.endswith(".parquet"):
-        return pd.read_parquet(path)
-    if path.endswith(".csv"):
-        return pd.read_csv(path)
-    raise UserError(f"{path}: not a label-findings output folder, .csv or .parquet file")
+    return read_output_table(path, "label-findings output folder", columns)
 
 
 def read_predictions(inp: PredictionsInput) -> tuple[pd.DataFrame, pd.DataFrame | None]:

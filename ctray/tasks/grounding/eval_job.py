@@ -77,24 +77,9 @@ class GroundEvalConfig(JobConfig):
 
 def read_table(path: str) -> pd.DataFrame:
     """A run folder's ``results`` Parquet files, or one CSV/Parquet file."""
-    from pyarrow import fs as pafs
+    from ctray.io.output import read_output_table
 
-    from ctray.io.output import OutputLayout, resolve_fs
-
-    root = path.rstrip("/")
-    filesystem, base = resolve_fs(root + "/results")
-    if filesystem.get_file_info(base).type == pafs.FileType.Directory:
-        files = OutputLayout(root).parquet_files("results")
-        frames = []
-        for uri in files:
-            fs_, p = resolve_fs(uri)
-            frames.append(pd.read_parquet(p, filesystem=fs_))
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if root.endswith(".parquet"):
-        return pd.read_parquet(root)
-    if root.endswith(".csv"):
-        return pd.read_csv(root)
-    raise UserError(f"{path}: not a segment output folder (no results/), .csv or .parquet file")
+    return read_output_table(path, "segment output folder (no results/)", allow_empty=True)
 
 
 def _label(p: PredictionSet) -> str:

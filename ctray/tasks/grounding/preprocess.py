@@ -68,8 +68,10 @@ class ToHUd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        slope = _given(d.get(self.slope_key), self.default_slope)
-        intercept = _given(d.get(self.intercept_key), self.default_intercept)
+        slope = optional_float(d.get(self.slope_key))
+        intercept = optional_float(d.get(self.intercept_key))
+        slope = self.default_slope if slope is None else slope
+        intercept = self.default_intercept if intercept is None else intercept
         for key in self.key_iterator(d):
             img = d[key]
             if not torch.is_floating_point(torch.as_tensor(img)):
@@ -78,14 +80,15 @@ class ToHUd(MapTransform):
         return d
 
 
-def _given(value: Any, default: float) -> float:
-    # A manifest read with pandas/Ray Data holds NaN, not None, where a row has no
-    # slope/intercept: both mean "use the default", never "make every voxel NaN".
+def optional_float(value: Any) -> float | None:
+    """None for a missing value. A manifest read with pandas/Ray Data holds NaN, not
+    None, where a row has no slope/intercept: both mean "not given", never "make every
+    voxel NaN"."""
     try:
         value = float(value)
     except TypeError:  # None, pandas.NA
-        return default
-    return default if np.isnan(value) else value
+        return None
+    return None if np.isnan(value) else value
 
 
 def _config(cfg: PreprocessConfig | Mapping[str, Any] | None) -> PreprocessConfig:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -44,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ctray.config import JobConfig
 from ctray.errors import UserError
 from ctray.pipeline.stage import Resources, RowError, Stage, mark_error
-from ctray.tasks.grounding.preprocess import PreprocessConfig
+from ctray.tasks.grounding.preprocess import PreprocessConfig, optional_float
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +192,6 @@ def mask_name(finding_id: str) -> str:
     return safe + ".nii.gz"
 
 
-def _optional(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
-
-
 class SegmentStage(Stage):
     name = "segment"
     input_columns = (VOLUME, FINDING_ID, TEXT)
@@ -264,8 +255,8 @@ class SegmentStage(Stage):
         texts = rows[TEXT].tolist()
         volume, affine, info = load_volume(uri)  # VolumeReadError names the file
         first = rows.iloc[0]
-        pre = preprocess_volume(volume, affine, slope=_optional(first.get(SLOPE)),
-                                intercept=_optional(first.get(INTERCEPT)),
+        pre = preprocess_volume(volume, affine, slope=optional_float(first.get(SLOPE)),
+                                intercept=optional_float(first.get(INTERCEPT)),
                                 transform=self.transform)
         del volume
         embeddings = self.encoder.encode(texts)
@@ -297,7 +288,7 @@ class SegmentStage(Stage):
         for uri, idx in todo.groupby(VOLUME, sort=False).indices.items():
             idx = todo.index[idx]
             rows = batch.loc[idx]
-            slopes = {(_optional(r.get(SLOPE)), _optional(r.get(INTERCEPT)))
+            slopes = {(optional_float(r.get(SLOPE)), optional_float(r.get(INTERCEPT)))
                       for r in rows.to_dict("records")}
             try:
                 if len(slopes) > 1:
