@@ -7,6 +7,7 @@ CLI and ``ray job submit`` run the same function with the same config.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -43,19 +44,26 @@ def register(spec: JobSpec) -> JobSpec:
 
 
 register(JobSpec("demo", "end-to-end chain on the bundled sample reports (CPU, local Ray)",
-                 "ctray.tasks.demo:DemoConfig", "ctray.tasks.demo:run_demo"))
+                 "ctray.tasks.demo.demo_job:DemoConfig", "ctray.tasks.demo.demo_job:run_demo"))
 register(JobSpec("text-stats", "per-report text statistics (characters, words, sentences)",
                  "ctray.tasks.textstats:TextStatsConfig", "ctray.tasks.textstats:run_text_stats"))
 
 
+def job_modules() -> list[str]:
+    """Every ``jobs`` module: one per task package (``ctray.tasks.<x>.jobs``) and serving's.
+
+    Discovered, not listed: adding a task package with a ``jobs.py`` is enough for
+    ``ctray --help`` and ``jobs/`` to see its jobs."""
+    import pkgutil
+
+    import ctray.tasks
+
+    found = [f"ctray.tasks.{m.name}.jobs" for m in pkgutil.iter_modules(ctray.tasks.__path__)
+             if m.ispkg and importlib.util.find_spec(f"ctray.tasks.{m.name}.jobs") is not None]
+    return sorted(found) + ["ctray.serving.jobs"]
+
+
 def load_job_modules() -> None:
-    """Task packages register their jobs on import; listed here so --help sees them all."""
-    for module in ("ctray.tasks.translate.jobs", "ctray.tasks.findings.jobs",
-                   "ctray.tasks.leavs.jobs", "ctray.tasks.grounding.jobs",
-                   "ctray.serving.jobs"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            # Only a task package that is absent is skipped; a broken import is an error.
-            if not exc.name or not module.startswith(exc.name):
-                raise
+    """Import every jobs module; each registers its jobs on import."""
+    for module in job_modules():
+        importlib.import_module(module)
