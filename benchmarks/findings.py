@@ -82,7 +82,7 @@ def bench_inference(n_reports: int) -> None:
 def bench_train() -> None:
     import ray
 
-    from ctray.train.findings_trainer import TrainFindingsConfig, run_train_findings
+    from ctray.tasks.findings.train_job import TrainFindingsConfig, run_train_findings
     from tiny_bert import build_en_tokenizer, build_tiny_bert
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,

@@ -140,48 +140,10 @@ def prefix_shares(prompts: list[np.ndarray]) -> dict[str, float]:
 
 def run_in_process(reports: list[dict], cfg, engine: Recorder, batch_size: int) -> pd.DataFrame:
     """The job's stages on pandas frames: same questions, fan-out and assembly."""
-    from ctray.tasks.leavs import assemble as A
-    from ctray.tasks.leavs.fanout import (certainty_rows, check_rows, organ_rows, type_rows,
-                                          urgency_rows)
-    from ctray.tasks.leavs.pipeline import _question_stage
+    from ctray.tasks.leavs.one_report import label_reports
 
-    def ask(name: str, rows: pd.DataFrame) -> pd.DataFrame:
-        engine.stage = name
-        stage = _question_stage(cfg, name)
-        stage.backend = engine
-        if hasattr(stage, "reason_task"):
-            from ctray.llm.task import LLMStage
-
-            stage._reason_stage = LLMStage(stage.reason_task, cfg.backend)
-            stage._reason_stage.backend = engine
-        if rows.empty:
-            return rows
-        rows = rows.assign(_error=None, _error_stage=None, _error_type=None).reset_index(drop=True)
-        parts = [stage.process_batch(rows.iloc[i:i + batch_size])
-                 for i in range(0, len(rows), batch_size)]
-        out = pd.concat(parts, ignore_index=True)
-        return out[out["_error"].isna()]
-
-    corpus = pd.DataFrame(reports).assign(_error=None)
-    organs = organ_rows(corpus, cfg.organs)
-    done = {"filter_list": ask("filter_list", organs)}
-    done["filter_check"] = ask("filter_check", check_rows(done["filter_list"], cfg.fast))
-    ev = {k: A.events(done[s], k, A.EVENT_FIELDS[k]) if len(done[s]) else pd.DataFrame(columns=A.EVENT_COLS)
-          for k, s in (("list", "filter_list"), ("check", "filter_check"))}
-    both = pd.concat(ev.values(), ignore_index=True)
-    filt = pd.concat([A.combine_filter(g, cfg.fast) for _, g in both.groupby(["report_id", "organ"])],
-                     ignore_index=True)
-    done["finding_types"] = ask("finding_types", type_rows(filt))
-    done["certainty"] = ask("certainty", certainty_rows(done["finding_types"],
-                                                        cfg.unselected_types == "ask"))
-    done["urgency"] = ask("urgency", urgency_rows(done["certainty"]))
-    kinds = {"filter_list": "list", "filter_check": "check", "finding_types": "types",
-             "certainty": "certainty", "urgency": "urgency"}
-    events = [A.events(organs, "base", ["n_sentences"])] + [
-        A.events(done[s], k, A.EVENT_FIELDS[k]) for s, k in kinds.items() if len(done[s])]
-    allev = pd.concat(events, ignore_index=True)
-    labels = pd.concat([A.assemble_group(g, cfg.fast, cfg.unselected_types == "ask")
-                        for _, g in allev.groupby(["report_id", "organ"])], ignore_index=True)
+    labels, _ = label_reports(cfg, reports, engine, batch_size,
+                              on_stage=lambda name: setattr(engine, "stage", name))
     return labels
 
 
@@ -198,7 +160,7 @@ def usage_table(labels: pd.DataFrame, n_reports: int) -> dict[str, dict[str, flo
 def run_ray_job(reports: list[dict], cfg, workdir: Path) -> dict:
     import ray
 
-    from ctray.tasks.leavs.pipeline import run_leavs
+    from ctray.tasks.leavs.leavs_job import run_leavs
 
     corpus = workdir / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in reports))
@@ -220,7 +182,7 @@ def run_ray_job(reports: list[dict], cfg, workdir: Path) -> dict:
 
 def build_config(args):
     from ctray.tasks.leavs import schema
-    from ctray.tasks.leavs.pipeline import LeavsConfig
+    from ctray.tasks.leavs.leavs_job import LeavsConfig
 
     backend = ({"kind": "fake", "model": "keyword-rules", "fake_responder": "leavs_fake:answer",
                 "batch_size": args.batch_size, "num_cpus": 0.5}

@@ -1,12 +1,16 @@
 """Pipeline overhead and scaling: a CPU stage through Ray Data vs a plain loop.
 
-Prints rows/s for the text-statistics stage over the 1,564 CT-RATE validation reports
-(from ../shared/data when present, else the bundled sample) and over a synthetic corpus
+Runs the text-statistics stage over the 1,564 CT-RATE validation reports (from
+../shared/data when present, else the bundled sample) and over a synthetic corpus
 (100k rows by default), with the ctray runner at 1 and 2 stage workers (resume, error
 capture, Parquet writing and manifest included) beside a single-process loop doing the
-same per-row work.
+same per-row work. Prints wall time, rows/s and the runner/loop time ratio, and the
+fixed start-up cost (the wall time of a 20-row run).
 
     python benchmarks/pipeline_overhead.py [--synthetic-rows 100000]
+
+To compare two versions of the code side by side on a shared machine, run the script
+twice in one shell command with ``PYTHONPATH`` pointing at each checkout.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CSV = REPO.parent / "shared" / "data" / "ct-rate" / "validation_reports.csv"
+SHARED_CSV = (Path(os.environ.get("CTRAY_SHARED_DATA", REPO.parent / "shared" / "data"))
+              / "ct-rate" / "validation_reports.csv")
 
 
 def corpus_frame() -> tuple[str, pd.DataFrame]:
@@ -35,23 +40,30 @@ def plain_loop(texts: list[str]) -> float:
     start = time.perf_counter()
     for t in texts:
         text_stats(t, "en")
-    return len(texts) / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def _stage_class():
+    try:
+        from ctray.tasks.textstats.stage import TextStatsStage
+    except ImportError:  # older layout (to benchmark an earlier checkout)
+        from ctray.tasks.textstats import TextStatsStage
+    return TextStatsStage
 
 
 def ray_run(path: str, workers: int, fmt: str) -> tuple[float, int]:
     from ctray.io.corpus import CorpusConfig, read_corpus
     from ctray.pipeline.runner import RunSpec, run_pipeline
     from ctray.pipeline.stage import Resources
-    from ctray.tasks.textstats import TextStatsStage
 
-    stage = TextStatsStage("en", resources=Resources(num_cpus=0.5, batch_size=256,
+    stage = _stage_class()("en", resources=Resources(num_cpus=0.5, batch_size=256,
                                                      concurrency=workers))
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         summary = run_pipeline(read_corpus(CorpusConfig(path=path, format=fmt)), [stage],
                                RunSpec(job="bench", output=out, writer_batch_size=2048))
         wall = time.perf_counter() - start
-    return summary.ok / wall, summary.ok
+    return wall, summary.ok
 
 
 def main() -> None:
@@ -59,14 +71,24 @@ def main() -> None:
     ap.add_argument("--synthetic-rows", type=int, default=100_000)
     args = ap.parse_args()
 
+    import ctray
     import ray
 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    @ray.remote(num_cpus=0.25)
+    def worker_ctray() -> str:
+        import ctray as c
+
+        return str(Path(c.__file__).parent)
+
+    print(f"ctray from {Path(ctray.__file__).parent} (driver), {ray.get(worker_ctray.remote())} (workers)")
     print(f"machine: {os.cpu_count()} CPUs; Ray sees {ray.cluster_resources().get('CPU')} CPUs")
     name, df = corpus_frame()
     with tempfile.TemporaryDirectory() as tmp:
         real = Path(tmp) / "real.csv"
         df.to_csv(real, index=False)
+        tiny = Path(tmp) / "tiny.csv"
+        df.head(20).to_csv(tiny, index=False)
         texts = [f"{a}\n\n{b}" for a, b in zip(df["Findings_EN"].fillna(""), df["Impressions_EN"].fillna(""))]
 
         synth = Path(tmp) / "synthetic.parquet"
@@ -76,13 +98,19 @@ def main() -> None:
         big.to_parquet(synth)
         big_texts = [f"{a}\n\n{b}" for a, b in zip(big["Findings_EN"].fillna(""), big["Impressions_EN"].fillna(""))]
 
-        print(f"\n{'corpus':32s} {'mode':28s} {'rows':>8s} {'rows/s':>10s}")
+        ray_run(str(tiny), 1, "csv")  # warm-up: worker processes, imports
+        startup, _ = ray_run(str(tiny), 1, "csv")
+        print(f"\nstart-up (20-row run, 1 worker, after a warm-up run): {startup:.1f} s")
+        print(f"\n{'corpus':28s} {'mode':26s} {'rows':>7s} {'wall s':>7s} {'rows/s':>7s} {'x loop':>7s}")
         for label, path, fmt, rows in ((f"{name} ({len(df)})", str(real), "csv", texts),
                                        (f"synthetic ({len(big)})", str(synth), "parquet", big_texts)):
-            print(f"{label:32s} {'plain loop, 1 process':28s} {len(rows):8d} {plain_loop(rows):10.0f}")
+            loop = plain_loop(rows)
+            print(f"{label:28s} {'plain loop, 1 process':26s} {len(rows):7d} {loop:7.1f} "
+                  f"{len(rows) / loop:7.0f} {1.0:7.2f}")
             for workers in (1, 2):
-                rate, n = ray_run(path, workers, fmt)
-                print(f"{label:32s} {f'ctray runner, {workers} worker(s)':28s} {n:8d} {rate:10.0f}")
+                wall, n = ray_run(path, workers, fmt)
+                print(f"{label:28s} {f'ctray runner, {workers} worker(s)':26s} {n:7d} {wall:7.1f} "
+                      f"{n / wall:7.0f} {wall / loop:7.2f}", flush=True)
 
 
 if __name__ == "__main__":

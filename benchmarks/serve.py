@@ -45,7 +45,7 @@ def main() -> None:
     import ray
 
     from ctray.config import load_config
-    from ctray.serving.bench import ServeBenchConfig, run_serve_bench
+    from ctray.serving.bench_job import ServeBenchConfig, run_serve_bench
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -60,7 +60,7 @@ def main() -> None:
             "corpus.sections={findings: Findings_JA, impressions: Impressions_JA}"])
         report = run_serve_bench(cfg)
         print(f"mean report length {report['mean_chars']} characters, "
-              f"{report['n_texts']} distinct reports; results in {args.output}/serve_bench.json")
+              f"{report['n_texts']} distinct reports; results in {args.output}/manifest.json")
         ray.shutdown()
 
 

@@ -8,51 +8,56 @@ import logging
 import sys
 from typing import Any
 
-from ctray.config import load_config
+from ctray.config import describe_fields, load_config
 from ctray.errors import UserError
 from ctray.jobs import JOBS, JobSpec, load_job_modules
+from ctray.pipeline.ray_session import init_ray
 
 COMMON_FLAGS = {
     "--output": ("run.output", str, "output folder or s3:// / gs:// URI"),
     "--limit": ("corpus.limit", int, "process only the first N rows"),
-    "--backend": ("backend.kind", str, "LLM backend: fake, hf, openai, vllm"),
+    "--backend": ("backend.kind", str, "LLM backend: vllm (the configs' default; CPU or GPU engine), hf (transformers, without vLLM), openai, fake; the manifest's models entry names the engine"),
     "--model": ("backend.model", str, "model id, local path or GGUF file"),
     "--ray-address": ("run.ray_address", str, "Ray cluster address ('auto' inside a cluster)"),
 }
 
 
-def init_ray(run_cfg) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
-    if run_cfg.ray_address:
-        kwargs["address"] = run_cfg.ray_address
-    elif run_cfg.num_cpus:
-        kwargs["num_cpus"] = run_cfg.num_cpus
-    ray.init(**kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
     load_job_modules()
-    parser = argparse.ArgumentParser(prog="ctray", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ctray", description=__doc__,
+                                     epilog="`ctray JOB --help` lists the job's flags and "
+                                            "every config field with its default.")
     sub = parser.add_subparsers(dest="job", metavar="JOB")
     for spec in sorted(JOBS.values(), key=lambda s: s.name):
-        p = sub.add_parser(spec.name, help=spec.help, description=spec.help)
-        add_job_arguments(p, spec)
+        sub.add_parser(spec.name, help=spec.help, description=spec.help)
     return parser
+
+
+def job_parser(spec: JobSpec) -> argparse.ArgumentParser:
+    """``ctray <job>``'s parser; its --help ends with the config fields (self-documented)."""
+    parser = argparse.ArgumentParser(prog=f"ctray {spec.name}", description=spec.help,
+                                     epilog=config_help(spec.config_class),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_job_arguments(parser, spec)
+    return parser
+
+
+def config_help(cls) -> str:
+    """Every config field (dotted path for ``--set`` and YAML), its type, default, meaning."""
+    lines = ["config fields (YAML keys, or --set path=value):"]
+    for path, type_name, default, doc in describe_fields(cls):
+        head = f"  {path} ({type_name}{', default ' + default if default else ''})"
+        lines.append(head + (f"\n      {doc}" if doc else ""))
+    return "\n".join(lines)
 
 
 def add_job_arguments(p: argparse.ArgumentParser, spec: JobSpec) -> None:
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set backend.batch_size=8")
-    fields = spec.config_class.model_fields
-    for flag, (path, typ, text) in COMMON_FLAGS.items():
-        if path.split(".")[0] in fields:
-            p.add_argument(flag, type=typ, help=f"{text} (= {path})")
-    if "run" in fields:
+    for flag, (path, typ, text) in offered_common_flags(spec).items():
+        p.add_argument(flag, type=typ, help=f"{text} (= {path})")
+    if spec.row_resumable:
         p.add_argument("--retry-failed", action="store_true",
                        help="reprocess only the rows in the errors table (= run.retry_failed)")
         p.add_argument("--no-resume", action="store_true",
@@ -61,9 +66,18 @@ def add_job_arguments(p: argparse.ArgumentParser, spec: JobSpec) -> None:
         p.add_argument(flag, help=f"= {path}")
 
 
+def offered_common_flags(spec: JobSpec) -> dict[str, tuple[str, type, str]]:
+    """The common flags this job honours: its config has the section, and --ray-address
+    only for jobs that start Ray (a flag a job would ignore is not offered)."""
+    fields = spec.config_class.model_fields
+    return {flag: v for flag, v in COMMON_FLAGS.items()
+            if v[0].split(".")[0] in fields and flag not in spec.flags
+            and (spec.needs_ray or flag != "--ray-address")}
+
+
 def overrides_from_args(args: argparse.Namespace, spec: JobSpec) -> list[str]:
     out = list(args.set)
-    for flag, (path, _, _) in COMMON_FLAGS.items():
+    for flag, (path, _, _) in offered_common_flags(spec).items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         if value is not None:
             out.append(f"{path}={value}")
@@ -83,9 +97,7 @@ def run_job(name: str, argv: list[str]) -> Any:
     if name not in JOBS:
         raise SystemExit(f"unknown job {name!r}; available: {', '.join(sorted(JOBS))}")
     spec = JOBS[name]
-    parser = argparse.ArgumentParser(prog=f"ctray {name}", description=spec.help)
-    add_job_arguments(parser, spec)
-    args = parser.parse_args(argv)
+    args = job_parser(spec).parse_args(argv)
     cfg = load_config(spec.config_class, args.config, overrides_from_args(args, spec))
     logging.basicConfig(level=getattr(cfg, "run", None) and cfg.run.log_level or "INFO",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

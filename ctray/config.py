@@ -24,34 +24,62 @@ class ConfigError(UserError, ValueError):
 
 
 class RunConfig(BaseModel):
+    """Where a job writes and how it runs: the ``run`` section of every job config."""
+
     model_config = ConfigDict(extra="forbid")
 
-    output: str = "runs/output"
-    resume: bool = True
-    retry_failed: bool = False
-    allow_config_change: bool = False
-    # None: start (or join) a local Ray; "auto": the cluster this process runs on.
-    ray_address: str | None = None
-    num_cpus: int | None = None
-    writer_batch_size: int = 256
-    # Rows per block entering the stages (None: writer_batch_size): what a kill can lose.
-    rows_per_block: int | None = None
-    log_level: str = "INFO"
+    output: str = Field("runs/output", description="output folder, or an s3:// / gs:// URI")
+    resume: bool = Field(True, description="skip rows finished (or failed) by an earlier run")
+    retry_failed: bool = Field(False, description="reprocess only the rows whose latest "
+                               "attempt failed (the errors table), as attempt k+1")
+    allow_config_change: bool = Field(False, description="resume into a folder whose results "
+                                      "came from other prompts, model or task options")
+    ray_address: str | None = Field(None, description="Ray cluster address; 'auto' inside a "
+                                    "cluster; unset: start (or join) a local Ray")
+    num_cpus: int | None = Field(None, description="CPUs of a local Ray (unset: all)")
+    writer_batch_size: int = Field(256, description="rows per written Parquet shard")
+    rows_per_block: int | None = Field(None, description="rows per block entering the stages "
+                                       "(unset: writer_batch_size): what a kill can lose")
+    log_level: str = Field("INFO", description="Python logging level")
 
 
 class JobConfig(BaseModel):
+    """Base of every job config: the job name and the ``run`` section."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    job: str = ""
-    run: RunConfig = Field(default_factory=RunConfig)
+    job: str = Field("", description="the job's name (informational; set by each config)")
+    run: RunConfig = Field(default_factory=RunConfig, description="output, resume, Ray")
 
 
 class CorpusJobConfig(JobConfig):
-    corpus: CorpusConfig
+    """A job that streams a report corpus."""
+
+    corpus: CorpusConfig = Field(description="the reports to read (path, columns, limit)")
 
 
 class LLMJobConfig(CorpusJobConfig):
-    backend: BackendConfig = Field(default_factory=BackendConfig)
+    """A corpus job that asks an LLM."""
+
+    backend: BackendConfig = Field(default_factory=BackendConfig,
+                                   description="the LLM backend (kind, model, batching)")
+
+
+def sample_path(name: str) -> str:
+    """A sample shipped in the package (``ctray/data/<name>``): the default inputs of the
+    demo-sized configs, so every job runs out of the box."""
+    from importlib import resources
+
+    return str(resources.files("ctray") / "data" / name)
+
+
+def offline_backend(**options: Any) -> BackendConfig:
+    """The default LLM of the demo-sized configs: the packaged Gemma 3 270M, through the
+    vLLM engine (CPU or GPU) when vLLM is installed, else on the local ``hf`` backend
+    (no network either way); ``options`` set max_tokens, batch_size, ..."""
+    from ctray.llm.config import default_backend
+
+    return default_backend(**options)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -91,3 +119,84 @@ def load_config(cls: type[T], path: str | Path | None = None,
         where = f" in {path}" if path else ""
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid {cls.__name__}{where}: {problems}") from None
+
+
+# ----------------------------------------------------------------- self-documentation
+
+def _comment_docs(cls: type) -> dict[str, str]:
+    """Field → the comment written above it (or at the end of its line) in the source:
+    the fallback for fields without ``Field(description=...)``."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    lines = source.splitlines()
+    docs: dict[str, str] = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        above, j = [], node.lineno - 2
+        while j >= 0 and lines[j].strip().startswith("#"):
+            above.insert(0, lines[j].strip().lstrip("#").strip())
+            j -= 1
+        inline = lines[node.end_lineno - 1].partition("  # ")[2].strip()
+        if above or inline:
+            docs[node.target.id] = " ".join(above) or inline
+    return docs
+
+
+def field_doc(cls: type[BaseModel], name: str) -> str:
+    """The description of ``cls.name``: its ``Field(description=...)``, else the nearest
+    base class's, else the source comment next to it; "" when there is none."""
+    for klass in cls.__mro__:
+        if not (isinstance(klass, type) and issubclass(klass, BaseModel)) or klass is BaseModel:
+            continue
+        info = klass.model_fields.get(name)
+        if info is not None and info.description:
+            return info.description
+        if name in klass.__dict__.get("__annotations__", {}):
+            doc = _comment_docs(klass).get(name)
+            if doc:
+                return doc
+    return ""
+
+
+def describe_fields(cls: type[BaseModel], prefix: str = "",
+                    defaults: Any = None) -> list[tuple[str, str, str, str]]:
+    """(dotted path, type, default, description) of every config field, nested sections
+    included: what ``ctray <job> --help`` lists. Defaults are the config's own (a job's
+    ``run`` section may default to another output than ``RunConfig``'s)."""
+    import typing
+
+    if defaults is None:
+        try:  # defaults without validation; required fields are simply absent
+            defaults = cls.model_construct()
+        except Exception:  # a default factory that needs the environment
+            defaults = None
+    rows = []
+    for name, info in cls.model_fields.items():
+        path = prefix + name
+        nested = [t for t in (info.annotation, *typing.get_args(info.annotation))
+                  if isinstance(t, type) and issubclass(t, BaseModel)]
+        plain = isinstance(info.annotation, type) and not typing.get_args(info.annotation)
+        type_name = (info.annotation.__name__ if plain else str(info.annotation))
+        type_name = type_name.replace("typing.", "").replace("NoneType", "None")
+        value = getattr(defaults, name, None) if defaults is not None else None
+        if info.is_required():
+            default = "required"
+        elif nested:
+            default = "" if isinstance(value, BaseModel) else repr(value)
+        elif defaults is None or not hasattr(defaults, name):
+            default = "(computed)"
+        else:
+            default = repr(value)
+        default = default if len(default) <= 60 else default[:57] + "..."
+        rows.append((path, type_name, default, field_doc(cls, name)))
+        if nested:
+            rows.extend(describe_fields(nested[0], path + ".",
+                                        value if isinstance(value, BaseModel) else None))
+    return rows

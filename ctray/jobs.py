@@ -2,6 +2,12 @@
 
 ``ctray <name>`` and ``python jobs/<name>.py`` both resolve through here, so the
 CLI and ``ray job submit`` run the same function with the same config.
+
+Adding a job (see docs/architecture.md): write ``ctray/tasks/<x>/<short>_job.py``
+with the config class and the run function, add one ``register(JobSpec(...))`` to
+``ctray/tasks/<x>/jobs.py`` (discovered automatically), a config
+``configs/<job_name>.yaml``, and generate the entrypoint with
+``python -m ctray.jobs --write-entrypoints``. tests/test_structure.py checks all of it.
 """
 
 from __future__ import annotations
@@ -21,10 +27,20 @@ class JobSpec:
     # Extra CLI flags: flag name -> config field path (``--predictions`` -> "predictions").
     flags: dict[str, str] = field(default_factory=dict)
     needs_ray: bool = True
+    # Whether the job resumes and retries row-wise (run.resume, run.retry_failed): only
+    # then does the CLI offer --no-resume and --retry-failed. None: jobs that start Ray
+    # (corpus jobs through the runner) do, the others (evaluations) do not.
+    resumable: bool | None = None
+    # The module whose import registered the job (set by ``register``).
+    registered_in: str = ""
 
     def load(self, ref: str) -> Any:
         module, _, attr = ref.partition(":")
         return getattr(importlib.import_module(module), attr)
+
+    @property
+    def row_resumable(self) -> bool:
+        return self.needs_ray if self.resumable is None else self.resumable
 
     @property
     def config_class(self):
@@ -39,14 +55,12 @@ JOBS: dict[str, JobSpec] = {}
 
 
 def register(spec: JobSpec) -> JobSpec:
+    import sys
+    from dataclasses import replace
+
+    spec = replace(spec, registered_in=sys._getframe(1).f_globals.get("__name__", ""))
     JOBS[spec.name] = spec
     return spec
-
-
-register(JobSpec("demo", "end-to-end chain on the bundled sample reports (CPU, local Ray)",
-                 "ctray.tasks.demo.demo_job:DemoConfig", "ctray.tasks.demo.demo_job:run_demo"))
-register(JobSpec("text-stats", "per-report text statistics (characters, words, sentences)",
-                 "ctray.tasks.textstats:TextStatsConfig", "ctray.tasks.textstats:run_text_stats"))
 
 
 def job_modules() -> list[str]:
@@ -56,9 +70,9 @@ def job_modules() -> list[str]:
     ``ctray --help`` and ``jobs/`` to see its jobs."""
     import pkgutil
 
-    import ctray.tasks
-
-    found = [f"ctray.tasks.{m.name}.jobs" for m in pkgutil.iter_modules(ctray.tasks.__path__)
+    # Imported by name: the registry sits below the task packages (they import it).
+    tasks = importlib.import_module("ctray.tasks")
+    found = [f"ctray.tasks.{m.name}.jobs" for m in pkgutil.iter_modules(tasks.__path__)
              if m.ispkg and importlib.util.find_spec(f"ctray.tasks.{m.name}.jobs") is not None]
     return sorted(found) + ["ctray.serving.jobs"]
 
@@ -67,3 +81,48 @@ def load_job_modules() -> None:
     """Import every jobs module; each registers its jobs on import."""
     for module in job_modules():
         importlib.import_module(module)
+
+
+# --------------------------------------------------------------------- entrypoints
+
+def file_stem(name: str) -> str:
+    """``train-findings`` → ``train_findings``: the jobs/ and configs/ file name."""
+    return name.replace("-", "_")
+
+
+def entrypoint_source(name: str) -> str:
+    """The text of ``jobs/<stem>.py``: what ``ray job submit`` runs for the job."""
+    stem = file_stem(name)
+    return (f'"""``ray job submit --working-dir . -- python jobs/{stem}.py '
+            f'--config configs/{stem}.yaml``"""\n\n'
+            "import sys\n\nfrom ctray.cli import job_entrypoint\n\n"
+            'if __name__ == "__main__":\n'
+            f"    sys.exit(job_entrypoint({name!r}))\n").replace("'", '"')
+
+
+def write_entrypoints(folder: str = "jobs") -> list[str]:
+    """(Re)write ``<folder>/<stem>.py`` for every registered job; returns the changed files."""
+    from pathlib import Path
+
+    load_job_modules()
+    changed = []
+    for name in sorted(JOBS):
+        path = Path(folder) / f"{file_stem(name)}.py"
+        text = entrypoint_source(name)
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            changed.append(str(path))
+    return changed
+
+
+if __name__ == "__main__":  # python -m ctray.jobs --write-entrypoints [folder]
+    import sys
+
+    if sys.argv[1:2] != ["--write-entrypoints"]:
+        sys.exit("usage: python -m ctray.jobs --write-entrypoints [folder (default: jobs)]")
+    # Through the imported module: run as __main__, this file's JOBS is not the registry.
+    from ctray.jobs import write_entrypoints as _write
+
+    for changed_file in _write(*sys.argv[2:3]):
+        print(f"wrote {changed_file}")

@@ -13,7 +13,7 @@ import pytest
 from ctray.cli import main, overrides_from_args
 from ctray.config import ConfigError, load_config
 from ctray.jobs import JOBS, load_job_modules
-from ctray.tasks.demo import DemoConfig, run_demo
+from ctray.tasks.demo.demo_job import DemoConfig, run_demo
 
 REPO = Path(__file__).resolve().parents[1]
 

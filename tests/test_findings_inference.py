@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ctray.tasks.findings.inference import PROB_COLUMNS, WINDOWS_COL
+from ctray.tasks.findings.label_job import PROB_COLUMNS, WINDOWS_COL
 from ctray.tasks.findings.model import (
     META_FILE,
     FindingsClassifier,

@@ -198,7 +198,7 @@ def test_sample_corpus_labels_agree_with_rules(lang):
 
 
 def test_sample_corpus_is_reproducible_and_balanced(tmp_path):
-    from ctray.data.make_sample import write_sample
+    from ctray.tasks.findings.make_sample import write_sample
 
     # The committed CSVs are exactly what the generator writes with its default seed.
     for path in write_sample(tmp_path):

@@ -18,7 +18,7 @@ EPOCHS = 20
 
 
 def _config(tmp_path, model: str, epochs: int, lr: float = 3e-3):
-    from ctray.train.findings_trainer import TrainFindingsConfig
+    from ctray.tasks.findings.train_job import TrainFindingsConfig
 
     return TrainFindingsConfig.model_validate({
         "run": {"output": str(tmp_path / "run")},
@@ -44,7 +44,7 @@ def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
 
 def test_two_workers_learn_the_corpus_and_resume_from_the_next_epoch(ray_local, tmp_path):
     from ctray.tasks.findings.model import FindingsClassifier
-    from ctray.train.findings_trainer import (load_labeled_reports, run_train_findings,
+    from ctray.tasks.findings.train_job import (load_labeled_reports, run_train_findings,
                                               split_reports)
 
     tok = build_ja_tokenizer(tmp_path / "tok")
@@ -95,7 +95,7 @@ def test_two_workers_learn_the_corpus_and_resume_from_the_next_epoch(ray_local, 
 
 
 def test_split_keeps_identical_reports_on_one_side():
-    from ctray.train.findings_trainer import split_reports
+    from ctray.tasks.findings.train_job import split_reports
 
     texts = [f"report {i // 2}" for i in range(40)]  # two volumes per report, as in CT-RATE
     df = pd.DataFrame({"report_id": [f"v{i}" for i in range(40)], "text": texts})

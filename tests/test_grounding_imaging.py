@@ -131,7 +131,9 @@ def test_dice_hit_and_size_groups_on_hand_computed_cases():
 
     df = pd.DataFrame({"finding_id": list("abcd"), "dice": [0.0, 0.08, 0.5, 1.0],
                        "category": ["1e", "2d", "2d", "2b"]})
-    table = grounding_table(df, n_bootstrap=200).loc["all"]
+    from ctray.tasks.grounding.eval_job import category_focality
+
+    table = grounding_table(df, n_bootstrap=200, focality_of=category_focality).loc["all"]
     assert table["n"] == 4 and table["non_focal"] == 0.0
     assert table["focal"] == pytest.approx((0.08 + 0.5 + 1.0) / 3)
     assert table["average"] == pytest.approx(1.58 / 4)
@@ -157,7 +159,7 @@ def phantoms(tmp_path_factory):
 
 
 def _train_config(ph, epochs: int):
-    from ctray.train.grounding_trainer import TrainGroundingConfig
+    from ctray.tasks.grounding.train_job import TrainGroundingConfig
 
     return TrainGroundingConfig.model_validate({
         "run": {"output": str(ph["root"] / "train")},
@@ -173,7 +175,7 @@ def _train_config(ph, epochs: int):
 
 @pytest.fixture(scope="module")
 def trained(ray_local, phantoms):
-    from ctray.train.grounding_trainer import run_train_grounding
+    from ctray.tasks.grounding.train_job import run_train_grounding
 
     first = run_train_grounding(_train_config(phantoms, epochs=1))
     # Same checkpoint name and storage: Ray Train hands back the epoch-1 checkpoint.
@@ -184,7 +186,7 @@ def trained(ray_local, phantoms):
 def test_train_grounding_lowers_the_loss_and_resumes(trained, phantoms):
     from ctray.errors import UserError
     from ctray.tasks.grounding.segment_job import load_grounding_model
-    from ctray.train.grounding_trainer import run_train_grounding
+    from ctray.tasks.grounding.train_job import run_train_grounding
 
     first, second = trained
     assert first["started_at_epoch"] == 1 and first["epochs_run"] == [1]
@@ -371,3 +373,31 @@ def test_relative_manifest_paths_resolve_from_the_launch_directory(tmp_path, mon
     assert df.loc["a_1", "gt_mask_uri"] == str(tmp_path / "masks" / "a_1.nii.gz")
     assert df.loc["b_1", "volume_uri"] == "s3://bucket/b.nii.gz"
     assert pd.isna(df.loc["b_1", "gt_mask_uri"])
+
+
+def test_segment_reads_each_scan_once_and_an_empty_volume_cell_is_a_row_error(
+        segmented, phantoms, tmp_path):
+    import json
+
+    from ctray.tasks.grounding.segment_job import SegmentConfig, run_segment
+
+    rows = phantoms["manifest"].copy()
+    blank = rows.head(1).assign(finding_id="no_volume", volume_uri="", volume_id="none")
+    pd.concat([rows, blank], ignore_index=True).to_csv(tmp_path / "m.csv", index=False)
+    cfg = SegmentConfig.model_validate({
+        **segmented["cfg"].model_dump(mode="json"),
+        "run": {"output": str(tmp_path / "out")}, "masks_dir": None,
+        "manifest": {"path": str(tmp_path / "m.csv")},
+        # Batches of 3 findings: every 5-finding phantom straddles two batches.
+        "resources": {"num_cpus": 1.0, "batch_size": 3}})
+    summary = run_segment(cfg)
+    errors = _parquet(tmp_path / "out" / "errors")
+    assert (summary["ok"], summary["failed"]) == (len(rows), 1), errors.error.head(3).tolist()
+    assert list(errors.finding_id) == ["no_volume"]
+    assert "empty 'volume_uri'" in errors.error.iloc[0]
+    replay = json.loads(errors.input_json.iloc[0], parse_constant=lambda c: pytest.fail(c))
+    assert replay["volume_uri"] is None and replay["finding_id"] == "no_volume"
+    results = _parquet(tmp_path / "out" / "results")
+    assert (results.groupby("volume_id")["findings_per_read"].min() < 5).all()  # split batches
+    assert (results.groupby("volume_id")["read_id"].nunique() == 1).all()  # one read each
+    assert results["read_id"].nunique() == N_PHANTOMS

@@ -25,7 +25,7 @@ from ctray.tasks.grounding.text_checks import (FINDINGS_SCHEMA, REGIONS, REWRITE
                                                check_findings, check_rewrite, code_sentences,
                                                load_json_object, measurements,
                                                round_measurements, validate_schema)
-from ctray.tasks.grounding.text_pipeline import GroundTextConfig
+from ctray.tasks.grounding.text_job import GroundTextConfig
 from ctray.tasks.grounding.text_tasks import CategoriseTask, ExtractTask, RewriteTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -399,8 +399,8 @@ def test_checks_catch_a_changed_number_in_real_ct_rate_reports():
 
 def test_configs_load_and_a_single_text_column_is_rejected():
     cfg = load_config(GroundTextConfig, REPO / "configs" / "ground_text.yaml", ["corpus.limit=3"])
-    assert cfg.backend.kind == "hf" and cfg.corpus.limit == 3 and cfg.repair
-    fake = load_config(GroundTextConfig, REPO / "configs" / "ground_text_fake.yaml")
+    assert cfg.backend.kind == "vllm" and cfg.corpus.limit == 3 and cfg.repair
+    fake = load_config(GroundTextConfig, REPO / "tests" / "configs" / "ground_text_fake.yaml")
     assert fake.backend.fake_responder == "tests.grounding_fake:respond"
     with pytest.raises(ConfigError, match="findings"):
         load_config(GroundTextConfig, None, ["corpus.path=x.csv", "corpus.text_column=report"])
@@ -423,7 +423,7 @@ def test_ground_text_job_writes_three_passes_and_the_final_table_and_resumes(ray
         ("r5", "Trachea and both main bronchi are open. Heart size is normal.", "Normal."),
     ])
     out = tmp_path / "gt"
-    args = ["--config", str(REPO / "configs" / "ground_text_fake.yaml"), "--output", str(out),
+    args = ["--config", str(REPO / "tests" / "configs" / "ground_text_fake.yaml"), "--output", str(out),
             "--set", f"corpus.path={csv}", "--set", "backend.batch_size=2"]
     first = run_job("ground-text", args)
     assert (first["rewrite"].ok, first["rewrite"].failed) == (4, 1)

@@ -362,7 +362,7 @@ FAIL_REPORT = {"report_id": "abd_broken", "text": "FINDINGS: ZZFAIL dictation fr
 
 @pytest.fixture(scope="module")
 def leavs_run(ray_local, tmp_path_factory):
-    from ctray.tasks.leavs.pipeline import LeavsConfig, run_leavs
+    from ctray.tasks.leavs.leavs_job import LeavsConfig, run_leavs
 
     base = tmp_path_factory.mktemp("leavs")
     corpus = base / "reports.jsonl"
@@ -478,7 +478,7 @@ def test_csv_round_trips_into_the_evaluation_loader(leavs_run):
 
 
 def test_rerun_resumes_every_stage_without_llm_calls(leavs_run):
-    from ctray.tasks.leavs.pipeline import run_leavs
+    from ctray.tasks.leavs.leavs_job import run_leavs
 
     cfg, first, out = leavs_run
     before = pd.read_parquet(out / "labels").sort_values(["report_id", "organ"])
@@ -499,12 +499,12 @@ def test_rerun_resumes_every_stage_without_llm_calls(leavs_run):
 def test_jobs_are_registered_with_configs_and_entrypoints():
     from ctray.config import load_config
     from ctray.jobs import JOBS, load_job_modules
-    from ctray.tasks.leavs.jobs import LeavsEvalConfig
-    from ctray.tasks.leavs.pipeline import LeavsConfig
+    from ctray.tasks.leavs.eval_job import LeavsEvalConfig
+    from ctray.tasks.leavs.leavs_job import LeavsConfig
 
     load_job_modules()
     assert JOBS["leavs-eval"].needs_ray is False
-    assert set(JOBS["leavs-eval"].flags) == {"--predictions", "--annotations", "--out"}
+    assert set(JOBS["leavs-eval"].flags) == {"--predictions", "--annotations"}
     cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", ["fast=true"])
     assert cfg.organs == list(schema.ORGANS) and cfg.fast and cfg.unselected_types == "ask"
     assert load_config(LeavsEvalConfig, REPO / "configs" / "leavs_eval.yaml").n_bootstrap == 2000
@@ -521,6 +521,8 @@ def test_leavs_eval_job_scores_the_released_outputs(tmp_path):
     preds = shared_file("leavs", "parsing_results_llm_test_amos.csv")
     notes = shared_file("leavs", "amos_test_annotations.csv")
     got = run_job("leavs-eval", ["--predictions", str(preds), "--annotations", str(notes),
-                                 "--out", str(tmp_path), "--set", "n_bootstrap=200"])
+                                 "--output", str(tmp_path), "--set", "n_bootstrap=200"])
     assert got["table1_micro"]["f1"] == pytest.approx(0.892, abs=0.005)
     assert (tmp_path / "tables.md").exists()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["job"] == "leavs-eval" and manifest["n_reports"] == got["n_reports"]

@@ -544,7 +544,7 @@ def test_build_vllm_config_sets_engine_kwargs():
     from ctray.llm.vllm_backend import build_vllm_config
 
     config = build_vllm_config(vllm_cfg(engine_kwargs={"max_num_seqs": 128,
-                                                       "gpu_memory_utilization": 0.8}))
+                                                       "gpu_memory_utilization": 0.8}), "gpu")
     assert isinstance(config, vLLMEngineProcessorConfig)
     assert config.model_source == "google/gemma-3-270m-it"
     kw = config.engine_kwargs
@@ -556,9 +556,52 @@ def test_build_vllm_config_sets_engine_kwargs():
     assert config.accelerator_type == "H100"
     assert config.should_continue_on_error is True
 
-    off = build_vllm_config(vllm_cfg(enable_prefix_caching=False, max_model_len=None))
+    assert config.placement_group_config is None  # GPU: Ray's default bundle (a GPU each)
+    assert "dtype" not in kw and "enforce_eager" not in kw
+
+    off = build_vllm_config(vllm_cfg(enable_prefix_caching=False, max_model_len=None), "gpu")
     assert off.engine_kwargs["enable_prefix_caching"] is False
     assert "max_model_len" not in off.engine_kwargs
+
+
+def test_build_vllm_config_on_cpu_uses_a_cpu_bundle_and_the_cpu_engine_settings(tmp_path):
+    from ctray.llm.vllm_backend import build_vllm_config
+
+    cfg = vllm_cfg(device="cpu", tensor_parallel_size=1, kv_cache_gib=2, cpus_per_engine=1.5,
+                   model=str(tmp_path), revision=None)
+    config = build_vllm_config(cfg)
+    # Without a CPU bundle Ray's engine stage asks for a GPU and waits forever.
+    assert [b["CPU"] for b in config.placement_group_config["bundles"]] == [1.5]
+    assert not any(b.get("GPU") for b in config.placement_group_config["bundles"])
+    assert config.runtime_env["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "2"}
+    kw = config.engine_kwargs
+    assert kw["dtype"] == "bfloat16" and kw["enforce_eager"] is True
+    assert "gpu_memory_utilization" not in kw
+    assert config.accelerator_type is None  # a GPU type means nothing on CPU
+    # A local model: prompts arrive templated and tokenized, Ray's CPU stages are off.
+    assert config.chat_template_stage is False and config.detokenize_stage is False
+    hub = build_vllm_config(vllm_cfg(device="cpu"))
+    assert hub.chat_template_stage is True and hub.tokenize_stage is True
+    assert build_vllm_config(vllm_cfg(device="cpu", dtype="float32")).engine_kwargs["dtype"] == "float32"
+
+
+def test_backend_config_is_one_class_per_kind_and_keeps_yaml_working():
+    from ctray.llm.config import FakeConfig, HFConfig, VLLMConfig
+
+    assert type(BackendConfig(kind="hf", model="m")) is HFConfig
+    cfg = BackendConfig.model_validate({"kind": "vllm", "model": "m", "kv_cache_gib": 2})
+    assert type(cfg) is VLLMConfig and cfg.kv_cache_gib == 2
+    # Switching kind with --set keeps a config file usable: other kinds' fields drop out...
+    fake = BackendConfig(kind="fake", model="m", kv_cache_gib=2, gguf_file="x.gguf")
+    assert type(fake) is FakeConfig and not hasattr(fake, "kv_cache_gib")
+    # ...but a field no backend knows (a typo) is refused.
+    with pytest.raises(ValueError, match="kv_cache_gb"):
+        BackendConfig(kind="vllm", model="m", kv_cache_gb=2)
+    with pytest.raises(ValueError, match="backend.kind: unknown LLM backend"):
+        BackendConfig(kind="gpt")
+    engine = cfg.describe()
+    assert engine["engine"] == "vllm" and engine["via"] == "ray.data.llm"
+    assert HFConfig(model="m").describe()["engine"] == "transformers"
 
 
 def test_vllm_preprocess_builds_messages_and_structured_outputs():
@@ -569,7 +612,7 @@ def test_vllm_preprocess_builds_messages_and_structured_outputs():
     out = vllm_preprocess(choice_stage, row)
     assert out["messages"] == EchoTask().build_request(row).messages
     sp = out["sampling_params"]
-    assert sp["structured_outputs"] == {"choice": ["yes", "no"]}
+    assert sp["structured_outputs"] == {"choice": ["yes", "no"], "disable_any_whitespace": True}
     assert sp["max_tokens"] == 2 and sp["temperature"] == 0.0
     assert out[ORIGINAL_COLUMNS_KEY] == ["id", "text"]
 
@@ -654,7 +697,8 @@ def _fake_engine_udf_class():
                            "__inference_error__": "RuntimeError: engine failed on this row"}
                     continue
                 if structured:
-                    chosen = [k for k, v in structured.items() if v is not None]
+                    chosen = [k for k, v in structured.items()
+                              if v is not None and k != "disable_any_whitespace"]
                     assert len(chosen) == 1, structured  # vLLM allows exactly one kind
                     if chosen == ["choice"]:
                         answer = list(structured["choice"])[0]

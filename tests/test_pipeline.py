@@ -175,6 +175,14 @@ def test_kill_and_resume_without_duplicates_or_recomputation(ray_local, tmp_path
     finished_before = set(results(out)["report_id"])
     assert 0 < len(finished_before) < 40
     processed_before = Counter(processed_ids(str(log)))
+    # The killed run is in the manifest, unfinished, with the fingerprint its rows
+    # were written under: a rerun with another configuration is refused.
+    killed = json.loads((out / "manifest.json").read_text())
+    assert [r["status"] for r in killed["runs"]] == ["unfinished"]
+    changed = RunSpec(job="t", output=str(out), fingerprint={"threshold": 0.6})
+    with pytest.raises(ConfigChangedError, match="different configuration"):
+        run_pipeline(read_corpus(CorpusConfig(path=str(csv))), [CountingLength(str(log))], changed)
+    assert Counter(processed_ids(str(log))) == processed_before
 
     summary = run_pipeline(read_corpus(CorpusConfig(path=str(csv))), [CountingLength(str(log))],
                            RunSpec(job="t", output=str(out)))
@@ -187,3 +195,5 @@ def test_kill_and_resume_without_duplicates_or_recomputation(ray_local, tmp_path
     assert not (set(recomputed) & finished_before)
     assert set(recomputed) == {f"r{i:03d}" for i in range(40)} - finished_before
     assert all(n == 1 for n in recomputed.values())
+    runs = json.loads((out / "manifest.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["unfinished", "finished"]

@@ -147,7 +147,10 @@ def server(ray_local, checkpoints, llm_server):
     from ray import serve
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
+    from ctray.serving.proxy import middlewares
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60,
+                              "middlewares": middlewares()})
     config = apps_config(checkpoints[0], llm_server.base_url)
     deploy(config)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
@@ -328,10 +331,16 @@ def test_overload_gives_503_and_slow_requests_408(server):
     def fire(_):
         start.wait()  # all eight arrive while the first (2 s) is still running
         return httpx.post(f"{server['base']}/slow/report",
-                          json={"sections": {"findings": "Small nodule."}}, timeout=60).status_code
+                          json={"sections": {"findings": "Small nodule."}}, timeout=60)
 
     with cf.ThreadPoolExecutor(8) as pool:
-        codes = list(pool.map(fire, range(8)))
+        responses = list(pool.map(fire, range(8)))
+    codes = [r.status_code for r in responses]
+    # Refusals look like every other error: JSON with a detail, and when to come back.
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["content-type"] == "application/json", r.headers
+            assert r.json()["detail"] and int(r.headers["retry-after"]) >= 1
     # One running and one queued; the rest are refused at once (no pile-up). One slot of
     # slack for a thread the loaded test machine starts late.
     assert 1 <= codes.count(200) <= 3 and codes.count(503) >= 5, codes
@@ -447,4 +456,4 @@ def test_serve_bench_job_against_running_app(server, tmp_path):
     for r in report["results"]:
         assert r["errors"] == 0 and r["requests"] == 12
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["requests_per_s"] > 0
-    assert (tmp_path / "serve_bench.json").exists()
+    assert json.loads((tmp_path / "manifest.json").read_text())["results"] == report["results"]

@@ -12,7 +12,7 @@ import pytest
 
 from ctray.config import ConfigError, load_config
 from ctray.metrics.translation import PairScorer, corpus_bleu, sentence_bleu
-from ctray.tasks.translate.evaluation import TranslateEvalConfig, TranslationInput, evaluate
+from ctray.tasks.translate.eval_job import TranslateEvalConfig, TranslationInput, evaluate
 from ctray.tasks.translate.parsing import TranslationParseError, extract_translation
 from ctray.tasks.translate.prompts import TranslationPromptConfig
 from ctray.tasks.translate.translate_job import TranslateConfig, run_translate

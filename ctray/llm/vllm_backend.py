@@ -1,10 +1,11 @@
-"""vLLM through ``ray.data.llm``: the only module that touches ray.data.llm / vllm.
+"""vLLM through ``ray.data.llm`` (``engine_mode: processor``, the default).
 
-An :class:`~ctray.llm.task.LLMStage` with ``backend.kind == "vllm"`` does not run in
-a StageWorker actor; ``apply_vllm_stage`` turns it into a ``ray.data.llm`` processor:
+An :class:`~ctray.llm.task.LLMStage` whose backend is a ``VLLMConfig`` does not run
+in a StageWorker actor; ``apply_vllm_stage`` turns it into a ``ray.data.llm``
+processor (engine settings, CPU or GPU, come from :mod:`ctray.llm.vllm_engine`):
 
-    preprocess  (vllm_preprocess):  row -> messages + sampling_params
-    chat template -> tokenize -> vLLM engine -> detokenize   (Ray's stages, on GPU)
+    preprocess  (vllm_preprocess):  row -> chat-templated token ids + sampling_params
+    vLLM engine                     (Ray's engine stage; CPU bundle or GPU)
     postprocess (vllm_postprocess): engine output -> LLMResponse -> stage.finish(row, ...)
     finalize    (vllm_finalize):    rows vLLM failed on -> error rows; helper columns dropped
 
@@ -29,7 +30,6 @@ Limits of this path, by design:
 
 from __future__ import annotations
 
-import json
 import math
 from functools import partial
 from typing import Any
@@ -62,52 +62,59 @@ DUMMY_MESSAGES = [{"role": "user", "content": "."}]
 ERROR_COLUMNS = (ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL)
 
 
-def engine_kwargs(cfg: BackendConfig) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        # Every row of a task shares its long instruction prefix: prefix caching
-        # computes that KV once per engine instead of once per report.
-        "enable_prefix_caching": cfg.enable_prefix_caching,
-        "tensor_parallel_size": cfg.tensor_parallel_size,
-        "pipeline_parallel_size": cfg.pipeline_parallel_size,
-        "gpu_memory_utilization": cfg.gpu_memory_utilization,
-    }
-    if cfg.max_model_len is not None:
-        kwargs["max_model_len"] = cfg.max_model_len
-    if cfg.revision:
-        kwargs["revision"] = cfg.revision
-        kwargs["tokenizer_revision"] = cfg.revision
-    if cfg.seed is not None:
-        kwargs["seed"] = cfg.seed
-    kwargs.update(cfg.engine_kwargs)  # explicit engine settings win
-    return kwargs
-
-
 def model_source(cfg: BackendConfig) -> str:
-    if cfg.gguf_file:
-        # vLLM loads a GGUF from the file path (engine_kwargs should then name the
-        # base model's tokenizer, e.g. {"tokenizer": "google/gemma-3-270m"}).
-        return f"{cfg.model.rstrip('/')}/{cfg.gguf_file}"
-    return cfg.model
+    """The model as vLLM loads it (GGUF sources: ctray's converted checkpoint)."""
+    from ctray.llm.vllm_engine import model_path
+
+    return model_path(cfg)
 
 
-def build_vllm_config(cfg: BackendConfig):
-    """The ``vLLMEngineProcessorConfig`` for a backend configuration."""
+def pretokenized(source: str) -> bool:
+    """Whether ctray applies the chat template itself (a local model folder)."""
+    from pathlib import Path
+
+    return Path(source).is_dir()
+
+
+def build_vllm_config(cfg: BackendConfig, device: str | None = None, source: str | None = None):
+    """The ``vLLMEngineProcessorConfig`` for a backend configuration.
+
+    On CPU the engine gets a CPU placement-group bundle and the CPU engine settings
+    (:mod:`ctray.llm.vllm_engine`); on GPU Ray's defaults apply (a GPU per worker).
+    A model in a local folder (ctray's converted offline model, a fine-tuned one)
+    gets its prompts templated and tokenized in ``vllm_preprocess``, so Ray's
+    chat-template, tokenize and detokenize stages (each an actor pool of its own)
+    are off: on a small machine they would only compete with the engine for CPUs.
+    Hub ids and remote URIs keep Ray's stages (they fetch the tokenizer themselves)."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
+    from ctray.llm.vllm_engine import engine_args, engine_env, placement_group, resolved_device
+
+    device = device or resolved_device(cfg)
+    source = source or model_source(cfg)
+    ray_stages = not pretokenized(source)
     kwargs: dict[str, Any] = {}
-    if cfg.accelerator_type:
+    if cfg.accelerator_type and device == "gpu":
         kwargs["accelerator_type"] = cfg.accelerator_type
+    pg = placement_group(cfg, device)
+    if pg is not None:
+        kwargs["placement_group_config"] = pg
+    env = engine_env(cfg, device)
+    if env:
+        kwargs["runtime_env"] = {"env_vars": env}
     return vLLMEngineProcessorConfig(
-        model_source=model_source(cfg),
-        engine_kwargs=engine_kwargs(cfg),
+        model_source=source,
+        engine_kwargs=engine_args(cfg, device),
         batch_size=cfg.batch_size,
         concurrency=cfg.concurrency,
         # One bad row (too long, engine error) must not kill the job: it comes back
         # with __inference_error__ set, which vllm_finalize turns into a row error.
         should_continue_on_error=True,
-        chat_template_stage=True,
-        tokenize_stage=True,
-        detokenize_stage=True,
+        chat_template_stage=ray_stages,
+        tokenize_stage=ray_stages,
+        detokenize_stage=ray_stages,
+        # Ray's engine metrics need a metrics export port that laptops do not open.
+        log_engine_metrics=False,
         **kwargs,
     )
 
@@ -124,42 +131,42 @@ def _has_error(row: dict[str, Any]) -> bool:
 def sampling_params(request: LLMRequest) -> dict[str, Any]:
     """vLLM ``SamplingParams`` fields for a request, as Ray's engine stage reads them
     (``structured_outputs`` is popped and turned into ``StructuredOutputsParams``)."""
-    params: dict[str, Any] = {
-        "max_tokens": request.max_tokens,
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "seed": request.seed,
-        "stop": list(request.stop) if request.stop else None,
-    }
-    if request.choices:
-        params["structured_outputs"] = {"choice": list(request.choices)}
-    elif request.json_schema is not None:
-        # As a JSON string (vLLM accepts str or dict): schemas differ between tasks,
-        # and a nested dict would have to share one Arrow struct type across rows.
-        params["structured_outputs"] = {"json": json.dumps(request.json_schema, sort_keys=True)}
-    return params
+    from ctray.llm.vllm_engine import sampling_fields
+
+    return sampling_fields(request)
 
 
-def _dummy() -> dict[str, Any]:
-    return {"messages": DUMMY_MESSAGES,
+def _prompt(messages: list[dict[str, str]], tokenizer_path: str | None) -> dict[str, Any]:
+    """``tokenized_prompt`` (chat template applied here) when the tokenizer is known,
+    else ``messages`` for Ray's chat-template and tokenize stages."""
+    if tokenizer_path is None:
+        return {"messages": messages}
+    from ctray.llm.vllm_engine import load_tokenizer, prompt_ids
+
+    return {"tokenized_prompt": prompt_ids(load_tokenizer(tokenizer_path), messages)}
+
+
+def _dummy(tokenizer_path: str | None = None) -> dict[str, Any]:
+    return {**_prompt(DUMMY_MESSAGES, tokenizer_path),
             "sampling_params": {"max_tokens": 1, "temperature": 0.0, "top_p": 1.0,
                                 "seed": None, "stop": None}}
 
 
-def vllm_preprocess(stage, row: dict[str, Any]) -> dict[str, Any]:
-    """Row -> ``messages`` + ``sampling_params`` (Ray keeps the row's own columns)."""
+def vllm_preprocess(stage, row: dict[str, Any], tokenizer_path: str | None = None) -> dict[str, Any]:
+    """Row -> prompt + ``sampling_params`` (Ray keeps the row's own columns)."""
     out: dict[str, Any] = {ORIGINAL_COLUMNS_KEY: [k for k in row if k != ORIGINAL_COLUMNS_KEY]}
     if _has_error(row):
-        out.update(_dummy())
+        out.update(_dummy(tokenizer_path))
         return out
     try:
         request = stage.task.build_request(row)
+        prompt = _prompt(request.messages, tokenizer_path)
     except Exception as exc:  # noqa: BLE001 - bad input is a row error
         marked = mark_error({}, stage.name, exc)
         out.update(marked)
-        out.update(_dummy())
+        out.update(_dummy(tokenizer_path))
         return out
-    out["messages"] = request.messages
+    out.update(prompt)
     out["sampling_params"] = sampling_params(request)
     return out
 
@@ -237,10 +244,16 @@ def _build_processor(config, **kwargs):
 
 def apply_vllm_stage(stage, ds):
     """Add ``stage`` (an LLMStage) to ``ds`` as a ray.data.llm vLLM processor."""
-    config = build_vllm_config(stage.backend_config)
+    from ctray.llm.vllm_engine import check_vllm_importable, resolved_device
+
+    check_vllm_importable()
+    cfg = stage.backend_config
+    source = model_source(cfg)  # converts a GGUF once, on the driver
+    config = build_vllm_config(cfg, resolved_device(cfg), source)
     processor = _build_processor(
         config,
-        preprocess=partial(vllm_preprocess, stage),
+        preprocess=partial(vllm_preprocess, stage,
+                           tokenizer_path=source if pretokenized(source) else None),
         postprocess=partial(vllm_postprocess, stage),
         preprocess_map_kwargs=dict(LIGHT_TASK),
         postprocess_map_kwargs=dict(LIGHT_TASK),

@@ -11,9 +11,11 @@ Definitions (paper §5.1-5.2):
 * Focality by category code (Figure S9): category 1 (1a-1f) is "typically
   non-focal", category 2 (2a-2h) "typically focal". The paper's §3.5 swaps the two
   names in one sentence, but the schema, Table 3 counts (non-focal = 1,039 of
-  4,776 = 22%) and Table 4 agree on this reading, which is what
-  ``ctray.tasks.grounding.categories`` encodes. Other categories are out of the
-  benchmark's scope and are left out of the Table-4 numbers.
+  4,776 = 22%) and Table 4 agree on this reading. The category schema is the
+  grounding task's (``ctray.tasks.grounding.categories``): these functions take a
+  ``focality`` column, or a ``focality_of(category)`` function to derive it, so the
+  metrics layer does not depend on a task package. Other categories are out of
+  the benchmark's scope and are left out of the Table-4 numbers.
 * 95% percentile bootstrap CIs over findings, 1,000 resamples, seeded.
 
 Input frames have one row per (method, finding) with at least ``dice`` and
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,7 +34,10 @@ import torch
 from monai.metrics import compute_dice
 
 from ctray.metrics.bootstrap import bootstrap_ci, rng_for
-from ctray.tasks.grounding.categories import FOCAL, NON_FOCAL, load_categories
+
+FOCAL = "focal"
+NON_FOCAL = "non-focal"
+FocalityOf = Callable[[str], "str | None"]
 
 N_BOOTSTRAP = 1000
 HIT_THRESHOLDS = (0.05, 0.10)
@@ -78,27 +83,20 @@ def size_groups(sizes: Sequence[float] | np.ndarray) -> np.ndarray:
     return np.where(s <= p50, "small", np.where(s <= p75, "medium", "large")).astype(object)
 
 
-def focality(category: str | None) -> str | None:
-    """``"non-focal"`` (1x), ``"focal"`` (2x) or None (other categories, missing)."""
-    if category is None or (isinstance(category, float) and np.isnan(category)):
-        return None
-    schema = load_categories()
-    code = schema.normalize(str(category)) or schema.normalize(str(category).split(")")[0])
-    if code is None:
-        raise ValueError(f"unknown finding category {category!r}")
-    return schema.focality(code)
-
-
-def add_groups(df: pd.DataFrame) -> pd.DataFrame:
-    """Copy of ``df`` with ``focality`` (from ``category``) and, when ``size`` or
-    ``gt_voxels`` + ``scan_voxels`` are present, ``size`` and ``size_group``.
+def add_groups(df: pd.DataFrame, focality_of: FocalityOf | None = None) -> pd.DataFrame:
+    """Copy of ``df`` with ``focality`` (kept when present, else ``focality_of`` applied
+    to ``category``) and, when ``size`` or ``gt_voxels`` + ``scan_voxels`` are present,
+    ``size`` and ``size_group``.
 
     Size percentiles are taken over distinct findings (``finding_id`` when
     present), so the number of methods in the frame does not shift them.
     """
     out = df.copy()
-    if "category" in out:
-        out["focality"] = [focality(c) for c in out["category"]]
+    if "focality" not in out and "category" in out:
+        if focality_of is None:
+            raise ValueError("need a 'focality' column or a focality_of(category) function")
+        out["focality"] = [None if c is None or (isinstance(c, float) and np.isnan(c))
+                           else focality_of(c) for c in out["category"]]
     if "size" not in out and {"gt_voxels", "scan_voxels"} <= set(out.columns):
         out["size"] = finding_size(out["gt_voxels"].to_numpy(), out["scan_voxels"].to_numpy())
     if "size" in out:
@@ -128,14 +126,15 @@ def _methods(df: pd.DataFrame, method_col: str):
 
 
 def grounding_table(df: pd.DataFrame, method_col: str = "method",
-                    n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
+                    n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
+                    focality_of: FocalityOf | None = None) -> pd.DataFrame:
     """Table 4: per method, mean Dice on non-focal, focal and all lung findings, and
     HIT@5% / HIT@10%, each with ``_ci_low`` / ``_ci_high`` columns.
 
     Also ``n`` (in-scope findings), ``share_non_focal`` / ``share_focal`` and
     ``n_out_of_scope`` (rows whose category is neither 1x nor 2x, left out).
     """
-    df = add_groups(df)
+    df = add_groups(df, focality_of)
     rows = []
     for method, g in _methods(df, method_col):
         scope = g[g["focality"].isin([FOCAL, NON_FOCAL])]
@@ -177,10 +176,11 @@ def format_grounding_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame
 
 
 def group_table(df: pd.DataFrame, by: str, method_col: str = "method",
-                n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
+                n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
+                focality_of: FocalityOf | None = None) -> pd.DataFrame:
     """Mean Dice with CI per ``by`` group (``category``, ``focality``, ``size_group``)
     and method: the data behind the paper's Figures 2 and 3."""
-    df = add_groups(df)
+    df = add_groups(df, focality_of)
     if by not in df:
         raise KeyError(f"column {by!r} not available (need category / size inputs)")
     rows = []
@@ -193,15 +193,17 @@ def group_table(df: pd.DataFrame, by: str, method_col: str = "method",
 
 
 def plot_per_category(df: pd.DataFrame, path: str | os.PathLike, method_col: str = "method",
-                      n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> str:
-    """Figure 2: mean Dice per finding subcategory (bars per method, 95% CI whiskers) → PNG."""
+                      n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
+                      focality_of: FocalityOf | None = None,
+                      category_name: Callable[[str], str] | None = None) -> str:
+    """Figure 2: mean Dice per finding subcategory (bars per method, 95% CI whiskers) → PNG;
+    ``category_name(code)`` labels the bars (default: the code alone)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = group_table(df, "category", method_col, n_bootstrap, seed)
-    schema = load_categories()
+    table = group_table(df, "category", method_col, n_bootstrap, seed, focality_of)
     cats = sorted(table["category"].unique(), key=lambda c: (len(c.rstrip("abcdefghijk")), c))
     methods = list(dict.fromkeys(table[method_col]))
     width = 0.8 / max(len(methods), 1)
@@ -215,10 +217,10 @@ def plot_per_category(df: pd.DataFrame, path: str | os.PathLike, method_col: str
     labels = []
     for c in cats:
         try:
-            name = schema.name_of(schema.normalize(c) or c).split(" (")[0]
-            labels.append(f"{c}\n{textwrap.fill(name, 14)}")
+            name = category_name(c) if category_name else None
         except KeyError:
-            labels.append(str(c))
+            name = None
+        labels.append(f"{c}\n{textwrap.fill(name, 14)}" if name else str(c))
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel("Dice")
     ax.set_ylim(0, 1)

@@ -38,7 +38,13 @@ def run_corpus_job(cfg, stages: Sequence[Stage], ds=None, key_columns=("report_i
         ds = read_corpus(cfg.corpus)
     summary = run_pipeline(ds, stages, run_spec(cfg, key_columns, fingerprint, output),
                            extra_manifest)
-    print(f"[ctray {cfg.job}] {summary.ok} rows done, {summary.failed} failed, "
+    print_summary(cfg.job, summary)
+    return summary
+
+
+def print_summary(job: str, summary: RunSummary, name: str | None = None) -> None:
+    """The one line every corpus run (and every pass of a chained job) ends with."""
+    where = f"[ctray {job}] " + (f"{name}: " if name else "")
+    print(f"{where}{summary.ok} rows done, {summary.failed} failed, "
           f"{summary.skipped} already done; results in {summary.output}/results, "
           f"errors in {summary.output}/errors, manifest {summary.output}/manifest.json")
-    return summary

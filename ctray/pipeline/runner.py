@@ -21,15 +21,24 @@ import numpy as np
 import pandas as pd
 
 from ctray.errors import UserError
-from ctray.io.manifest import config_hash, library_versions, scrub_secrets
-from ctray.io.output import USAGE_COLS, OutputLayout, write_shard
-from ctray.pipeline.stage import ATTEMPT_COL, INPUT_COL, LIGHT_TASK, Stage
+from ctray.io.manifest import config_hash, job_manifest, scrub_secrets
+from ctray.io.output import INPUT_COLS_SEP, USAGE_COLS, OutputLayout, write_shard
+from ctray.pipeline.stage import ATTEMPT_COL, INPUT_COLS_COL, LIGHT_TASK, Stage
 
 log = logging.getLogger(__name__)
 
 
 class ConfigChangedError(UserError, RuntimeError):
     pass
+
+
+class DuplicateKeyError(UserError, ValueError):
+    pass
+
+
+# Status of a run in the manifest's history: written as UNFINISHED before the first
+# row, replaced when the run ends; a killed run keeps UNFINISHED.
+UNFINISHED, FINISHED, FAILED = "unfinished", "finished", "failed"
 
 
 @dataclass
@@ -48,8 +57,6 @@ class RunSpec:
     rows_per_block: int | None = None
     check_duplicate_keys: bool = True
     allow_config_change: bool = False
-    # Shuffle width for jobs that join their own passes (fan-in by key).
-    join_partitions: int = 4
 
 
 @dataclass
@@ -65,16 +72,18 @@ class RunSummary:
 
 
 def _tag_input(batch: pd.DataFrame) -> pd.DataFrame:
-    """Keep the row as it entered the job, so a failure can be inspected exactly."""
+    """Remember which columns the row entered the job with, and its attempt number.
+
+    Only the column names travel with the row (a one-category column, about a byte per
+    row); the errors table serializes those columns for failed rows only."""
     cols = [c for c in batch.columns if not c.startswith("_") and c != PREVIOUS_ATTEMPT]
-    records = batch[cols].to_dict("records")
-    dumped = [json.dumps(r, ensure_ascii=False, default=str) for r in records]
+    names = pd.Categorical([INPUT_COLS_SEP.join(cols)] * len(batch))
     if PREVIOUS_ATTEMPT in batch.columns:
         attempt = batch[PREVIOUS_ATTEMPT].astype(int) + 1
         batch = batch.drop(columns=[PREVIOUS_ATTEMPT])
     else:
         attempt = 1
-    return batch.assign(**{INPUT_COL: dumped, ATTEMPT_COL: attempt})
+    return batch.assign(**{INPUT_COLS_COL: names, ATTEMPT_COL: attempt})
 
 
 PREVIOUS_ATTEMPT = "_previous_attempt"
@@ -183,9 +192,13 @@ def _small_blocks(ds, rows: int):
     return ds
 
 
-def _check_fingerprint(layout: OutputLayout, spec: RunSpec, digest: str) -> dict[str, Any] | None:
+def _check_fingerprint(layout: OutputLayout, spec: RunSpec, digest: str,
+                       has_rows: bool = True) -> dict[str, Any] | None:
+    """The manifest is written before a run's first row (see ``_start``), so a killed
+    run's configuration is known too. A folder without rows holds nothing to mix."""
     previous = layout.read_json()
-    if previous and previous.get("fingerprint_hash") not in (None, digest) and not spec.allow_config_change:
+    if previous and has_rows and previous.get("fingerprint_hash") not in (None, digest) \
+            and not spec.allow_config_change:
         raise ConfigChangedError(
             f"{layout.root} holds results of a different configuration "
             f"(fingerprint {previous.get('fingerprint_hash')} != {digest}: prompts, model or task "
@@ -204,10 +217,10 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
     fingerprint = {"job": spec.job, **spec.fingerprint,
                    "stages": [s.describe() for s in stages]}
     digest = config_hash(fingerprint)
-    previous = _check_fingerprint(layout, spec, digest)
     keys = list(spec.key_columns)
     prior_ok = layout.row_count("results")
     prior_failed = layout.row_count("errors")
+    previous = _check_fingerprint(layout, spec, digest, bool(prior_ok + prior_failed))
 
     if spec.retry_failed:
         # Rows are re-read from the source, not replayed from the errors table, so
@@ -218,14 +231,16 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
                            [], prior_ok, extra_manifest)
         ds = _resume_filter(ds, layout, keys, retry_failed=True)
     else:
-        if spec.check_duplicate_keys:
+        # Readers that checked their ids on the driver (local CSV/Parquet corpora) mark
+        # the Dataset; others get the cluster-side groupby.
+        if spec.check_duplicate_keys and getattr(ds, "_ctray_unique_keys", None) != tuple(keys):
             from ctray.io.corpus import find_duplicate_ids
 
             dups = find_duplicate_ids(ds, keys)
             if dups:
                 shown = ", ".join(f"{[d[k] for k in keys]} ×{d['count()']}" for d in dups)
-                raise ValueError(f"duplicate row keys {keys} in the input: {shown}. "
-                                 "Ids must be unique for resume to be correct.")
+                raise DuplicateKeyError(f"duplicate row keys {keys} in the input: {shown}. "
+                                        "Ids must be unique for resume to be correct.")
         if spec.resume and prior_ok + prior_failed:
             ds = _resume_filter(ds, layout, keys, retry_failed=False)
     ds = ds.map_batches(_tag_input, batch_format="pandas", **LIGHT_TASK)
@@ -233,14 +248,82 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
 
     for stage in stages:
         ds = stage.apply(ds)
+    types: dict[str, str] = {}
+    for stage in stages:
+        types.update(getattr(stage, "output_types", None) or {})
     counts = ds.map_batches(
         write_shard,
-        fn_kwargs={"layout": layout, "key_columns": keys, "run_id": run_id},
+        fn_kwargs={"layout": layout, "key_columns": keys, "run_id": run_id, "types": types},
         batch_format="pandas", batch_size=spec.writer_batch_size, **LIGHT_TASK,
     )
-    summaries = counts.take_all()  # one small row per written shard
+    _start(layout, spec, run_id, started, fingerprint, digest, previous, extra_manifest)
+    try:
+        summaries = counts.take_all()  # one small row per written shard
+    except BaseException as exc:
+        if isinstance(exc, Exception):  # Ctrl-C leaves the run "unfinished", like a kill
+            _mark_failed(layout, run_id, exc)
+        cause = _user_error_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise
     return _finish(layout, spec, run_id, started, fingerprint, digest, previous, summaries,
                    prior_ok + (0 if spec.retry_failed else prior_failed), extra_manifest)
+
+
+def _user_error_cause(exc: BaseException) -> UserError | None:
+    """A UserError raised inside a Ray task (e.g. a reader naming a bad file) reaches
+    the driver wrapped in RayTaskError; unwrap it so the CLI prints one line."""
+    for _ in range(10):
+        if exc is None:
+            return None
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, UserError):
+            return cause
+        if isinstance(exc, UserError) and cause is None:
+            return exc
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__
+    return None
+
+
+def _run_entry(spec: RunSpec, run_id: str, started: float) -> dict[str, Any]:
+    return {"run_id": run_id, "mode": "retry_failed" if spec.retry_failed else "run",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started))}
+
+
+def _start(layout, spec, run_id, started, fingerprint, digest, previous, extra_manifest) -> None:
+    """Record the fingerprint and this run (as unfinished) before any row is written,
+    so a rerun after a kill is checked against the configuration that wrote rows."""
+    history = (previous or {}).get("runs", []) + [
+        {**_run_entry(spec, run_id, started), "status": UNFINISHED}]
+    layout.write_json({**_manifest_fields(layout, spec, fingerprint, digest, history),
+                       **(extra_manifest or {})})
+
+
+def _mark_failed(layout, run_id: str, exc: BaseException) -> None:
+    try:
+        manifest = layout.read_json() or {}
+        for run in manifest.get("runs", []):
+            if run.get("run_id") == run_id:
+                # The type only: exception text may quote input rows.
+                run.update(status=FAILED, error_type=type(exc).__name__)
+        layout.write_json(manifest)
+    except Exception:  # noqa: BLE001 - never hide the run's own error
+        log.warning("ctray: could not record the failed run in %s", layout.manifest)
+
+
+def _manifest_fields(layout, spec, fingerprint, digest, history) -> dict[str, Any]:
+    totals = {c: sum(r.get("usage", {}).get(c, 0) for r in history) for c in USAGE_COLS}
+    # The common keys (job, output, config, versions, ...) come from the one manifest helper.
+    return job_manifest(
+        spec.job, layout.root, spec.config, sum(r.get("wall_time_s", 0) for r in history),
+        fingerprint=scrub_secrets(fingerprint),
+        fingerprint_hash=digest,
+        prompt_versions=sorted({s["prompt_version"] for s in fingerprint["stages"]
+                                if s.get("prompt_version")}),
+        models=[s["backend"] for s in fingerprint["stages"] if s.get("backend")],
+        usage=totals,
+        runs=history,
+    )
 
 
 def _finish(layout, spec, run_id, started, fingerprint, digest, previous, summaries,
@@ -254,30 +337,17 @@ def _finish(layout, spec, run_id, started, fingerprint, digest, previous, summar
             failed_by_stage[stage] = failed_by_stage.get(stage, 0) + int(n)
     wall = time.time() - started
     this_run = {
-        "run_id": run_id, "mode": "retry_failed" if spec.retry_failed else "run",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        **_run_entry(spec, run_id, started), "status": FINISHED,
         "wall_time_s": round(wall, 3), "ok": ok, "failed": failed,
         "failed_by_stage": failed_by_stage, "skipped": skipped, "usage": usage,
     }
+    # `previous` is the manifest as it was before this run's start entry was written.
     history = (previous or {}).get("runs", []) + [this_run]
-    totals = {c: sum(r.get("usage", {}).get(c, 0) for r in history) for c in USAGE_COLS}
     manifest = {
-        "job": spec.job,
-        "output": layout.root,
-        "config": scrub_secrets(spec.config),
-        "config_hash": config_hash(spec.config),
-        "fingerprint": scrub_secrets(fingerprint),
-        "fingerprint_hash": digest,
-        "prompt_versions": sorted({s["prompt_version"] for s in fingerprint["stages"]
-                                   if s.get("prompt_version")}),
-        "models": [s["backend"] for s in fingerprint["stages"] if s.get("backend")],
-        "versions": library_versions(),
+        **_manifest_fields(layout, spec, fingerprint, digest, history),
         "counts": {"results_rows": layout.row_count("results"),
                    "error_rows": layout.row_count("errors"),
                    "this_run": {k: this_run[k] for k in ("ok", "failed", "skipped")}},
-        "usage": totals,
-        "wall_time_s": round(sum(r["wall_time_s"] for r in history), 3),
-        "runs": history,
         **(extra_manifest or {}),
     }
     layout.write_json(manifest)

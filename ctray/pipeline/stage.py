@@ -20,18 +20,15 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
+# Re-exported: stages and jobs take these names from here.
+from ctray.io.columns import (ATTEMPT_COL, ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL,
+                              INPUT_COLS_COL, INTERNAL_COLS, LIGHT_TASK)
+
+__all__ = ["ATTEMPT_COL", "ERROR_COL", "ERROR_STAGE_COL", "ERROR_TYPE_COL", "INPUT_COLS_COL",
+           "INTERNAL_COLS", "LIGHT_TASK", "Resources", "RowError", "Stage", "StageWorker",
+           "check_columns", "frame_keeping_types", "has_error", "keep_int_types", "mark_error"]
+
 log = logging.getLogger(__name__)
-
-# I/O and bookkeeping tasks (read, normalise, write) are light: a fraction of a CPU
-# each keeps them schedulable beside stage actors on a 2-core machine.
-LIGHT_TASK = {"num_cpus": 0.25}
-
-ERROR_COL = "_error"
-ERROR_STAGE_COL = "_error_stage"
-ERROR_TYPE_COL = "_error_type"
-INPUT_COL = "_input_json"
-ATTEMPT_COL = "_attempt"
-INTERNAL_COLS = (ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL, INPUT_COL, ATTEMPT_COL)
 
 
 class RowError(ValueError):
@@ -72,6 +69,10 @@ class Stage:
     name: ClassVar[str] = "stage"
     input_columns: tuple[str, ...] = ()
     output_columns: tuple[str, ...] = ()
+    # Arrow types of output columns ("int64", "float64", "string", "bool", ...): the
+    # writer casts every shard to them, so a shard whose rows all failed or lack a
+    # value still has the table's one schema. Undeclared all-null columns become string.
+    output_types: dict[str, str] = {}
     resources: Resources = Resources()
 
     def setup(self) -> None:
@@ -84,7 +85,7 @@ class Stage:
         """Default: ``process_row`` on each row. Must return one output row per input
         row, in order; may set ``_error`` on rows it could not process."""
         outputs = [self._row_or_error(r) for r in batch.to_dict("records")]
-        return pd.DataFrame(outputs, index=batch.index)
+        return frame_keeping_types(outputs, batch.index)
 
     def _row_or_error(self, row: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -107,6 +108,53 @@ class Stage:
             batch_format="pandas",
             **self.resources.map_batches_kwargs(),
         )
+
+
+def has_error(value: Any) -> bool:
+    """An ``_error`` cell that is set (None and NaN both mean "no error")."""
+    return value is not None and value == value
+
+
+def keep_int_types(frame: pd.DataFrame) -> pd.DataFrame:
+    """Integer and bool columns as pandas nullable types, so concatenating rows that
+    lack them (failed rows) leaves gaps instead of turning int64 labels into float64."""
+    conv = {c: ("boolean" if pd.api.types.is_bool_dtype(t) else "Int64")
+            for c, t in frame.dtypes.items()
+            if not isinstance(t, pd.api.extensions.ExtensionDtype)
+            and (pd.api.types.is_integer_dtype(t) or pd.api.types.is_bool_dtype(t))}
+    return frame.astype(conv) if conv else frame
+
+
+def frame_keeping_types(rows: list[dict[str, Any]], index) -> pd.DataFrame:
+    """DataFrame of per-row outputs in order; finished rows' column types are kept
+    even when some rows failed (see ``keep_int_types``)."""
+    failed = [i for i, r in enumerate(rows) if has_error(r.get(ERROR_COL))]
+    if not failed:
+        return pd.DataFrame(rows, index=index)
+    bad = set(failed)
+    ok_pos = [i for i in range(len(rows)) if i not in bad]
+    parts = [pd.DataFrame([rows[i] for i in failed], index=failed)]
+    if ok_pos:
+        parts.insert(0, keep_int_types(pd.DataFrame([rows[i] for i in ok_pos], index=ok_pos)))
+    out = pd.concat(parts).sort_index()
+    out.index = index
+    return out
+
+
+def arrow_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Missing values of text (``str`` / object) columns as None. pandas 3 hands Ray blocks
+    over as ``str`` columns whose missing values are NaN; Ray 2.60 cannot convert a text
+    column holding NaN to Arrow, falls back to pickled Python objects, and the writer then
+    fails to index the block (seen with Open-i: reports without a findings section)."""
+    fixed = None
+    for col in frame.columns:
+        values = frame[col]
+        if (values.dtype == object or isinstance(values.dtype, pd.StringDtype)) \
+                and values.isna().any():
+            if fixed is None:
+                fixed = frame.copy()
+            fixed[col] = values.astype(object).where(values.notna(), None)
+    return frame if fixed is None else fixed
 
 
 def mark_error(row: dict[str, Any], stage: str, exc: BaseException | str) -> dict[str, Any]:
@@ -147,10 +195,10 @@ class StageWorker:
         failed = batch[ERROR_COL].notna()
         todo = batch[~failed]
         if todo.empty:
-            return batch
+            return arrow_safe(batch)
         done = self._process(todo)
-        out = pd.concat([done, batch[failed]]) if failed.any() else done
-        return out.reset_index(drop=True)
+        out = pd.concat([keep_int_types(done), batch[failed]]) if failed.any() else done
+        return arrow_safe(out.reset_index(drop=True))
 
     def _process(self, todo: pd.DataFrame) -> pd.DataFrame:
         try:
@@ -167,7 +215,7 @@ class StageWorker:
             for i in range(len(todo)):
                 one = todo.iloc[i:i + 1]
                 try:
-                    rows.append(self.stage.process_batch(one))
+                    rows.append(keep_int_types(self.stage.process_batch(one)))
                 except Exception as exc:  # noqa: BLE001
                     rows.append(pd.DataFrame([mark_error(one.iloc[0].to_dict(), self.stage.name, exc)]))
             return pd.concat(rows, ignore_index=True)

@@ -23,7 +23,8 @@ from ray.serve import Application
 
 from ctray.llm.config import BackendConfig
 from ctray.serving.deployments import FindingsLabeler, FindingsUserConfig, RuleLabelerService
-from ctray.serving.llm_deployments import LLMFindingsLabeler, LLMUserConfig, TranslatorService
+from ctray.serving.llm_deployments import (LeavsReportService, LLMFindingsLabeler, LLMUserConfig,
+                                          TranslatorService)
 from ctray.serving.service import Limits
 from ctray.tasks.translate.prompts import TranslationPromptConfig
 
@@ -108,3 +109,20 @@ def llm_findings_app(args: LLMFindingsAppArgs, **options: Any) -> Application:
 
 def build_llm_findings_app(args: LLMFindingsAppArgs) -> Application:
     return llm_findings_app(args)
+
+
+class LeavsAppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="fields of the leavs job config (organs, fast, no_cot, "
+        "cot_max_tokens, repair, backend); the rest keep the job's defaults")
+
+
+def leavs_app(args: LeavsAppArgs, **options: Any) -> Application:
+    args = _coerce(LeavsAppArgs, args)
+    return LeavsReportService.options(**options).bind(args.config)
+
+
+def build_leavs_app(args: LeavsAppArgs) -> Application:
+    return leavs_app(args)

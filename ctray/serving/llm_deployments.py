@@ -3,8 +3,9 @@
 They reuse the batch jobs' task classes (``build_request`` / ``parse`` /
 ``repair_request``) through :class:`~ctray.llm.task.LLMStage`, so a served answer
 is produced by exactly the prompts and parsing of a corpus run. The backend is
-built in-process from a :class:`~ctray.llm.config.BackendConfig`: ``hf`` (local
-transformers) or ``openai`` (any OpenAI-compatible server, e.g. a vLLM server).
+built in-process from a :class:`~ctray.llm.config.BackendConfig`: ``vllm`` (a vLLM
+engine inside the replica, CPU or GPU, with guided decoding), ``hf`` (local
+transformers) or ``openai`` (any OpenAI-compatible server).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route methods'
@@ -25,7 +26,8 @@ from ctray.llm.task import COMPLETION_TOKENS_COL, PROMPT_TOKENS_COL, LLMStage, L
 from ctray.pipeline.stage import ERROR_COL
 from ctray.serving.auth import AUTH
 from ctray.serving.batching import MAX_ERROR_CHARS, Outcome, run_isolated
-from ctray.serving.schemas import (BatchStats, Health, ItemError, LabelRequest, LLMFindingsItem,
+from ctray.serving.schemas import (BatchStats, Health, ItemError, LabelRequest, LeavsOrgan,
+                                   LeavsRequest, LeavsResponse, LLMFindingsItem,
                                    LLMFindingsResponse, TranslateRequest, TranslateResponse,
                                    TranslationItem, VersionInfo)
 from ctray.serving.service import (BatchingConfig, Limits, Service, const,
@@ -48,10 +50,6 @@ class LLMService(Service):
     """Runs rows through an :class:`LLMStage`; subclasses build rows and responses."""
 
     def _init_llm(self, task: LLMTask, backend: BackendConfig) -> None:
-        if backend.kind == "vllm":
-            raise ValueError("backend kind 'vllm' runs inside Ray Data jobs only; to serve "
-                             "with vLLM start its OpenAI-compatible server and use kind "
-                             "'openai' with base_url pointing at it")
         self._init_service()
         self.backend_config = backend
         self.stage = LLMStage(task, backend)
@@ -220,3 +218,61 @@ class LLMFindingsLabeler(LLMService):
     @llm_findings_api.get("/stats", response_model=BatchStats, dependencies=AUTH)
     async def stats(self) -> BatchStats:
         return self.counter.snapshot(self.replica_name)
+
+
+leavs_api = FastAPI(title="ctray LEAVS report labeler", version=ctray.__version__,
+                    description="LEAVS labels (finding types, certainty, urgency per organ) "
+                                "for one abdominal CT report: every stage of the leavs job, "
+                                "in the replica. Report text is never logged.")
+
+
+@serve.deployment(max_ongoing_requests=4, max_queued_requests=32,
+                  ray_actor_options={"num_cpus": 1})
+@serve.ingress(leavs_api)
+class LeavsReportService(Service):
+    """LEAVS for one report per request, on one backend held by the replica (a vLLM
+    engine by default): the job's questions, fan-out and assembly, in-process."""
+
+    app_label = "leavs"
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        from ctray.tasks.leavs.leavs_job import LeavsConfig
+
+        self._init_service()
+        self.cfg = LeavsConfig.model_validate({"job": "leavs", **(config or {})})
+        self.cfg.backend.preflight()
+        self.backend = self.cfg.backend.make_backend()
+
+    def _label(self, report_id: str, text: str) -> LeavsResponse:
+        from ctray.tasks.leavs import schema
+        from ctray.tasks.leavs.one_report import label_reports
+
+        with self.model_lock:
+            labels, failed = label_reports(self.cfg, [{"report_id": report_id, "text": text}],
+                                           self.backend)
+        types = list(schema.FINDING_TYPES)
+        organs = [LeavsOrgan(organ=r["organ"], labels={t: int(r[t]) for t in types},
+                             urgency={t: int(r[f"urgency_{t}"]) for t in types})
+                  for r in labels.to_dict("records")]
+        errors = [] if failed.empty else [
+            ItemError(code="parse_error" if "parse" in str(e) else "backend_error",
+                      message=str(e)[:MAX_ERROR_CHARS]) for e in failed[ERROR_COL]]
+        return LeavsResponse(model=self.cfg.backend.model_label(), id=report_id,
+                             organs=organs, errors=errors)
+
+    @leavs_api.post("/report", response_model=LeavsResponse, dependencies=AUTH)
+    async def report(self, body: LeavsRequest, request: Request) -> LeavsResponse:
+        started = time.perf_counter()
+        self.check_limits([body.text], field="text")
+        if is_blank(body.text):
+            raise HTTPException(422, detail="text is empty")
+        self.counter.record_request(1)
+        out = await asyncio.to_thread(self._label, body.id or "request", body.text)
+        log.info("leavs request_id=%s chars=%d organs=%d errors=%d ms=%.1f",
+                 request.headers.get("x-request-id"), len(body.text), len(out.organs),
+                 len(out.errors), (time.perf_counter() - started) * 1000)
+        return out
+
+    @leavs_api.get("/version", response_model=VersionInfo, dependencies=AUTH)
+    async def version(self) -> VersionInfo:
+        return self.version_info(self.cfg.backend.model_label())

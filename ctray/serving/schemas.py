@@ -143,3 +143,28 @@ class BatchStats(BaseModel):
     batches: int
     # batch size -> number of batches of that size, since the replica started.
     batch_sizes: dict[int, int]
+
+
+class LeavsRequest(BaseModel):
+    """One abdominal CT report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    id: str | None = None
+
+
+class LeavsOrgan(BaseModel):
+    organ: str
+    #: finding type -> certainty code (LEAVS schema)
+    labels: dict[str, int]
+    #: finding type -> urgency code
+    urgency: dict[str, int]
+
+
+class LeavsResponse(BaseModel):
+    model: str
+    id: str | None = None
+    organs: list[LeavsOrgan]
+    #: questions the model could not answer usably (their organs are left out)
+    errors: list[ItemError] = Field(default_factory=list)

@@ -41,6 +41,16 @@ def abs_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+def run_locations(cfg) -> tuple[str, str, str, str]:
+    """(output, checkpoint storage, this run's checkpoint folder, export folder) of a
+    trainer config: ``checkpoint.storage_path`` defaults to ``<run.output>/checkpoints``,
+    ``export`` to ``<run.output>/model``; both absolute, as Ray Train requires."""
+    output = cfg.run.output
+    storage = abs_uri(cfg.checkpoint.storage_path or f"{output}/checkpoints")
+    run_dir = f"{storage.rstrip('/')}/{cfg.checkpoint.name}"
+    return output, storage, run_dir, abs_uri(cfg.export or f"{output}/model")
+
+
 def use_gpu(setting: bool | str) -> bool:
     if setting != "auto":
         return bool(setting)

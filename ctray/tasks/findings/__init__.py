@@ -1,7 +1,21 @@
-"""The 18 CT-RATE findings: schema, a rule-based EN/JA labeler and per-finding evaluation.
+"""The 18 CT-RATE findings: schema, rule / LLM / BERT labelers, training and evaluation.
 
-``schema`` fixes the finding order (CT-RATE's multi-abnormality label columns),
-``rules`` labels report text with regex mentions plus sentence/clause-scoped
-negation, and ``evaluation`` computes the per-finding table that CT-BERT-JPN
-reports (accuracy, precision, recall, F1, AUC-ROC) with scikit-learn.
+Jobs (registered in ``jobs``): ``label-findings`` (``label_job``), ``train-findings``
+(``train_job``, Ray Train), ``findings-eval`` (``eval_job``).
+Library: ``schema`` (finding order, CT-RATE's label columns), ``rules`` (regex mentions with
+sentence / clause-scoped negation, EN and JA), ``llm_labeler`` (the JSON-answer LLM task),
+``model`` (the windowed BERT classifier), ``evaluation`` (the per-finding table CT-BERT-JPN
+reports), ``make_sample`` (writes the bundled synthetic sample corpus).
 """
+
+from ctray._api import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "schema": ["FINDING_COLUMNS", "FINDINGS", "to_columns"],
+    "rules": ["RuleLabeler"],
+    "llm_labeler": ["FindingsLLMTask", "parse_labels"],
+    "evaluation": ["evaluate_findings", "search_thresholds"],
+    "label_job": ["LabelFindingsConfig", "run_label_findings"],
+    "train_job": ["TrainFindingsConfig", "run_train_findings"],
+    "eval_job": ["FindingsEvalConfig", "run_findings_eval"],
+})

@@ -22,6 +22,7 @@ from ctray.llm.prompts import PromptTemplate
 from ctray.llm.task import LLMTask
 from ctray.pipeline.stage import RowError
 from ctray.tasks.findings.schema import FINDING_COLUMNS, FINDING_NAMES, FINDINGS
+from ctray.text.json_extract import JSONAnswerError, extract_json_object
 
 KEYS: tuple[str, ...] = FINDING_NAMES  # JSON keys: the CT-RATE display names
 _KEY_LIST = "\n".join(f"- {name}" for name in KEYS)
@@ -88,25 +89,18 @@ def _norm(key: str) -> str:
 
 
 _BY_NORM = {_norm(f.name): f.column for f in FINDINGS} | {_norm(f.column): f.column for f in FINDINGS}
-_FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 
 
-def _extract_lenient(text: str) -> str:
-    fenced = _FENCE.findall(text)
-    if len(fenced) > 1:
-        raise LabelParseError("the answer has several code blocks")
-    if fenced:
-        return fenced[0].strip()
-    start = text.find("{")
-    if start < 0:
-        raise LabelParseError("the answer contains no JSON object")
+def _strict_json(body: str) -> Any:
+    """The whole answer as JSON: what the prompt asks for (no fence, no prose)."""
+    if body.startswith("```"):
+        raise LabelParseError("the answer is wrapped in a code block")
     try:
-        _, end = json.JSONDecoder().raw_decode(text[start:])
+        return json.loads(body)
     except json.JSONDecodeError as exc:
+        if "{" in body:
+            raise LabelParseError("the answer has text around the JSON object") from None
         raise LabelParseError(f"the answer is not valid JSON ({exc.msg})") from None
-    if "{" in text[start + end:]:
-        raise LabelParseError("the answer contains more than one JSON object")
-    return text[start:start + end]
 
 
 def parse_labels(text: str, lenient: bool = False) -> dict[str, int]:
@@ -115,15 +109,12 @@ def parse_labels(text: str, lenient: bool = False) -> dict[str, int]:
     if not body:
         raise LabelParseError("the answer is empty")
     if lenient:
-        body = _extract_lenient(body)
-    elif body.startswith("```"):
-        raise LabelParseError("the answer is wrapped in a code block")
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as exc:
-        if not lenient and "{" in body:
-            raise LabelParseError("the answer has text around the JSON object") from None
-        raise LabelParseError(f"the answer is not valid JSON ({exc.msg})") from None
+        try:
+            obj = extract_json_object(body, single=True)
+        except JSONAnswerError as exc:
+            raise LabelParseError(str(exc)) from None
+    else:
+        obj = _strict_json(body)
     if not isinstance(obj, dict):
         raise LabelParseError(f"the answer is a JSON {type(obj).__name__}, not an object")
     labels: dict[str, int] = {}

@@ -5,7 +5,7 @@ run past 512 sub-words, and a truncated tail loses findings such as effusions th
 radiologists list last): it is cut into overlapping windows, every window is
 scored, and the report's logit per finding is the maximum over its windows (a
 finding is present if any part of the report states it). Training
-(``ctray.train.findings_trainer``) and inference share these functions, so the
+(``ctray.tasks.findings.train_job``) and inference share these functions, so the
 model is trained on exactly what it sees at inference.
 
 An exported model directory holds the Hugging Face model and tokenizer
@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -185,25 +182,8 @@ def report_logits(model, tokenizer, texts: Sequence[str], max_length: int, strid
 
 # -- storage ---------------------------------------------------------------------------
 
-def local_model_dir(path: str, cache_dir: str | None = None) -> str:
-    """A local directory for ``path``: local paths as they are, ``s3://`` / ``gs://``
-    directories copied once into a cache (Hugging Face loaders read local files)."""
-    if "://" not in path:
-        return path
-    from pyarrow import fs as pafs
-
-    cache = Path(cache_dir or os.environ.get("CTRAY_MODEL_CACHE",
-                                              Path(tempfile.gettempdir()) / "ctray-models"))
-    target = cache / path.split("://", 1)[1].strip("/").replace("/", "__")
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache))
-        pafs.copy_files(path, str(tmp))
-        try:
-            tmp.rename(target)  # atomic: a half-copied model is never loaded
-        except OSError:  # another worker on this node finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
+# Moved to the io layer (segment loads models too); kept importable from here.
+from ctray.io.storage import local_model_dir  # noqa: E402,F401
 
 
 def save_findings_model(out_dir: str | Path, model, tokenizer, meta: FindingsModelMeta) -> Path:

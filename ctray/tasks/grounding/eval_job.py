@@ -21,7 +21,6 @@ done on a thread pool (gzip inflation releases the GIL).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +58,11 @@ class GroundEvalConfig(JobConfig):
     predictions: list[PredictionSet]
     ground_truth: GroundTruth
     missing: Literal["zero", "drop"] = "zero"
+    # A voxel is foreground when its value is >= mask_threshold, in predictions and GT
+    # alike: 0/1 and 0/255 masks read as they are, a soft probability map is cut here
+    # instead of every non-zero voxel counting as foreground.
+    mask_threshold: float = Field(default=0.5, gt=0,
+                                  description="foreground = voxel value >= this")
     n_bootstrap: int = 1000
     seed: int = 0
     read_threads: int = 4
@@ -120,17 +124,43 @@ def read_predictions(p: PredictionSet) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- scoring
 
-def _gt_stats(uri: str) -> dict[str, Any]:
+def category_focality(category: Any) -> str | None:
+    """``"non-focal"`` (1x), ``"focal"`` (2x) or None (other categories) by the
+    ReXGroundingCT schema (see ``ctray.metrics.segmentation`` on the reading)."""
+    from ctray.tasks.grounding.categories import load_categories
+
+    schema = load_categories()
+    code = schema.normalize(str(category)) or schema.normalize(str(category).split(")")[0])
+    if code is None:
+        raise UserError(f"unknown finding category {category!r}")
+    return schema.focality(code)
+
+
+def category_name(code: str) -> str:
+    from ctray.tasks.grounding.categories import load_categories
+
+    schema = load_categories()
+    return schema.name_of(schema.normalize(code) or code).split(" (")[0]
+
+
+def binarize(mask: np.ndarray, threshold: float) -> np.ndarray:
+    return np.asarray(mask) >= threshold
+
+
+def _gt_stats(uri: str, threshold: float = 0.5) -> dict[str, Any]:
     from ctray.io.volumes import load_volume
 
     mask, affine, info = load_volume(uri)
-    return {"mask": mask > 0, "affine": affine, "gt_voxels": int((mask > 0).sum()),
+    mask = binarize(mask, threshold)
+    return {"mask": mask, "affine": affine, "gt_voxels": int(mask.sum()),
             "scan_voxels": int(np.prod(info["shape"]))}
 
 
-def score_finding(pred_uri: str | None, gt: dict[str, Any]) -> dict[str, Any]:
-    """Dice of one prediction against a loaded GT (``_gt_stats``); a problem is
-    reported in ``problem`` and leaves ``dice`` NaN."""
+def score_finding(pred_uri: str | None, gt: dict[str, Any],
+                  threshold: float = 0.5) -> dict[str, Any]:
+    """Dice of one prediction (binarized at ``threshold``) against a loaded GT
+    (``_gt_stats``); a problem is reported in ``problem`` and leaves ``dice`` NaN.
+    Both masks empty scores 1.0, exactly one empty 0.0 (``dice_score``)."""
     from ctray.io.volumes import load_volume
     from ctray.metrics.segmentation import dice_score
 
@@ -140,6 +170,7 @@ def score_finding(pred_uri: str | None, gt: dict[str, Any]) -> dict[str, Any]:
         pred, affine, _ = load_volume(pred_uri)
     except OSError as exc:
         return {"dice": np.nan, "pred_voxels": np.nan, "problem": str(exc)}
+    pred = binarize(pred, threshold)
     if pred.shape != gt["mask"].shape:
         return {"dice": np.nan, "pred_voxels": int((pred > 0).sum()),
                 "problem": f"prediction grid {pred.shape} != GT grid {gt['mask'].shape}"}
@@ -151,16 +182,16 @@ def score_finding(pred_uri: str | None, gt: dict[str, Any]) -> dict[str, Any]:
 
 
 def per_finding_scores(gt: pd.DataFrame, preds: dict[str, pd.DataFrame], missing: str,
-                       threads: int = 4) -> pd.DataFrame:
+                       threads: int = 4, threshold: float = 0.5) -> pd.DataFrame:
     """One row per (method, finding): dice, sizes, the problem if any, ``counted``."""
     lookups = {m: dict(zip(p["finding_id"], p["pred_mask_uri"])) for m, p in preds.items()}
 
     def one(row: dict) -> list[dict]:
         # The GT is read once per finding, whatever the number of methods.
-        stats = _gt_stats(row["gt_mask_uri"])
+        stats = _gt_stats(row["gt_mask_uri"], threshold)
         base = {**row, "gt_voxels": stats["gt_voxels"], "scan_voxels": stats["scan_voxels"]}
         return [{"method": method, **base, "pred_mask_uri": found.get(row["finding_id"]),
-                 **score_finding(found.get(row["finding_id"]), stats)}
+                 **score_finding(found.get(row["finding_id"]), stats, threshold)}
                 for method, found in lookups.items()]
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
@@ -195,7 +226,7 @@ def _write_markdown(path: Path, title: str, table4: pd.DataFrame, tables: dict[s
 
 
 def run_ground_eval(cfg: GroundEvalConfig) -> dict[str, Any]:
-    from ctray.io.manifest import library_versions, scrub_secrets
+    from ctray.io.manifest import write_job_manifest
     from ctray.metrics.segmentation import (add_groups, format_grounding_table, group_table,
                                             grounding_table, plot_per_category)
 
@@ -211,7 +242,8 @@ def run_ground_eval(cfg: GroundEvalConfig) -> dict[str, Any]:
     if all(n == len(p) for n, p in zip(unknown.values(), preds.values())) and gt.size:
         raise UserError("no predicted finding id is in the ground truth "
                         f"({cfg.ground_truth.path}, column {cfg.ground_truth.id_column!r})")
-    scores = add_groups(per_finding_scores(gt, preds, cfg.missing, cfg.read_threads))
+    scores = add_groups(per_finding_scores(gt, preds, cfg.missing, cfg.read_threads,
+                                           cfg.mask_threshold), category_focality)
     scores.to_csv(out / "per_finding.csv", index=False)
     scored = scores[scores["counted"]]
     kw = {"method_col": "method", "n_bootstrap": cfg.n_bootstrap, "seed": cfg.seed}
@@ -221,7 +253,8 @@ def run_ground_eval(cfg: GroundEvalConfig) -> dict[str, Any]:
     for by, name in (("size_group", "by_size"), ("focality", "by_focality"),
                      ("category", "by_category")):
         groups[by].to_csv(out / f"{name}.csv", index=False)
-    plot = plot_per_category(scored, out / "per_category.png", **kw)
+    plot = plot_per_category(scored, out / "per_category.png", **kw,
+                             category_name=category_name)
     problems = scores[scores["problem"].notna()]
     problem_counts = problems.groupby("method")["problem"].size().to_dict()
     notes = [f"{lab}: {int((scores['method'] == lab).sum())} findings, "
@@ -230,6 +263,8 @@ def run_ground_eval(cfg: GroundEvalConfig) -> dict[str, Any]:
              f"{unknown[lab]} predicted ids not in the ground truth" for lab in labels]
     notes.append(f"{cfg.n_bootstrap} bootstrap resamples, seed {cfg.seed}; size = GT voxels / "
                  "scan voxels, small <= 50th percentile < medium <= 75th < large.")
+    notes.append(f"Masks binarized at voxel value >= {cfg.mask_threshold}; a finding whose "
+                 "predicted and GT masks are both empty scores Dice 1, exactly one empty 0.")
     _write_markdown(out / "table4.md", cfg.title, format_grounding_table(table),
                     {"Dice by size group": groups["size_group"],
                      "Dice by focality": groups["focality"],
@@ -246,10 +281,7 @@ def run_ground_eval(cfg: GroundEvalConfig) -> dict[str, Any]:
         "hit10": {lab: float(table.loc[lab, "hit10"]) for lab in labels if lab in table.index},
         "files": files,
     }
-    manifest = {**summary, "config": scrub_secrets(cfg.model_dump(mode="json")),
-                "versions": library_versions(), "wall_time_s": round(time.time() - started, 3)}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str),
-                                       encoding="utf-8")
+    write_job_manifest(cfg, started, **summary)
     print(f"[ctray ground-eval] {len(gt)} findings; mean Dice "
           + ", ".join(f"{k} {v:.3f}" for k, v in summary["dice"].items())
           + f"; table {out / 'table4.md'}")

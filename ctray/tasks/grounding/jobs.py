@@ -7,8 +7,8 @@ register(JobSpec(
     "ground-text",
     "ReXGroundingCT report processing: rewrite into 7 regions, extract findings, "
     "categorise abnormal findings (three resumable passes + a joined finding table)",
-    "ctray.tasks.grounding.text_pipeline:GroundTextConfig",
-    "ctray.tasks.grounding.text_pipeline:run_ground_text",
+    "ctray.tasks.grounding.text_job:GroundTextConfig",
+    "ctray.tasks.grounding.text_job:run_ground_text",
     flags={"--lang": "lang"},
 ))
 
@@ -26,10 +26,11 @@ register(JobSpec(
     "train-grounding",
     "train the text-conditioned 3D U-Net on (volume, finding sentence, mask) triples with "
     "Ray Train (resumes from the last epoch's checkpoint; exports a model for segment)",
-    "ctray.train.grounding_trainer:TrainGroundingConfig",
-    "ctray.train.grounding_trainer:run_train_grounding",
+    "ctray.tasks.grounding.train_job:TrainGroundingConfig",
+    "ctray.tasks.grounding.train_job:run_train_grounding",
     flags={"--manifest": "manifest.path", "--text-encoder": "text_encoder",
            "--epochs": "training.epochs", "--num-workers": "scaling.num_workers"},
+    resumable=False,  # resumes from its checkpoints, not row-wise
 ))
 register(JobSpec(
     "ground-eval",

@@ -14,24 +14,20 @@ scan grid with MONAI's inverse transforms and written as uint8 NIfTI with the
 scan's affine and header.
 
 Outputs under ``run.output``: ``results/`` (input columns plus ``mask_uri``,
-``pred_voxels``, ``scan_voxels``, ``findings_per_read``), ``errors/`` (e.g. an
+``pred_voxels``, ``scan_voxels``, ``findings_per_read``, ``read_id``: one per volume
+read, so a scan read once gives all its findings one id), ``errors/`` (e.g. an
 unreadable volume: every finding of that scan, the message naming the file),
 ``masks/<finding_id>.nii.gz`` (``masks_dir``), ``manifest.json``.
 
-The model directory (``train-grounding``'s export) is also defined here, since
-this job is the one that loads it: ``model.pt`` (state dict),
-``ctray_grounding.json`` (architecture, preprocessing, ROI, text encoder) and
-``text_encoder/`` (a copy of a local encoder, so the directory is self-contained).
+The model directory format (``train-grounding``'s export) lives in ``model_dir``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -43,90 +39,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from ctray.config import JobConfig
 from ctray.errors import UserError
 from ctray.pipeline.stage import Resources, RowError, Stage, mark_error
+from ctray.tasks.grounding.model_dir import (META_FILE, WEIGHTS_FILE, load_grounding_meta,
+                                             load_grounding_model, resolve_encoder)
 from ctray.tasks.grounding.preprocess import PreprocessConfig, optional_float
 
 log = logging.getLogger(__name__)
 
-META_FILE = "ctray_grounding.json"
-WEIGHTS_FILE = "model.pt"
-ENCODER_DIR = "text_encoder"
 KEY = ("finding_id",)
 VOLUME, FINDING_ID, TEXT, SLOPE, INTERCEPT = ("volume_uri", "finding_id", "finding_text",
                                               "slope", "intercept")
-OUTPUT_COLUMNS = ("mask_uri", "pred_voxels", "scan_voxels", "findings_per_read")
-
-
-# ----------------------------------------------------------------------------- model directory
-
-class GroundingModelMeta(BaseModel):
-    """What ``segment`` needs to rebuild and run a trained ``TextFiLMUNet``."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    text_encoder: str  # relative to the model directory, an absolute path or a hub id
-    text_dim: int
-    features: tuple[int, int, int, int, int, int]
-    text_max_length: int = 128
-    text_normalize: bool = False
-    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
-    # The training crop: the natural sliding-window size.
-    roi_size: tuple[int, int, int] = (96, 96, 96)
-    metrics: dict[str, Any] = Field(default_factory=dict)
-
-
-def save_grounding_model(out_dir: str | os.PathLike, state_dict: dict, meta: GroundingModelMeta,
-                         copy_encoder: bool = True) -> str:
-    """Write ``model.pt`` + ``ctray_grounding.json``; a local text encoder is copied into
-    ``text_encoder/`` so the directory can be shipped to a cluster on its own."""
-    import torch
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    encoder = meta.text_encoder
-    if copy_encoder and Path(encoder).is_dir() and Path(encoder).resolve() != (out / ENCODER_DIR).resolve():
-        shutil.copytree(encoder, out / ENCODER_DIR, dirs_exist_ok=True)
-        meta = meta.model_copy(update={"text_encoder": ENCODER_DIR})
-    torch.save(state_dict, out / WEIGHTS_FILE)
-    (out / META_FILE).write_text(json.dumps(meta.model_dump(mode="json"), indent=2), encoding="utf-8")
-    return str(out)
-
-
-def _local_dir(path: str) -> str:
-    from ctray.tasks.findings.model import local_model_dir
-
-    return local_model_dir(path)
-
-
-def load_grounding_meta(path: str) -> tuple[GroundingModelMeta, str]:
-    """(meta, local directory); ``s3://`` / ``gs://`` directories are copied once to a cache."""
-    local = _local_dir(path)
-    meta_path = Path(local) / META_FILE
-    if not meta_path.is_file():
-        raise UserError(f"{path}: not a train-grounding model directory (no {META_FILE})")
-    return GroundingModelMeta.model_validate_json(meta_path.read_text(encoding="utf-8")), local
-
-
-def resolve_encoder(meta: GroundingModelMeta, local_dir: str, override: str | None = None) -> str:
-    ref = override or meta.text_encoder
-    inside = Path(local_dir) / ref
-    return str(inside) if not os.path.isabs(ref) and inside.exists() else _local_dir(ref)
-
-
-def build_model(meta: GroundingModelMeta):
-    from ctray.tasks.grounding.model import TextFiLMUNet
-
-    return TextFiLMUNet(meta.text_dim, features=tuple(meta.features))
-
-
-def load_grounding_model(path: str, device: str = "cpu"):
-    """(model in eval mode on ``device``, meta, local directory)."""
-    import torch
-
-    meta, local = load_grounding_meta(path)
-    model = build_model(meta)
-    state = torch.load(Path(local) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.to(device).eval(), meta, local
+OUTPUT_COLUMNS = ("mask_uri", "pred_voxels", "scan_voxels", "findings_per_read", "read_id")
 
 
 # ----------------------------------------------------------------------------- config
@@ -196,6 +118,8 @@ class SegmentStage(Stage):
     name = "segment"
     input_columns = (VOLUME, FINDING_ID, TEXT)
     output_columns = OUTPUT_COLUMNS
+    output_types = {"mask_uri": "string", "pred_voxels": "int64", "scan_voxels": "int64",
+                    "findings_per_read": "int64", "read_id": "string"}
 
     def __init__(self, cfg: SegmentConfig, masks_dir: str):
         self.model_path = cfg.model
@@ -246,19 +170,36 @@ class SegmentStage(Stage):
         self.preprocess_cfg = self.preprocess_override or meta.preprocess
         self.transform = build_preprocess(self.preprocess_cfg)
         self.roi = tuple(self.params.roi_size or meta.roi_size)
+        # The last scan read, preprocessed: rows arrive sorted by volume, so a scan whose
+        # findings straddle two batches is read once, not once per batch.
+        self._cached: tuple[tuple, Any] | None = None
+        self._reads = 0
 
-    def _segment_volume(self, uri: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
-        from ctray.io.volumes import load_volume, save_mask
-        from ctray.tasks.grounding.inference import mask_to_original, segment_volume
+    def _read(self, uri: str, slope: float | None, intercept: float | None):
+        from ctray.io.volumes import load_volume
         from ctray.tasks.grounding.preprocess import preprocess_volume
 
-        texts = rows[TEXT].tolist()
+        key = (uri, slope, intercept)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        self._cached = None  # free the previous scan before reading the next
         volume, affine, info = load_volume(uri)  # VolumeReadError names the file
-        first = rows.iloc[0]
-        pre = preprocess_volume(volume, affine, slope=optional_float(first.get(SLOPE)),
-                                intercept=optional_float(first.get(INTERCEPT)),
+        pre = preprocess_volume(volume, affine, slope=slope, intercept=intercept,
                                 transform=self.transform)
         del volume
+        self._reads += 1
+        read = (pre, affine, info, f"{os.getpid()}-{self._reads}")
+        self._cached = (key, read)
+        return read
+
+    def _segment_volume(self, uri: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
+        from ctray.io.volumes import save_mask
+        from ctray.tasks.grounding.inference import mask_to_original, segment_volume
+
+        texts = rows[TEXT].tolist()
+        first = rows.iloc[0]
+        pre, affine, info, read_id = self._read(uri, optional_float(first.get(SLOPE)),
+                                                optional_float(first.get(INTERCEPT)))
         embeddings = self.encoder.encode(texts)
         scan_voxels = int(np.prod(info["shape"]))
         out: list[dict[str, Any]] = []
@@ -273,7 +214,8 @@ class SegmentStage(Stage):
                 target = save_mask(mask, affine, f"{self.masks_dir}/{mask_name(fid)}",
                                    header=info["header"])
                 out.append({"mask_uri": target, "pred_voxels": int(mask.sum()),
-                            "scan_voxels": scan_voxels, "findings_per_read": len(texts)})
+                            "scan_voxels": scan_voxels, "findings_per_read": len(texts),
+                            "read_id": read_id})
         return out
 
     def process_batch(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -281,7 +223,10 @@ class SegmentStage(Stage):
         records = batch.to_dict("records")
         out: list[dict[str, Any] | None] = [None] * len(batch)
         for i, r in enumerate(records):
-            if not isinstance(r[TEXT], str) or not r[TEXT].strip():
+            if not isinstance(r[VOLUME], str) or not r[VOLUME].strip():
+                out[i] = mark_error(r, self.name, RowError(
+                    f"finding {r[FINDING_ID]!r}: empty {VOLUME!r}, no scan to segment"))
+            elif not isinstance(r[TEXT], str) or not r[TEXT].strip():
                 out[i] = mark_error(r, self.name, RowError(
                     f"finding {r[FINDING_ID]!r}: empty {TEXT!r}, nothing to segment"))
         todo = batch[[o is None for o in out]]
@@ -319,6 +264,15 @@ def absolute_local(uri: str) -> str:
     return uri if "://" in uri or not uri else str(Path(uri).resolve())
 
 
+def _volume_cell(value: Any) -> str | None:
+    """A manifest's volume cell: None when empty (a row error in the stage, not a
+    TypeError that stops the job), else an absolute local path or a URI."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return None
+    text = str(value).strip()
+    return absolute_local(text) if text else None
+
+
 def read_manifest(inp: ManifestInput) -> pd.DataFrame:
     """The manifest with canonical column names, sorted by volume (stable), so a
     scan's findings arrive in one batch."""
@@ -348,7 +302,7 @@ def read_manifest(inp: ManifestInput) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df[FINDING_ID] = df[FINDING_ID].astype(str)
     # Relative paths mean "from where the job was started"; Ray workers run elsewhere.
-    df[VOLUME] = df[VOLUME].astype(str).map(absolute_local)
+    df[VOLUME] = df[VOLUME].map(_volume_cell).astype(object)
     if "gt_mask_uri" in df:
         df["gt_mask_uri"] = df["gt_mask_uri"].map(
             lambda v: absolute_local(str(v)) if isinstance(v, str) else v)
@@ -356,7 +310,7 @@ def read_manifest(inp: ManifestInput) -> pd.DataFrame:
     if dups:
         raise UserError(f"{path}: duplicate {inp.id_column!r} values {dups[:5]}; ids must be "
                         "unique for resume and for one mask file per finding")
-    df = df.sort_values(VOLUME, kind="stable", ignore_index=True)
+    df = df.sort_values(VOLUME, kind="stable", ignore_index=True, na_position="last")
     if inp.limit is not None:
         df = df.head(inp.limit)
     return df

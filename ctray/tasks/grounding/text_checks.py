@@ -8,15 +8,13 @@ but wrong table. Problems name codes and measurements only, never report text.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Iterable
 
-import jsonschema
-
+from ctray.text.json_extract import JSONAnswerError, extract_json_object, schema_problems
 from ctray.text.sentences import split_sentences
 
 # Bump when a check or the rounding rule changes: resumed runs must not mix them.
@@ -174,36 +172,17 @@ def _length_variants(m: Measurement) -> set[Measurement]:
 
 # --- JSON answers -------------------------------------------------------------------
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S | re.I)
-
-
 def load_json_object(text: str) -> dict[str, Any]:
-    """The JSON object in a model answer (bare, or in a ```json fence)."""
-    if not isinstance(text, str) or not text.strip():
-        raise CheckError(["the answer is empty"])
-    fenced = _FENCE.search(text)
-    body = fenced.group(1) if fenced else text
-    start = body.find("{")
-    if start < 0:
-        raise CheckError(["the answer contains no JSON object"])
+    """The JSON object in a model answer (bare, or in a ```json fence), as a check."""
     try:
-        value, _ = json.JSONDecoder().raw_decode(body[start:])
-    except json.JSONDecodeError as exc:
-        raise CheckError([f"the answer is not valid JSON ({exc.msg} at char {exc.pos})"]) from None
-    if not isinstance(value, dict):
-        raise CheckError(["the answer is not a JSON object"])
-    return value
+        return extract_json_object(text)
+    except JSONAnswerError as exc:
+        raise CheckError([str(exc)]) from None
 
 
 def validate_schema(value: Any, schema: dict[str, Any], limit: int = 5) -> None:
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value),
-                    key=lambda e: list(e.absolute_path))
-    if errors:
-        problems = []
-        for e in errors[:limit]:
-            where = "/".join(str(p) for p in e.absolute_path) or "top level"
-            # The message quotes the offending value: cap it so report text stays short.
-            problems.append(f"schema: at {where}: {e.message[:160]}")
+    problems = schema_problems(value, schema, limit)
+    if problems:
         raise CheckError(problems)
 
 

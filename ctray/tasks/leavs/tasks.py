@@ -315,11 +315,13 @@ class AddReasoningUsage(Stage):
 
 
 class CotLLMStage(LLMStage):
-    """Reasoning then summary for every row of a batch, one engine call per step.
+    """Reasoning then summary: a composite of two LLM stages on every backend.
 
-    With in-process backends both steps run in the same actor (one model per
-    pass). vLLM runs as ray.data.llm processors, so there the two steps become
-    two processors in a row.
+    In a Ray Dataset it decomposes (``decompose``, as NeMo Curator's CompositeStage)
+    into the reasoning stage, the answer stage and the usage merge, each added by
+    its backend (actor pool or ray.data.llm processor); rows whose reasoning failed
+    pass the answer stage untouched. ``process_batch`` runs both steps in one
+    process, for Serve replicas that answer one report.
     """
 
     def __init__(self, question: Question, backend_config, cot_max_tokens: int,
@@ -337,12 +339,15 @@ class CotLLMStage(LLMStage):
         self._reason_stage = LLMStage(self.reason_task, self.backend_config, self.resources)
         self._reason_stage.backend = self.backend
 
+    def decompose(self) -> list[Stage]:
+        return [LLMStage(self.reason_task, self.backend_config, self.resources),
+                LLMStage(self.task, self.backend_config, self.resources),
+                AddReasoningUsage()]
+
     def apply(self, ds):
-        if self.backend_config.kind == "vllm":
-            ds = LLMStage(self.reason_task, self.backend_config, self.resources).apply(ds)
-            ds = LLMStage(self.task, self.backend_config, self.resources).apply(ds)
-            return AddReasoningUsage().apply(ds)
-        return super().apply(ds)
+        for stage in self.decompose():
+            ds = stage.apply(ds)
+        return ds
 
     def process_batch(self, batch: pd.DataFrame) -> pd.DataFrame:
         assert self._reason_stage is not None, "setup() was not called"

@@ -12,8 +12,8 @@ register(JobSpec(
 register(JobSpec(
     "translate-eval",
     "BLEU / ROUGE of translations against references, and text statistics (markdown + CSV)",
-    "ctray.tasks.translate.evaluation:TranslateEvalConfig",
-    "ctray.tasks.translate.evaluation:run_translate_eval",
+    "ctray.tasks.translate.eval_job:TranslateEvalConfig",
+    "ctray.tasks.translate.eval_job:run_translate_eval",
     flags={"--hypotheses": "hypotheses.path", "--references": "references.path"},
     needs_ray=False,
 ))

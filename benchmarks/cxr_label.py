@@ -1,0 +1,86 @@
+"""Throughput of the CXR rule labeler (label-cxr --labeler rules).
+
+    python benchmarks/cxr_label.py [--repeat 3] [--skip-job]
+
+1. In-process: reports/s of ``CxrRuleLabeler`` over the 3,851 Open-i reports (findings +
+   impression, one process; the shipped 12-report sample repeated when ../shared/data is
+   absent), best of ``--repeat`` passes, and the class counts per observation.
+2. The label-cxr job end to end on a local Ray (read CSV, rules actor, Parquet writer,
+   manifest, labels.csv): reports/s of wall time including Ray start-up and overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+OPENI = REPO.parent / "shared" / "data" / "openi" / "indiana_reports.csv"
+SAMPLE = REPO / "ctray" / "data" / "sample_cxr_reports.csv"
+
+
+def _texts(df: pd.DataFrame) -> list[str]:
+    return ["\n\n".join(x.strip() for x in (f, i) if isinstance(x, str) and x.strip())
+            for f, i in zip(df["findings"], df["impression"])]
+
+
+def bench_in_process(path: Path, repeat: int) -> None:
+    from ctray.tasks.cxr.rules import CxrRuleLabeler
+    from ctray.tasks.cxr.schema import OBSERVATIONS
+
+    df = pd.read_csv(path, dtype=str)
+    if path == SAMPLE:
+        df = pd.concat([df] * 300, ignore_index=True)
+    texts = [t for t in _texts(df) if t]
+    labeler = CxrRuleLabeler()
+    best = math.inf
+    labels = None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        labels = [labeler.label(t).labels for t in texts]
+        best = min(best, time.perf_counter() - started)
+    print(f"rules in-process: {len(texts)} reports ({path.name}) in {best:.2f}s = "
+          f"{len(texts) / best:.0f} reports/s (one process, best of {repeat})")
+    table = pd.DataFrame(labels)
+    print("class counts (1 / 0 / -1 / blank):")
+    for obs in OBSERVATIONS:
+        col = table[obs]
+        print(f"  {obs:28s} {int((col == 1).sum()):5d} {int((col == 0).sum()):5d} "
+              f"{int((col == -1).sum()):5d} {int(col.isna().sum()):5d}")
+
+
+def bench_job(path: Path) -> None:
+    from ctray.cli import main
+
+    out = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
+    try:
+        started = time.perf_counter()
+        rc = main(["label-cxr", "--config", str(REPO / "configs" / "label_cxr.yaml"),
+                   "--set", f"corpus.path={path}", "--set", f"run.output={out}"])
+        wall = time.perf_counter() - started
+        rows = sum(1 for _ in open(out / "labels.csv")) - 1 if rc == 0 else 0
+        print(f"label-cxr job (local Ray, rules): {rows} reports in {wall:.1f}s wall = "
+              f"{rows / wall:.0f} reports/s including Ray start-up (rc={rc})")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-job", action="store_true")
+    args = parser.parse_args()
+    path = OPENI if OPENI.exists() else SAMPLE
+    bench_in_process(path, args.repeat)
+    if not args.skip_job:
+        bench_job(path)
+
+
+if __name__ == "__main__":
+    main()

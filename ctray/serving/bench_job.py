@@ -1,0 +1,224 @@
+"""``ctray serve-bench``: latency and throughput of the findings app under load.
+
+An asyncio load generator (httpx) keeps ``concurrency`` requests in flight until
+``requests_per_level`` have completed, for each concurrency level, and reports
+p50/p95/p99 latency, requests/s and the mean server-side batch size seen in the
+responses. Without ``url`` it deploys the findings app itself on 127.0.0.1, once
+per ``max_batch_sizes`` entry (1 means batching off), so the same run compares
+batching on and off; with ``url`` it measures the app as deployed there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from pydantic import Field
+
+from ctray.config import JobConfig, sample_path
+from ctray.errors import UserError
+from ctray.io.corpus import CorpusConfig
+
+log = logging.getLogger(__name__)
+APP_NAME = "serve-bench"
+ROUTE = "/findings"
+
+
+def _sample_corpus() -> CorpusConfig:
+    return CorpusConfig(path=sample_path("sample_reports_en.csv"),
+                        limit=256)
+
+
+class ServeBenchConfig(JobConfig):
+    job: str = "serve-bench"
+    url: str | None = Field(default=None, description="a running server (root URL); "
+                                                      "None: deploy the findings app here")
+    checkpoint: str | None = Field(default=None, description="model to deploy when url is None")
+    corpus: CorpusConfig = Field(default_factory=_sample_corpus)
+    concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16])
+    requests_per_level: int = Field(default=200, ge=1)
+    warmup_requests: int = Field(default=8, ge=0)
+    texts_per_request: int = Field(default=1, ge=1)
+    max_batch_sizes: list[int] = Field(default_factory=lambda: [1, 16])
+    batch_wait_timeout_s: float = 0.01
+    num_replicas: int = 1
+    replica_num_cpus: float = 1.0
+    device: str | None = None
+    request_timeout_s: float = 300.0
+    token_env: str = "CTRAY_SERVE_TOKEN"
+
+
+@dataclass
+class LevelResult:
+    mode: str
+    max_batch_size: int | None
+    concurrency: int
+    requests: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    requests_per_s: float
+    reports_per_s: float
+    mean_batch_size: float | None
+
+
+async def _load(url: str, bodies: list[dict], concurrency: int, n: int, headers: dict,
+                timeout: float) -> tuple[list[float], int, list[int], float]:
+    import httpx
+
+    latencies: list[float] = []
+    batch_sizes: list[int] = []
+    errors = 0
+    next_index = 0
+
+    async def worker(client) -> None:
+        nonlocal next_index, errors
+        while next_index < n:
+            body = bodies[next_index % len(bodies)]
+            next_index += 1
+            started = time.perf_counter()
+            try:
+                response = await client.post(url, json=body)
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append((time.perf_counter() - started) * 1000)
+            if not ok:
+                errors += 1
+                continue
+            batch_sizes.extend(r["batch_size"] for r in response.json()["results"]
+                               if r.get("batch_size"))
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+        wall = time.perf_counter() - started
+    return latencies, errors, batch_sizes, wall
+
+
+def measure(url: str, texts: list[str], concurrency: int, n: int, texts_per_request: int = 1,
+            headers: dict | None = None, timeout: float = 300.0, mode: str = "as deployed",
+            max_batch_size: int | None = None, warmup: int = 0) -> LevelResult:
+    """One load level against ``url`` (the app's ``/label`` endpoint)."""
+    k = texts_per_request
+    bodies = [{"texts": [texts[(i * k + j) % len(texts)] for j in range(k)],
+               "include_probabilities": False} for i in range(max(len(texts) // k, 1))]
+    if warmup:
+        asyncio.run(_load(url, bodies, min(concurrency, warmup), warmup, headers or {}, timeout))
+    latencies, errors, sizes, wall = asyncio.run(
+        _load(url, bodies, concurrency, n, headers or {}, timeout))
+    lat = np.array(latencies)
+    done = n - errors
+    return LevelResult(
+        mode=mode, max_batch_size=max_batch_size, concurrency=concurrency, requests=n,
+        errors=errors, p50_ms=round(float(np.percentile(lat, 50)), 1),
+        p95_ms=round(float(np.percentile(lat, 95)), 1),
+        p99_ms=round(float(np.percentile(lat, 99)), 1), mean_ms=round(float(lat.mean()), 1),
+        requests_per_s=round(done / wall, 2), reports_per_s=round(done * k / wall, 2),
+        mean_batch_size=round(float(np.mean(sizes)), 2) if sizes else None)
+
+
+def markdown_table(results: list[LevelResult]) -> str:
+    lines = ["| batching | max_batch_size | concurrency | requests | errors | p50 ms | p95 ms "
+             "| p99 ms | req/s | reports/s | mean batch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.mode} | {r.max_batch_size or '-'} | {r.concurrency} | {r.requests} "
+                     f"| {r.errors} | {r.p50_ms} | {r.p95_ms} | {r.p99_ms} | {r.requests_per_s} "
+                     f"| {r.reports_per_s} | {r.mean_batch_size or '-'} |")
+    return "\n".join(lines)
+
+
+def _texts(cfg: ServeBenchConfig) -> list[str]:
+    from ctray.io.corpus import read_corpus
+
+    rows = read_corpus(cfg.corpus).select_columns(["text"]).take(cfg.corpus.limit or 256)
+    texts = [r["text"] for r in rows if isinstance(r["text"], str) and r["text"].strip()]
+    if not texts:
+        raise UserError(f"no report text in {cfg.corpus.path}")
+    return texts
+
+
+def _headers(cfg: ServeBenchConfig) -> dict[str, str]:
+    import os
+
+    token = os.environ.get(cfg.token_env)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _levels(cfg, url, texts, mode, max_batch_size) -> list[LevelResult]:
+    out = []
+    for c in cfg.concurrency:
+        result = measure(url, texts, c, cfg.requests_per_level, cfg.texts_per_request,
+                         _headers(cfg), cfg.request_timeout_s, mode, max_batch_size,
+                         warmup=cfg.warmup_requests)
+        log.info("serve-bench %s c=%d: p50 %.1f ms, p95 %.1f ms, %.1f req/s", mode, c,
+                 result.p50_ms, result.p95_ms, result.requests_per_s)
+        out.append(result)
+    return out
+
+
+def _deploy_and_measure(cfg: ServeBenchConfig, texts: list[str]) -> list[LevelResult]:
+    from ray import serve
+
+    from ctray.serving.apps import FindingsAppArgs, findings_app
+
+    if not cfg.checkpoint:
+        raise UserError("serve-bench: set checkpoint (a findings model directory) or url")
+    from pathlib import Path
+
+    # Replicas do not share this process's working directory.
+    checkpoint = cfg.checkpoint
+    if "://" not in checkpoint and Path(checkpoint).exists():
+        checkpoint = str(Path(checkpoint).resolve())
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    results: list[LevelResult] = []
+    try:
+        for size in cfg.max_batch_sizes:
+            wait = cfg.batch_wait_timeout_s if size > 1 else 0.0
+            args = FindingsAppArgs(checkpoint=checkpoint, device=cfg.device, max_batch_size=size,
+                                   batch_wait_timeout_s=wait,
+                                   max_items=max(cfg.texts_per_request, 64))
+            app = findings_app(args, num_replicas=cfg.num_replicas,
+                               max_ongoing_requests=max(64, 2 * size),
+                               ray_actor_options={"num_cpus": cfg.replica_num_cpus})
+            serve.run(app, name=APP_NAME, route_prefix=ROUTE)
+            mode = "off" if size == 1 else "on"
+            results += _levels(cfg, f"http://127.0.0.1:{port}{ROUTE}/label", texts, mode, size)
+            serve.delete(APP_NAME)
+    finally:
+        serve.shutdown()
+    return results
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_serve_bench(cfg: ServeBenchConfig) -> dict:
+    from ctray.io.manifest import write_job_manifest
+
+    started = time.time()
+    texts = _texts(cfg)
+    if cfg.url:
+        results = _levels(cfg, cfg.url.rstrip("/") + f"{ROUTE}/label", texts, "as deployed", None)
+    else:
+        results = _deploy_and_measure(cfg, texts)
+    table = markdown_table(results)
+    print(table)
+    report = {"n_texts": len(texts),
+              "mean_chars": round(float(np.mean([len(t) for t in texts])), 1),
+              "results": [asdict(r) for r in results], "table": table}
+    # The figures are the manifest's job-specific part (<output>/manifest.json).
+    return write_job_manifest(cfg, started, **report)

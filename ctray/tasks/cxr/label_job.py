@@ -1,0 +1,231 @@
+"""``ctray label-cxr``: label chest X-ray reports with the 14 CheXpert observations,
+with the rule labeler or an LLM, as Ray Data actor pools through the shared job
+runner (resume, per-row errors, manifest).
+
+Results (``results/*.parquet``, written by the workers) hold ``report_id``, the 14
+observation columns (float: 1.0 / 0.0 / -1.0, NaN = blank) and, for the rules, the
+evidence sentence per label (``evidence_<observation>``). After the run the job
+streams them into ``labels.csv`` in the CheXpert labeler's layout (one row per
+report, the id then the 14 names, values 1.0 / 0.0 / -1.0 / empty), one results
+file at a time.
+
+The default corpus is ctray's own sample in the Open-i layout (``uid``, ``findings``,
+``impression``); a generic CSV/JSONL/Parquet with one text column works with
+``corpus.text_column`` and ``corpus.id_column``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from importlib import resources
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ctray.config import LLMJobConfig
+from ctray.errors import UserError
+from ctray.io.corpus import CorpusConfig
+from ctray.pipeline.stage import Resources, RowError, Stage
+from ctray.tasks.cxr.schema import EVIDENCE_COLUMNS, OBSERVATIONS
+
+OPENI_SECTIONS = {"findings": "findings", "impression": "impression"}
+LABELS_CSV = "labels.csv"
+FLOAT_TYPES = {o: "float64" for o in OBSERVATIONS}
+
+
+def _sample(name: str) -> str:
+    return str(resources.files("ctray") / "data" / name)
+
+
+def openi_corpus(path: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Corpus settings for the Open-i layout: findings + impression, keyed by uid."""
+    return {"path": path or _sample("sample_cxr_reports.csv"), "id_column": "uid",
+            "sections": dict(OPENI_SECTIONS), "text_sections": ["findings", "impression"],
+            **extra}
+
+
+class CxrRuleStage(Stage):
+    name = "rule_cxr"
+
+    def __init__(self, text_column: str = "text", resources: Resources | None = None):
+        self.text_column = text_column
+        self.input_columns = ("report_id", text_column)
+        self.output_columns = OBSERVATIONS + EVIDENCE_COLUMNS
+        self.output_types = {**FLOAT_TYPES, **{c: "string" for c in EVIDENCE_COLUMNS}}
+        self.resources = resources or Resources(num_cpus=0.5, batch_size=64)
+        self.labeler = None
+
+    def setup(self) -> None:
+        from ctray.tasks.cxr.rules import CxrRuleLabeler
+
+        self.labeler = CxrRuleLabeler()
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        text = row.get(self.text_column)
+        if not isinstance(text, str) or not text.strip():
+            raise RowError(f"row {row.get('report_id')!r}: field {self.text_column!r} is empty")
+        return self.labeler.label(text).row()
+
+    def describe(self) -> dict[str, Any]:
+        from ctray.tasks.cxr import patterns
+
+        return {"name": self.name, "terms": len(patterns.TERMS), "cues": len(patterns.CUES)}
+
+
+class LLMOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # auto: "sft" when backend.model is a folder exported by train-llm-labeler (it holds
+    # ctray_sft.json), else "json-4class" (the zero-shot prompt with all 14 keys).
+    answer_format: Literal["auto", "json-4class", "sft"] = Field(
+        "auto", description="auto: sft for a train-llm-labeler folder, else json-4class "
+                            "(zero-shot, all 14 keys)")
+    guided_json: bool = True  # send the JSON schema (enforced by vllm / openai)
+    repair: bool = True  # one follow-up request after an unusable answer (json-4class)
+    lenient: bool = False  # accept the object inside a code block or prose
+    max_tokens: int = 300
+
+
+class RuleOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_cpus: float = 0.5
+    batch_size: int = 64
+    concurrency: int | tuple[int, int] = 1
+
+
+class ExportOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    csv: bool = True  # write labels.csv (CheXpert layout) after the run
+    id_name: str = "uid"  # header of the id column in labels.csv
+
+
+class LabelCxrConfig(LLMJobConfig):
+    job: str = "label-cxr"
+    corpus: CorpusConfig = Field(default_factory=lambda: CorpusConfig(**openi_corpus()))
+    labeler: Literal["rules", "llm"] = Field(
+        "rules", description="rules (CheXpert-style, evidence sentence per label) or llm "
+                             "(any backend, guided JSON)")
+    llm: LLMOptions = Field(default_factory=LLMOptions)
+    rules: RuleOptions = Field(default_factory=RuleOptions)
+    export: ExportOptions = Field(default_factory=ExportOptions)
+
+    @field_validator("corpus", mode="before")
+    @classmethod
+    def _corpus_defaults(cls, value):
+        # Open-i layout unless the config says otherwise (`--set corpus.limit=10` alone
+        # keeps the sample path and the sections).
+        if isinstance(value, dict):
+            base = openi_corpus(value.get("path"))
+            if "text_column" in value:  # a generic one-column corpus: no sections
+                base.pop("sections")
+                base.pop("text_sections")
+            return {**base, **value}
+        return value
+
+
+SFT_MARKER = "ctray_sft.json"  # written by train-llm-labeler beside the exported weights
+
+
+def resolve_answer_format(answer_format: str, model: str | None) -> str:
+    if answer_format != "auto":
+        return answer_format
+    import json
+    from pathlib import Path
+
+    marker = Path(str(model or "")) / SFT_MARKER
+    if marker.is_file():
+        try:
+            task = json.loads(marker.read_text(encoding="utf-8")).get("task")
+        except (OSError, ValueError, AttributeError):
+            task = None
+        if task not in (None, "cxr"):
+            raise UserError(f"{model} was fine-tuned for task {task!r}, not the CXR labels")
+        return "sft"
+    return "json-4class"
+
+
+def build_stage(cfg: LabelCxrConfig) -> Stage:
+    if cfg.labeler == "rules":
+        r = cfg.rules
+        return CxrRuleStage(resources=Resources(num_cpus=r.num_cpus, batch_size=r.batch_size,
+                                                concurrency=r.concurrency))
+    from ctray.llm.task import LLMStage
+    from ctray.tasks.cxr.llm_labeler import CxrLLMTask
+
+    o = cfg.llm
+    task = CxrLLMTask(max_tokens=o.max_tokens, temperature=cfg.backend.temperature,
+                      guided_json=o.guided_json, repair=o.repair, lenient=o.lenient,
+                      answer_format=resolve_answer_format(o.answer_format, cfg.backend.model))
+    task.prompt_version()  # fails early (UserError) when the sft format is not installed
+    stage = LLMStage(task, cfg.backend)
+    stage.output_types = dict(FLOAT_TYPES)
+    return stage
+
+
+def _fingerprint(cfg: LabelCxrConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"labeler": cfg.labeler}
+    if cfg.labeler == "llm":
+        out["llm"] = cfg.llm.model_dump()
+    else:
+        from ctray.tasks.cxr import patterns
+
+        # The phrase lists decide the labels: a changed list must not mix into a resumed run.
+        import hashlib
+
+        text = repr([(t.observations, t.regex.pattern, t.kind) for t in patterns.TERMS]
+                    + [(c.category, c.regex.pattern, c.direction, c.window) for c in patterns.CUES])
+        out["rules_version"] = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return out
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{float(value):.1f}"
+
+
+def export_labels_csv(output: str, id_name: str = "uid") -> tuple[str, int]:
+    """Write the results as ``<output>/labels.csv`` (CheXpert layout), reading one
+    Parquet file (a few hundred rows) at a time; rows keep the files' order."""
+    import pyarrow.parquet as pq
+
+    from ctray.io.output import OutputLayout, resolve_fs, write_bytes_atomic
+
+    layout = OutputLayout(output)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([id_name, *OBSERVATIONS])
+    rows = 0
+    for uri in layout.parquet_files("results"):
+        filesystem, path = resolve_fs(uri)
+        with filesystem.open_input_file(path) as f:
+            table = pq.ParquetFile(f).read(columns=["report_id", *OBSERVATIONS])
+        frame = table.to_pandas()
+        for rec in frame.itertuples(index=False):
+            writer.writerow([rec[0], *(_cell(v) for v in rec[1:])])
+            rows += 1
+    target = layout.path(LABELS_CSV)
+    write_bytes_atomic(target, buf.getvalue().encode("utf-8"))
+    return target, rows
+
+
+def run_label_cxr(cfg: LabelCxrConfig):
+    from ctray.io.output import OutputLayout
+    from ctray.pipeline.job import run_corpus_job
+
+    stage = build_stage(cfg)
+    summary = run_corpus_job(cfg, [stage], fingerprint=_fingerprint(cfg),
+                             extra_manifest={"labeler": cfg.labeler})
+    if cfg.export.csv:
+        try:
+            target, rows = export_labels_csv(summary.output, cfg.export.id_name)
+        except KeyError as exc:  # pragma: no cover - a results folder of another job
+            raise UserError(f"{summary.output}: results lack column {exc}") from None
+        layout = OutputLayout(summary.output)
+        manifest = layout.read_json() or {}
+        manifest["labels_csv"] = {"path": target, "rows": rows}
+        layout.write_json(manifest)
+        summary.manifest = manifest
+        print(f"[ctray label-cxr] {rows} reports in {target} (CheXpert layout)")
+    return summary

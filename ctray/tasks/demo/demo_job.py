@@ -1,0 +1,102 @@
+"""The demo job: a small end-to-end chain on the bundled sample reports.
+
+read → text statistics → an LLM yes/no question per report (constrained to the two
+options) → Parquet + manifest, then a comparison of the answers with the sample's
+gold labels. Runs on a laptop: local Ray, CPU, the offline GGUF model by default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from pydantic import Field
+
+from ctray.config import LLMJobConfig, offline_backend, sample_path
+from ctray.io.corpus import CorpusConfig
+from ctray.llm.base import LLMRequest, LLMResponse
+from ctray.llm.config import BackendConfig
+from ctray.llm.prompts import PromptTemplate
+from ctray.llm.task import LLMStage, LLMTask
+from ctray.pipeline.job import run_corpus_job
+from ctray.pipeline.stage import RowError
+from ctray.tasks.textstats.stage import TextStatsStage
+
+YES_NO = ["yes", "no"]
+QUESTION = PromptTemplate(
+    name="demo-finding-question",
+    system="You are a radiologist reading chest CT reports. Answer with one word: yes or no.",
+    user="Report:\n{text}\n\nDoes this report describe {finding}? Answer yes or no.",
+)
+
+
+def _default_corpus() -> CorpusConfig:
+    return CorpusConfig(path=sample_path("sample_reports_en.csv"), limit=24)
+
+
+def _default_backend() -> BackendConfig:
+    return offline_backend(max_tokens=4, batch_size=8)
+
+
+class FindingQuestion(LLMTask):
+    """"Does the report describe X?" answered as one of yes/no (guided choice)."""
+
+    name = "finding_question"
+    input_columns = ("report_id", "text")
+    output_columns = ("answer",)
+
+    def __init__(self, finding: str):
+        self.finding = finding
+
+    def prompts(self) -> list[PromptTemplate]:
+        return [QUESTION]
+
+    def build_request(self, row: dict[str, Any]) -> LLMRequest:
+        return LLMRequest(QUESTION.render(text=row["text"], finding=self.finding),
+                          max_tokens=4, choices=YES_NO)
+
+    def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
+        answer = response.text.strip().lower().rstrip(".")
+        if answer not in YES_NO:
+            raise RowError(f"row {row['report_id']!r}: answer {answer[:20]!r} is not yes/no")
+        return {"answer": answer}
+
+
+class DemoConfig(LLMJobConfig):
+    job: str = "demo"
+    corpus: CorpusConfig = Field(default_factory=_default_corpus)
+    backend: BackendConfig = Field(default_factory=_default_backend)
+    finding: str = "a pleural effusion"
+    gold_labels: str | None = Field(default_factory=lambda: sample_path("sample_labels.csv"))
+    gold_column: str = "Pleural effusion"
+
+
+def run_demo(cfg: DemoConfig):
+    stages = [TextStatsStage(), LLMStage(FindingQuestion(cfg.finding), cfg.backend)]
+    summary = run_corpus_job(cfg, stages, fingerprint={"finding": cfg.finding})
+    if cfg.gold_labels:
+        report = compare_with_gold(summary.output, cfg.gold_labels, cfg.gold_column)
+        if report:
+            print(report)
+    return summary
+
+
+def compare_with_gold(output: str, gold_csv: str, gold_column: str) -> str | None:
+    """Agreement of the answers with the gold label (the outputs are small here)."""
+    import pyarrow.parquet as pq
+
+    from ctray.io.output import OutputLayout
+
+    files = OutputLayout(output).parquet_files("results")
+    if not files:
+        return None
+    answers = pd.concat(pq.read_table(f, columns=["report_id", "answer"]).to_pandas() for f in files)
+    gold = pd.read_csv(gold_csv, usecols=["VolumeName", gold_column])
+    merged = answers.merge(gold, left_on="report_id", right_on="VolumeName")
+    if merged.empty:
+        return None
+    predicted = (merged["answer"] == "yes").astype(int)
+    agree = float((predicted == merged[gold_column].astype(int)).mean())
+    return (f"[ctray demo] '{gold_column}': the model said yes for {int(predicted.sum())} of "
+            f"{len(merged)} reports; gold positives {int(merged[gold_column].sum())}; "
+            f"agreement {agree:.2f}")

@@ -1,0 +1,69 @@
+"""Prompt and answer format of a fine-tuned causal LM on the 18 CT-RATE findings
+(``train-llm-labeler --task ctrate``).
+
+The answer is a JSON list of the findings present, in CT-RATE column order, e.g.
+``["Emphysema", "Lung nodule"]`` (``[]`` for none): findings are binary, so the
+positives alone determine the whole 18-column row, and the target stays a few tokens
+long (the loss is computed on the answer only).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ctray.tasks.findings.schema import FINDING_NAMES
+
+TASK = "ctrate"
+PROMPT_VERSION = "ctrate-sft-v1"
+LABEL_NAMES: tuple[str, ...] = FINDING_NAMES
+
+INSTRUCTION = (
+    "List the findings this chest CT report describes as present. Answer with a JSON list "
+    "drawn from: " + ", ".join(FINDING_NAMES) + ". Answer [] when none is present."
+)
+
+_BY_KEY = {n.lower(): n for n in FINDING_NAMES}
+
+
+def build_messages(report_text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"{INSTRUCTION}\n\nReport:\n{report_text.strip()}"}]
+
+
+def answer_text(labels: dict[str, Any]) -> str:
+    """``labels``: display name -> 0/1."""
+    return json.dumps([n for n in FINDING_NAMES if int(labels.get(n) or 0) == 1],
+                      separators=(",", ":"))
+
+
+def json_schema() -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "string", "enum": list(FINDING_NAMES)},
+            "uniqueItems": True}
+
+
+class AnswerError(ValueError):
+    pass
+
+
+_LIST = re.compile(r"\[.*\]", re.S)
+
+
+def parse_answer(text: str) -> dict[str, float]:
+    """Answer text -> the 18 findings as 1.0/0.0."""
+    match = _LIST.search(text or "")
+    if not match:
+        raise AnswerError("no JSON list in the answer")
+    try:
+        items = json.loads(match.group(0))
+    except json.JSONDecodeError as exc:
+        raise AnswerError(f"invalid JSON: {exc.msg}") from None
+    if not isinstance(items, list):
+        raise AnswerError("the answer is not a JSON list")
+    out = dict.fromkeys(FINDING_NAMES, 0.0)
+    for item in items:
+        name = _BY_KEY.get(str(item).strip().lower())
+        if name is None:
+            raise AnswerError(f"unknown finding {item!r}")
+        out[name] = 1.0
+    return out

@@ -1,0 +1,20 @@
+"""Registers ``jcb-generate`` and ``jcb-score`` (imported by ctray.jobs.load_job_modules)."""
+
+from ctray.jobs import JobSpec, register
+
+register(JobSpec(
+    "jcb-generate",
+    "J-ClinicalBench: run a model over the benchmark settings (zero/one-shot), any backend",
+    "ctray.tasks.jcb.generate_job:JcbGenerateConfig",
+    "ctray.tasks.jcb.generate_job:run_jcb_generate",
+    flags={"--benchmarks": "benchmarks", "--model-name": "model_name", "--limit": "limit"},
+))
+register(JobSpec(
+    "jcb-score",
+    "J-ClinicalBench: score a generated/ tree; results/ JSON, Table 4 (markdown, CSV, PNG)",
+    "ctray.tasks.jcb.score_job:JcbScoreConfig",
+    "ctray.tasks.jcb.score_job:run_jcb_score",
+    flags={"--generated": "generated", "--strict": "strict",
+           "--reference": "reference"},
+    needs_ray=False,
+))

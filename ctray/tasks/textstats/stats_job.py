@@ -1,0 +1,18 @@
+"""The ``text-stats`` job: characters, words, sentences and unique words per report."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ctray.config import CorpusJobConfig
+from ctray.pipeline.job import run_corpus_job
+from ctray.tasks.textstats.stage import TextStatsStage
+
+
+class TextStatsConfig(CorpusJobConfig):
+    job: str = "text-stats"
+    lang: str = Field("auto", description="en, ja or auto (detected per report)")
+
+
+def run_text_stats(cfg: TextStatsConfig):
+    return run_corpus_job(cfg, [TextStatsStage(cfg.lang)], fingerprint={"lang": cfg.lang})

@@ -1,0 +1,8 @@
+"""``ray job submit --working-dir . -- python jobs/cxr_eval.py --config configs/cxr_eval.yaml``"""
+
+import sys
+
+from ctray.cli import job_entrypoint
+
+if __name__ == "__main__":
+    sys.exit(job_entrypoint("cxr-eval"))

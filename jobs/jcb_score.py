@@ -1,0 +1,8 @@
+"""``ray job submit --working-dir . -- python jobs/jcb_score.py --config configs/jcb_score.yaml``"""
+
+import sys
+
+from ctray.cli import job_entrypoint
+
+if __name__ == "__main__":
+    sys.exit(job_entrypoint("jcb-score"))

@@ -1,0 +1,232 @@
+"""Every LLM pipeline end to end through the real vLLM engine (the CPU build in CI).
+
+The model is the offline Gemma 3 270M (the packaged GGUF, converted once into
+ctray's model cache). These tests assert what the engine guarantees and the
+pipelines promise: every answer parses, guided answers are listed options or
+schema-valid JSON, every pass of a multi-pass job ran, and the manifest names the
+engine. They do not judge label quality (a 270M model is far too small for that).
+
+Engine starts are the cost (tens of seconds each on 2 cores), so the module starts
+one shared engine actor that the translate, findings, LEAVS and ground-text jobs all
+use (``engine_mode: shared``); the demo runs through the ``ray.data.llm`` processor
+and the Serve test through an engine inside the replica, one start each.
+Skipped where vLLM is not installed (``pip install -e ".[cpu]"``).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.util import find_spec
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ctray.config import load_config
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(find_spec("vllm") is None, reason='vLLM not installed (pip install -e ".[cpu]")'),
+]
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_EN = str(REPO / "ctray" / "data" / "sample_reports_en.csv")
+# One engine for the module: identical engine settings -> the same named engine actor.
+ENGINE = ["backend.kind=vllm", "backend.max_model_len=2048", "backend.kv_cache_gib=1",
+          "backend.device=cpu"]
+SHARED = ENGINE + ["backend.engine_mode=shared"]
+
+
+def engine_config(**extra):
+    """The backend section the overrides above give every job (same engine settings)."""
+    from ctray.llm.config import DEFAULT_MODEL, BackendConfig
+
+    return BackendConfig(kind="vllm", model=DEFAULT_MODEL, max_model_len=2048, kv_cache_gib=1,
+                         device="cpu", **extra)
+
+
+def results(path: str | Path) -> pd.DataFrame:
+    files = sorted(Path(path, "results").glob("*.parquet"))
+    assert files, f"no results under {path}"
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def errors(path: str | Path) -> pd.DataFrame:
+    files = sorted(Path(path, "errors").glob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+
+
+def engine_of(manifest: dict) -> dict:
+    models = manifest.get("models") or []
+    assert models, "manifest records no model"
+    return models[0]
+
+
+def assert_vllm_cpu(manifest: dict, via: str) -> None:
+    engine = engine_of(manifest)
+    assert engine["kind"] == "vllm" and engine["engine"] == "vllm", engine
+    assert engine["device"] == "cpu" and engine["via"] == via, engine
+    assert engine["engine_version"], engine
+
+
+@pytest.fixture(scope="module")
+def shared_engine(ray_local):
+    """Start the module's engine once (on this driver, so it outlives every job)."""
+    from ctray.llm.vllm_engine import shared_engine as start
+    from ctray.llm.vllm_engine import stop_shared_engines
+
+    cfg = engine_config(engine_mode="shared")
+    start(cfg, create=True)
+    yield cfg
+    stop_shared_engines()
+
+
+# ------------------------------------------------------------------ demo (ray.data.llm)
+
+def test_demo_runs_through_ray_data_llm_with_guided_choice(ray_local, tmp_path):
+    from ctray.tasks.demo.demo_job import DemoConfig, run_demo
+
+    cfg = load_config(DemoConfig, REPO / "configs" / "demo.yaml",
+                      [f"run.output={tmp_path / 'demo'}", "corpus.limit=8", *ENGINE])
+    summary = run_demo(cfg)
+    assert (summary.ok, summary.failed) == (8, 0)
+    out = results(summary.output)
+    assert len(out) == 8 and set(out["answer"]) <= {"yes", "no"}
+    assert (out["prompt_tokens"] > 0).all() and (out["completion_tokens"] > 0).all()
+    manifest = json.loads(Path(summary.output, "manifest.json").read_text())
+    assert_vllm_cpu(manifest, "ray.data.llm")
+    assert manifest["versions"]["vllm-cpu"] or manifest["versions"]["vllm"]
+
+
+# ------------------------------------------------------------------ shared engine jobs
+
+def test_translate_a_few_sections(shared_engine, tmp_path):
+    from ctray.tasks.translate.translate_job import TranslateConfig, run_translate
+
+    cfg = load_config(TranslateConfig, REPO / "configs" / "translate.yaml", [
+        f"corpus.path={SAMPLE_EN}", "corpus.limit=2", f"run.output={tmp_path / 'tr'}",
+        "sections=[findings]", "back_translate=false", "backend.max_tokens=96", *SHARED])
+    summary = run_translate(cfg)["translate"]
+    assert summary.ok >= 1 and summary.ok + summary.failed == 2
+    out = results(summary.output)
+    assert out["translation"].str.len().gt(0).all()
+    assert_vllm_cpu(summary.manifest, "shared engine actor")
+
+
+def test_llm_findings_labeling_guided_json_every_row_parses(shared_engine, tmp_path):
+    import jsonschema
+
+    from ctray.tasks.findings.label_job import LabelFindingsConfig, run_label_findings
+    from ctray.tasks.findings.llm_labeler import label_schema
+    from ctray.tasks.findings.schema import FINDING_COLUMNS
+
+    cfg = load_config(LabelFindingsConfig, REPO / "configs" / "label_findings.yaml", [
+        "labeler=llm", "corpus.limit=4", f"run.output={tmp_path / 'lf'}", *SHARED])
+    summary = run_label_findings(cfg)
+    assert (summary.ok, summary.failed) == (4, 0)
+    out = results(summary.output)
+    schema = label_schema()
+    for raw in out["llm_raw"]:
+        jsonschema.validate(json.loads(raw), schema)  # guided decoding: valid on the first try
+    assert (out["llm_calls"] == 1).all()
+    assert set(pd.unique(out[list(FINDING_COLUMNS)].to_numpy().ravel())) <= {0, 1}
+    assert_vllm_cpu(summary.manifest, "shared engine actor")
+
+
+def test_leavs_a_few_reports_every_stage(shared_engine, tmp_path):
+    from ctray.tasks.leavs.leavs_job import LeavsConfig, run_leavs
+
+    cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", [
+        "corpus.limit=2", "organs=[liver, spleen]", f"run.output={tmp_path / 'leavs'}",
+        "cot_max_tokens=48", "backend.max_tokens=96", *SHARED])
+    run = run_leavs(cfg)
+    ran = {name: s for name, s in run.passes.items() if s is not None}
+    assert ran, run.passes
+    for name, summary in ran.items():
+        assert summary.ok + summary.failed > 0, name
+    labels = pd.read_csv(run.csv)
+    assert set(labels["report_id"].astype(str)) and len(labels) >= 2
+    engine = run.manifest.get("models") or [s.manifest["models"][0] for s in ran.values()]
+    assert all(m["engine"] == "vllm" for m in engine)
+
+
+def test_ground_text_rewrite_findings_categories(shared_engine, tmp_path):
+    from ctray.tasks.grounding.text_job import GroundTextConfig, run_ground_text
+
+    cfg = load_config(GroundTextConfig, REPO / "configs" / "ground_text.yaml", [
+        f"corpus.path={SAMPLE_EN}", "corpus.limit=2", f"run.output={tmp_path / 'gt'}",
+        "backend.max_tokens=384", *SHARED])
+    out = run_ground_text(cfg)
+    passes = [name for name, s in out.items() if name != "final" and s is not None]
+    assert len(passes) == 3, out
+    for name in passes:
+        summary = out[name]
+        assert summary.ok + summary.failed + summary.skipped > 0, name
+        assert_vllm_cpu(summary.manifest, "shared engine actor")
+
+
+# ------------------------------------------------------------------ Serve (engine in the replica)
+
+def test_llm_findings_serve_app_answers_through_vllm(ray_local):
+    import httpx
+    from ray import serve
+
+    from ctray.serving.apps import LLMFindingsAppArgs, llm_findings_app
+    from ctray.tasks.findings.schema import FINDING_COLUMNS
+    from serve_fixtures import free_port
+
+    args = LLMFindingsAppArgs(backend=engine_config(),
+                              max_batch_size=4, batch_wait_timeout_s=0.2)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 300})
+    try:
+        serve.run(llm_findings_app(args, ray_actor_options={"num_cpus": 0}),
+                  name="llm-findings-vllm", route_prefix="/llm-findings")
+        texts = ["Mild cardiomegaly. Small right pleural effusion.",
+                 "No acute abnormality. Lungs are clear."]
+        r = httpx.post(f"http://127.0.0.1:{port}/llm-findings/label", json={"texts": texts},
+                       timeout=300)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"].startswith("vllm:")
+        for item in body["results"]:
+            assert item["error"] is None, item
+            assert set(item["labels"]) == set(FINDING_COLUMNS)
+            assert set(item["labels"].values()) <= {0, 1}
+            assert item["prompt_tokens"] > 0 and item["completion_tokens"] > 0
+    finally:
+        serve.delete("llm-findings-vllm")
+        serve.shutdown()
+
+
+def test_leavs_serve_app_labels_one_report_on_the_shared_engine(shared_engine):
+    """The LEAVS app runs every stage in the replica; here its backend is the module's
+    engine (engine_mode: shared), so the test costs no further engine start."""
+    import httpx
+    from ray import serve
+
+    from ctray.serving.apps import LeavsAppArgs, leavs_app
+    from ctray.tasks.leavs import schema
+    from serve_fixtures import free_port
+
+    backend = {**shared_engine.model_dump(), "max_tokens": 96}
+    args = LeavsAppArgs(config={"organs": ["liver", "spleen"], "fast": True,
+                                "cot_max_tokens": 48, "backend": backend})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 600})
+    try:
+        serve.run(leavs_app(args, ray_actor_options={"num_cpus": 0}), name="leavs-vllm",
+                  route_prefix="/leavs")
+        text = "The liver is enlarged with a 2 cm hypodense lesion. The spleen is normal."
+        r = httpx.post(f"http://127.0.0.1:{port}/leavs/report", json={"text": text, "id": "r1"},
+                       timeout=600)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"].startswith("vllm:") and body["id"] == "r1"
+        assert {o["organ"] for o in body["organs"]} == {"liver", "spleen"}
+        for organ in body["organs"]:
+            assert set(organ["labels"]) == set(schema.FINDING_TYPES)
+            assert set(organ["urgency"]) == set(schema.FINDING_TYPES)
+    finally:
+        serve.delete("leavs-vllm")
+        serve.shutdown()
