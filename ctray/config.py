@@ -162,6 +162,13 @@ def field_doc(cls: type[BaseModel], name: str) -> str:
             doc = _comment_docs(klass).get(name)
             if doc:
                 return doc
+    # A config section without its own words is described by its class's docstring.
+    import typing
+
+    info = cls.model_fields.get(name)
+    for t in (info.annotation, *typing.get_args(info.annotation)) if info else ():
+        if isinstance(t, type) and issubclass(t, BaseModel) and t.__doc__:
+            return t.__doc__.strip().splitlines()[0]
     return ""
 
 

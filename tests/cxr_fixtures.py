@@ -35,8 +35,8 @@ def rules_json_responder(request: LLMRequest) -> str:
 
 
 def rules_sft_responder(request: LLMRequest) -> str:
-    """The fine-tuned model's answer format (only mentioned observations)."""
+    """The fine-tuned model's answer format (train-llm-labeler's target text)."""
     from ctray.tasks.cxr.rules import CxrRuleLabeler
+    from ctray.tasks.cxr.sft_format import answer_text
 
-    labels = CxrRuleLabeler().label(_report(request)).labels
-    return json.dumps({o: WORD[v] for o, v in labels.items() if not math.isnan(v)})
+    return answer_text(CxrRuleLabeler().label(_report(request)).labels)

@@ -97,6 +97,24 @@ def labels(text: str) -> dict[str, float]:
     ("Old healed right rib fracture.", {"Fracture": 1.0}),
     ("Age-indeterminate fracture of the right 9th rib.", {"Fracture": 1.0}),
     ("No displaced rib fracture.", {"Fracture": 0.0, "No Finding": 1.0}),
+    # found while reading Open-i reports outside the dev set
+    ("Nodular opacity may represent nipple shadow.", {"Lung Lesion": -1.0, "Lung Opacity": -1.0}),
+    ("Cannot assess heart size.", {"Cardiomegaly": -1.0}),
+    ("Minimal fluid within the right horizontal fissure.", {"Pleural Effusion": 1.0}),
+    ("There is some minimal biapical scarring.", {"Pleural Other": 1.0}),
+    ("Calcified granuloma in the right lung and patchy opacity in the left base.",
+     {"Lung Opacity": 1.0}),
+    ("Calcified sequelae of prior granulomatous infection.", {}),
+    ("Chest views with external cardiac monitor leads show normal heart size.",
+     {"Support Devices": 1.0, "Cardiomegaly": 0.0, "No Finding": 1.0}),
+    ("Interstitial opacities which may be compatible with mild pulmonary edema.",
+     {"Lung Opacity": 1.0, "Edema": -1.0}),
+    ("Abnormal interstitial pattern, differential diagnosis including fibrosis, infection, edema.",
+     {"Lung Opacity": 1.0, "Pneumonia": -1.0, "Edema": -1.0}),
+    ("Left upper lobe airspace disease most XXXX pneumonia.",
+     {"Lung Opacity": 1.0, "Pneumonia": -1.0}),
+    ("If there is continued concern for occult fracture, consider rib series.",
+     {"No Finding": 1.0}),
 ])
 def test_rule_labels(text, expected):
     assert labels(text) == expected

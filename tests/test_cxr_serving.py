@@ -11,7 +11,6 @@ schema, parsing) is the one of a fine-tuned model behind ``vllm serve``.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -53,9 +52,9 @@ def sft_model(body: dict) -> str:
     report = prompt.split("Report:\n", 1)[1].strip()
     if "UNPARSEABLE" in report:
         return "no idea"
-    words = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
-    labels = CxrRuleLabeler().label(report).labels
-    return json.dumps({o: words[v] for o, v in labels.items() if not math.isnan(v)})
+    from ctray.tasks.cxr.sft_format import answer_text
+
+    return answer_text(CxrRuleLabeler().label(report).labels)
 
 
 def deploy(config: dict, timeout: float = 240) -> None:
@@ -158,7 +157,9 @@ def test_llm_app_serves_the_fine_tuned_format(server):
     r = server.post("/cxr-llm/label", json={"texts": texts})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["prompt_version"] == "cxr-sft-v1"
+    from ctray.tasks.cxr.sft_format import PROMPT_VERSION
+
+    assert body["prompt_version"] == PROMPT_VERSION
     first, second, third = body["results"]
     want = CxrRuleLabeler().label(texts[0]).labels
     assert first["labels"] == {o: (None if math.isnan(v) else v) for o, v in want.items()}

@@ -102,7 +102,8 @@ def test_generate_then_score_through_the_fake_backend(ray_local, tmp_path, capsy
 
     # A second run resumes: nothing is asked again, the files are rewritten the same.
     before = (gen / "CLG/IRS/fake-model/one_shot.json").read_text()
-    assert _run(argv) == 0
+    again = [a if not a.startswith("settings=") else "settings=[IRS]" for a in argv]
+    assert _run(again) == 0
     assert "4 already done" in capsys.readouterr().out
     assert (gen / "CLG/IRS/fake-model/one_shot.json").read_text() == before
 

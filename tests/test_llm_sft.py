@@ -12,14 +12,11 @@ import pytest
 
 from tiny_causal_lm import build_tiny_causal_lm
 
-# Toy mapping: each report states three observations, one phrase per class.
+# Toy mapping: each report states up to three observations, with a cue word per class
+# (the mapping a tiny random model can learn in a couple of hundred steps).
 PHRASES = {
-    "Cardiomegaly": {1.0: "the heart is enlarged", 0.0: "heart size is normal",
-                     -1.0: "the heart may be enlarged"},
-    "Pleural Effusion": {1.0: "there is a pleural effusion", 0.0: "no pleural effusion",
-                         -1.0: "possible small effusion"},
-    "Pneumothorax": {1.0: "a pneumothorax is seen", 0.0: "no pneumothorax",
-                     -1.0: "questionable pneumothorax"},
+    name: {1.0: f"{name} is present", 0.0: f"no {name}", -1.0: f"possible {name}"}
+    for name in ("Cardiomegaly", "Pleural Effusion", "Pneumothorax")
 }
 CHOICES = [1.0, 0.0, -1.0, math.nan]
 
@@ -150,7 +147,7 @@ def _config(tmp_path, model: str, max_steps: int, exclude: str | None = None):
                      "warmup_ratio": 0.0, "lr_scheduler": "constant", "save_steps": 20,
                      "freeze_embeddings": False, "mixed_precision": "no", "logging_steps": 5},
         "scaling": {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1},
-        "generation_check": {"reports": 16, "max_new_tokens": 48},
+        "generation_check": {"reports": 20, "max_new_tokens": 48},
         "export_dtype": "float32",
     })
 
@@ -171,25 +168,31 @@ def test_two_worker_sft_learns_a_toy_mapping_and_resumes(ray_local, tmp_path, ti
     assert first["data"]["excluded_reports"] == 3
     assert first["data"]["train_reports"] + first["data"]["val_reports"] == 197
     # Started again: continues from the checkpoint of step 20, not from scratch.
-    second = run_train_llm_labeler(_config(tmp_path, tiny_lm, 160, dev))
-    assert second["resumed_from_step"] == 20 and second["final_step"] == 160
+    second = run_train_llm_labeler(_config(tmp_path, tiny_lm, 240, dev))
+    assert second["resumed_from_step"] == 20 and second["final_step"] == 240
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").open()]
     steps = [h["step"] for h in log if "loss" in h]
-    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 160
+    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 240
     assert all(h["tokens_per_s"] > 0 for h in log if "loss" in h)
     assert second["last_loss"] < 0.1 * second["first_loss"]
     assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 0
 
     # The exported folder is a plain HF model: answers held-out reports correctly.
     check = second["generation_check"]
-    assert check["valid_answer_rate"] >= 0.9, check
-    assert check["exact_row_rate"] >= 0.6, check  # chance: 1/64 per row
+    assert check["reports"] == 20 and check["valid_answer_rate"] >= 0.9, check
+    # Chance: 1/4 per toy cell, 1/64 per row (the other 11 observations are always blank).
+    assert check["exact_row_rate"] >= 0.25, check
+    answers = pd.read_csv(tmp_path / "run" / "heldout_answers.csv", dtype={"report_id": str})
+    gold = labels.set_index("report_id").loc[answers["report_id"], list(PHRASES)]
+    pred = answers.set_index("report_id")[list(PHRASES)]
+    same = (pred.to_numpy() == gold.to_numpy()) | (pred.isna().to_numpy() & gold.isna().to_numpy())
+    assert same.mean() >= 0.6, same.mean()
     split = pd.read_csv(tmp_path / "run" / "split.csv")
     assert not set(split["report_id"]) & {"r0000", "r0001", "r0002"}
     meta = json.loads((tmp_path / "run" / "model" / "ctray_sft.json").read_text())
-    assert meta["task"] == "cxr" and meta["prompt_version"] == "cxr-sft-v2"
+    assert meta["task"] == "cxr" and meta["prompt_version"] == "cxr-sft-v3"
 
     with pytest.raises(UserError, match="different training configuration"):
-        cfg = _config(tmp_path, tiny_lm, 200, dev)
+        cfg = _config(tmp_path, tiny_lm, 300, dev)
         cfg.training.learning_rate = 1e-3
         run_train_llm_labeler(cfg)

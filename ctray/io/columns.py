@@ -12,8 +12,8 @@ LIGHT_TASK = {"num_cpus": 0.25}
 ERROR_COL = "_error"
 ERROR_STAGE_COL = "_error_stage"
 ERROR_TYPE_COL = "_error_type"
-# Names of the columns a row entered the job with (one category per run, so it costs a
-# byte per row); the errors table serializes those columns only for rows that fail.
+# Names of the columns a row entered the job with (one short string per row); the
+# errors table serializes those columns only for rows that fail.
 INPUT_COLS_COL = "_input_columns"
 ATTEMPT_COL = "_attempt"
 INTERNAL_COLS = (ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL, INPUT_COLS_COL, ATTEMPT_COL)

@@ -39,6 +39,8 @@ class CorpusError(UserError, ValueError):
 
 
 class CorpusConfig(BaseModel):
+    """The reports a job reads: where, in which layout (columns, sections), how many."""
+
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="file, folder, glob or s3:// / gs:// URI")

@@ -74,10 +74,10 @@ class RunSummary:
 def _tag_input(batch: pd.DataFrame) -> pd.DataFrame:
     """Remember which columns the row entered the job with, and its attempt number.
 
-    Only the column names travel with the row (a one-category column, about a byte per
-    row); the errors table serializes those columns for failed rows only."""
+    Only the column names travel with the row (one short string); the errors table
+    serializes those columns for failed rows only."""
     cols = [c for c in batch.columns if not c.startswith("_") and c != PREVIOUS_ATTEMPT]
-    names = pd.Categorical([INPUT_COLS_SEP.join(cols)] * len(batch))
+    names = INPUT_COLS_SEP.join(cols)
     if PREVIOUS_ATTEMPT in batch.columns:
         attempt = batch[PREVIOUS_ATTEMPT].astype(int) + 1
         batch = batch.drop(columns=[PREVIOUS_ATTEMPT])

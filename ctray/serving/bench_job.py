@@ -37,7 +37,8 @@ class ServeBenchConfig(JobConfig):
     url: str | None = Field(default=None, description="a running server (root URL); "
                                                       "None: deploy the findings app here")
     checkpoint: str | None = Field(default=None, description="model to deploy when url is None")
-    corpus: CorpusConfig = Field(default_factory=_sample_corpus)
+    corpus: CorpusConfig = Field(default_factory=_sample_corpus,
+                                 description="the reports the load generator sends")
     concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16])
     requests_per_level: int = Field(default=200, ge=1)
     warmup_requests: int = Field(default=8, ge=0)

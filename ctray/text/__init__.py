@@ -13,5 +13,6 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "sentences": ["split_sentences", "detect_lang"],
     "tokenize": ["words"],
     "stats": ["text_stats", "stats_table"],
-    "json_extract": ["extract_json_object", "schema_problems", "JSONAnswerError"],
+    "json_extract": ["extract_json_object", "extract_json_array", "schema_problems",
+                     "JSONAnswerError"],
 })

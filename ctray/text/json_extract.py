@@ -27,6 +27,15 @@ def extract_json_object(text: Any, single: bool = False) -> dict[str, Any]:
 
     Text after the object is ignored unless ``single``: then a second fence or a second
     object is an error, as is a fence that is not the only one."""
+    return _extract(text, "{", "object", single)
+
+
+def extract_json_array(text: Any, single: bool = False) -> list[Any]:
+    """The first JSON array of ``text``, found like :func:`extract_json_object`."""
+    return _extract(text, "[", "list", single)
+
+
+def _extract(text: Any, opener: str, what: str, single: bool) -> Any:
     body = text.strip() if isinstance(text, str) else ""
     if not body:
         raise JSONAnswerError("the answer is empty")
@@ -35,15 +44,15 @@ def extract_json_object(text: Any, single: bool = False) -> dict[str, Any]:
         raise JSONAnswerError("the answer has several code blocks")
     if fenced:
         body = fenced[0].strip()
-    start = body.find("{")
+    start = body.find(opener)
     if start < 0:
-        raise JSONAnswerError("the answer contains no JSON object")
+        raise JSONAnswerError(f"the answer contains no JSON {what}")
     try:
         value, end = json.JSONDecoder().raw_decode(body, start)
     except json.JSONDecodeError as exc:
         raise JSONAnswerError(f"the answer is not valid JSON ({exc.msg} at char {exc.pos})") from None
-    if single and "{" in body[end:]:
-        raise JSONAnswerError("the answer contains more than one JSON object")
+    if single and opener in body[end:]:
+        raise JSONAnswerError(f"the answer contains more than one JSON {what}")
     return value
 
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ctray.errors import UserError
 
@@ -25,12 +25,14 @@ class ScalingParams(BaseModel):
     num_workers: int = 1
     use_gpu: bool | Literal["auto"] = "auto"
     cpus_per_worker: float = 1.0
-    max_failures: int = 0  # worker failures Ray Train recovers from (from the last checkpoint)
+    max_failures: int = Field(0, description="worker failures Ray Train recovers from (from the "
+                              "last checkpoint)")
 
 
 class CheckpointParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    storage_path: str | None = None  # default <run.output>/checkpoints; s3:// for clusters
+    storage_path: str | None = Field(None, description="default <run.output>/checkpoints; s3:// "
+                                     "for clusters")
     name: str = "train"
     num_to_keep: int = 2
     allow_config_change: bool = False

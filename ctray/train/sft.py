@@ -335,7 +335,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         # transformers 5: a float warmup_steps in [0, 1) is a ratio of the total steps.
         warmup_steps=float(params.warmup_ratio) if 0 < params.warmup_ratio < 1 else 0,
         lr_scheduler_type=params.lr_scheduler, max_grad_norm=params.max_grad_norm,
-        optim="adamw_torch", logging_steps=params.logging_steps, logging_first_step=True,
+        optim="adamw_torch", logging_steps=params.logging_steps,
+        logging_first_step=params.logging_steps > 1,
         save_strategy="steps", save_steps=save_steps, save_total_limit=1,
         eval_strategy="steps" if eval_rows else "no",
         eval_steps=params.eval_steps or save_steps, prediction_loss_only=True,

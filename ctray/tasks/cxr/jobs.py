@@ -11,6 +11,7 @@ register(JobSpec(
     "ctray.tasks.cxr.train_job:run_train_llm_labeler",
     flags={"--task": "task", "--model": "model", "--labels": "labels.path",
            "--max-steps": "training.max_steps", "--num-workers": "scaling.num_workers"},
+    resumable=False,  # resumes from its checkpoints, not row-wise
 ))
 register(JobSpec(
     "label-cxr",

@@ -42,21 +42,22 @@ class Term:
     exclude: re.Pattern | None = None
     # For ``anatomy``: words that state the abnormality ("enlarged", "widened").
     abnormal: re.Pattern | None = None
-    # ``exclude`` is looked for this many characters around the match (None: the whole
-    # sentence), so "calcified granuloma and a left basilar opacity" keeps the opacity.
-    window: int | None = None
+    # ``exclude`` is looked for this many characters (before, after) the match (None: the
+    # whole sentence), so "calcified granuloma and a left basilar opacity" keeps the opacity.
+    window: tuple[int, int] | None = None
 
     def excluded(self, sentence: str, m: re.Match) -> bool:
         if self.exclude is None:
             return False
         if self.window is None:
             return bool(self.exclude.search(sentence))
-        lo, hi = max(0, m.start() - self.window), m.end() + self.window
+        lo, hi = max(0, m.start() - self.window[0]), m.end() + self.window[1]
         return bool(self.exclude.search(sentence[lo:hi]))
 
 
 def T(obs: str | tuple[str, ...], pattern: str, kind: str = "finding",
-      exclude: str | None = None, abnormal: str | None = None, window: int | None = None) -> Term:
+      exclude: str | None = None, abnormal: str | None = None,
+      window: tuple[int, int] | None = None) -> Term:
     observations = (obs,) if isinstance(obs, str) else obs
     return Term(observations, re.compile(pattern, _I), kind,
                 re.compile(exclude, _I) if exclude else None,
@@ -80,11 +81,12 @@ TERMS: tuple[Term, ...] = (
                 r"borders?|structures?)\b|\bheart\s+and\s+mediastinum\b|"
                 r"\bmediastinum\s+and\s+heart\b|\bcardiac\s+and\s+mediastinal\b",
       "anatomy", abnormal=_ENLARGED),
-    T(EC, r"\bmediastin(?:um|al)(?:\s+(?:silhouettes?|contours?|configuration|width|"
-          r"structures?|shadows?|borders?))?\b|\bpericardial\s+silhouette\b|"
-          r"\bsuperior\s+mediastinum\b",
+    # bare "mediastinal" is mostly an adjective of something else (clips, lymph nodes)
+    T(EC, r"\bmediastinum\b|\bmediastinal\s+(?:and\s+hilar\s+)?(?:silhouettes?|contours?|"
+          r"configuration|width|structures?|shadows?|borders?|size|outlines?)\b|"
+          r"\bpericardial\s+silhouette\b",
       "anatomy", exclude=r"\bpneumomediastinum\b", abnormal=r"\b(?:enlarg\w*|widen\w*|"
-      r"prominen\w*|increased|large|wide)\b"),
+      r"prominen\w*|wide)\b"),
     # --- Cardiomegaly ----------------------------------------------------------------
     T(CM, r"\bcardiomegaly\b|\bcardiac\s+enlargement\b|\benlarged\s+(?:heart|cardiac\s+"
           r"(?:silhouette|shadow|size|contours?))\b|\benlargement\s+of\s+the\s+(?:heart|"
@@ -104,13 +106,15 @@ TERMS: tuple[Term, ...] = (
               r"\bpleuroparenchymal\s+scar|\bbone\s+density|\bsoft\s+tissue\s+densit|"
               r"\bcalcified\s+(?:granuloma|nodul)|\b(?:bi)?apical\s+(?:pleural\s+)?scar|"
               r"\bcalcifi\w*\s+densit|\bdensit\w*[^.;]{0,50}\bgranulom|\bsubsternal\s+densit|"
-              r"\bdensit\w*\s+(?:over|overlying)\s+the\s+heart", window=40),
+              r"\bdensit\w*\s+(?:over|overlying)\s+the\s+heart", window=(25, 60)),
     # --- Lung Lesion -------------------------------------------------------------------
     T(LL, r"\bmass(?:es)?\b|\bnodul(?:e|es|ar\s+(?:density|densities|opacity|opacities|"
           r"lesions?))\b|\blump\b|\bcavitary\s+lesions?\b|\bcavitation\b|\bcarcinoma\b|"
           r"\bneoplasm\w*\b|\btumou?rs?\b|\blung\s+lesions?\b|\bpulmonary\s+lesions?\b|"
           r"\b(?:pulmonary|lung)\s+metasta\w+\b|\bmetastatic\s+nodul\w+\b",
-      exclude=r"\bcalcified\s+(?:\w+\s+)?nodul|\bnodul\w*\s+calcif|\bgranulom|\bnipple|"
+      exclude=r"\bcalcified\s+(?:\w+\s+)?nodul|\bnodul\w*\s+calcif|\bgranulom|"
+              r"\b(?:consistent|compatible)\s+with\s+(?:an?\s+|the\s+)?(?:\w+\s+)?nipple|"
+              r"\brepresents\s+(?:an?\s+|the\s+)?(?:\w+\s+)?nipple|\bnipple\s+markers?|"
               r"\bmediastinal\s+mass|\bsoft\s+tissue\s+mass|\bbreast\s+mass|\bmass\s+effect"),
     # --- Edema ---------------------------------------------------------------------------
     T(ED, r"\bedema\b|\bedematous\b|\bchf\b|\b(?:congestive\s+)?heart\s+failure\b|"
@@ -172,7 +176,8 @@ TERMS: tuple[Term, ...] = (
     T(OTHER, r"\bemphysema\w*\b|\bcopd\b|\bhyper-?(?:inflat|expan|aerat|lucen)\w*\b|"
              r"\bbullae\b|\bbullous\b|\belevat\w+\s+(?:of\s+the\s+)?(?:\w+\s+)?"
              r"(?:hemi-?)?diaphragm\w*\b|\b(?:hemi-?)?diaphragm\w*\s+(?:is\s+|are\s+)?"
-             r"(?:\w+\s+)?elevat\w*\b|\beventration\b|\bscolio\w+\b|\bkyphos\w+\b|"
+             r"(?:\w+\s+)?elevat\w*\b|\beventration\b|\b\w*scolio\w+\b|"
+             r"\b(?:dextro|levo)?[-\s]?curvature\b|\bkyphos\w+\b|"
              r"\bkyphotic\b|\bdegenerat\w+\b|\bosteophyt\w*\b|\bspondylo\w+\b|"
              r"\barthropath\w*\b|\bgranulom\w*\b|\bcalcified\s+(?:\w+\s+)?nodul\w*\b|"
              r"\bcalcif\w+\b(?=[^.]{0,30}\b(?:aort\w*|lymph|node|hil\w*|knob|arch)\b)|"
@@ -233,7 +238,9 @@ CUES: tuple[Cue, ...] = (
                    r"questioned)\b|\bborderline\b|\bequivocal\b|\bobscur\w+\b|\bindeterminate\b|"
                    r"\?|\bnot\s+(?:well\s+)?(?:seen|evaluated|assessed|visualized)\s+well\b|"
                    r"\bnot\s+well\s+(?:seen|evaluated|assessed|visualized|demonstrated)\b|"
-                   r"\bpoorly\s+(?:evaluated|seen|assessed|visualized)\b|\bcannot\s+be\s+"
+                   r"\bpoorly\s+(?:evaluated|seen|assessed|visualized)\b|\b(?:cannot|unable\s+to|"
+                   r"difficult\s+to)\s+(?:assess|evaluate)\b|\blimited\s+(?:assessment|evaluation)\s+"
+                   r"of\b|\bcannot\s+be\s+"
                    r"(?:assessed|evaluated|differentiated|distinguished)\b|\bdifficult\s+to\s+"
                    r"(?:assess|evaluate)\b|\bnot\s+(?:be\s+)?(?:assessed|evaluated)\b|"
                    r"\bversus\b|\bvs\.?|\band/or\b",
@@ -246,15 +253,23 @@ CUES: tuple[Cue, ...] = (
                    r"\bcorrelation\b|\bconsider(?:ed)?\b|\bfavou?r(?:ed|s)?\b|\bthought\s+to\s+"
                    r"(?:be|represent)\b|\bquestioned\b|\bmost\s+xxxx\b|\bcompatible\s+with\s+(?=\w+\s+or\b)",
         FORWARD, 8, stop_at_comma=True),
+    # "nodular opacity may represent a nipple shadow": the finding itself is in doubt
+    cue(UNCERTAIN, r"\b(?:may|might|could|likely|probably|possibly)\s+(?:\w+\s+)?(?:represent|be|"
+                   r"reflect)\s+(?:an?\s+|the\s+)?(?:\w+\s+)?(?:nipple|artifact|overlap\w*|"
+                   r"superimpos\w*|summation|vessels?|vascular\w*|vasculature|tortuous)", BACKWARD, 6,
+        stop_at_comma=True),
     cue(UNCERTAIN, r"\bor\b", BOTH, 2, stop_at_comma=True),
     # a differential list runs over commas: "differential includes infection, edema, ..."
     cue(UNCERTAIN, r"\bdifferential\s+(?:diagnos[ie]s\s+|considerations?\s+)?(?:includes?|including|"
                    r"of|would\s+include|is)\b|\bconsiderations\s+include\b", FORWARD, 20),
     # clinical question / history: mentions in scope are not findings
-    cue(HISTORY, r"\bif\s+(?:there\s+is\s+)?(?:\w+\s+){0,2}concern\s+for\b|\bhistory\s+of\b|\bh/o\b|\bevaluate\s+for\b|\bevaluation\s+for\b|"
-                 r"\b(?:to\s+)?rule\s+out\b|\br/o\b|\bassess\s+for\b|\bstatus\s+post\b|"
-                 r"\bs/p\b", FORWARD, 4,
+    cue(HISTORY, r"\bif\s+(?:there\s+is\s+)?(?:\w+\s+){0,2}concern\s+for\b|\bhistory\s+of\b|"
+                 r"\bh/o\b|\bevaluate\s+for\b|\bevaluation\s+for\b|\b(?:to\s+)?rule\s+out\b|"
+                 r"\br/o\b|\bassess\s+for\b|\bstatus\s+post\b|\bs/p\b", FORWARD, 4,
         stop_at_comma=True),
+    # disclaimers ("fractures may not be demonstrated on radiographs") state nothing
+    cue(HISTORY, r"\bplease\s+note\b|\b(?:may|might|can|could)\s+not\s+be\s+(?:demonstrated|"
+                 r"seen|visualized|detected|apparent|evident)\b|\bis\s+insensitive\b", BOTH, 8),
     # "stable / unchanged": uncertainty for a bare anatomy mention only (CheXpert rule)
     cue(STABLE, r"\bstable\b|\bunchanged\b|\bsimilar\b|\bno\s+(?:significant\s+|interval\s+)?"
                 r"change\b|\bnot\s+(?:significantly\s+)?changed\b|\bpersistent\b|"
@@ -270,7 +285,8 @@ CUES: tuple[Cue, ...] = (
                 r"\bindeterminate\s+(?:age|chronicity)\b|\bno\s+significant\s+interval\s+change\b",
         BOTH, 0),
     # scope terminators
-    cue(TERMINATE, r"[;:]|\b(?:shows?|showed|demonstrates?|demonstrated|reveals?|revealed)\b|\bbut\b|\bhowever\b|\balthough\b|\bthough\b|\bwhereas\b|\bexcept\b|"
+    cue(TERMINATE, r"[;:]|\b(?:shows?|showed|demonstrates?|demonstrated|reveals?|revealed)\b|"
+                   r"\bbut\b|\bhowever\b|\balthough\b|\bthough\b|\bwhereas\b|\bexcept\b|"
                    r"\baside\s+from\b|\bapart\s+from\b|\bwhich\b|\bwho\b|\bthere\s+(?:is|are|was|"
                    r"were|has\s+been|have\s+been)\b(?!\s+no\b)|\bnow\s+(?:seen|noted|present)\b|"
                    r"\b(?:is|are)\s+(?:again\s+|also\s+|now\s+)?(?:seen|noted|present|"

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 class PredictionsInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(description="label-findings output folder, or a CSV/Parquet file")
-    label: str | None = None  # name in tables and the chart (default: the folder name)
+    label: str | None = Field(None, description="name in tables and the chart (default: the "
+                              "folder name)")
     id_column: str = "report_id"
 
 
@@ -36,9 +37,10 @@ class GoldInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(default_factory=lambda: sample_path("sample_labels.csv"))
     id_column: str = "VolumeName"
-    # Regex whose first group is the report id, for label files keyed by volume: CT-RATE's
-    # "valid_1_a_1.nii.gz" -> "valid_1_a" with ^(.+?_\d+_[a-z]+)(?:_\d+)?(?:\.nii(?:\.gz)?)?$
-    id_pattern: str | None = None
+    id_pattern: str | None = Field(None, description="Regex whose first group is the report id, "
+                                   "for label files keyed by volume: CT-RATE's "
+                                   '"valid_1_a_1.nii.gz" -> "valid_1_a" with '
+                                   '^(.+?_\\d+_[a-z]+)(?:_\\d+)?(?:\\.nii(?:\\.gz)?)?$')
 
 
 class FindingsEvalConfig(JobConfig):

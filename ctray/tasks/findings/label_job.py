@@ -129,22 +129,24 @@ class ModelLabelStage(Stage):
 
 class LLMLabelerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    guided_json: bool = True  # send the JSON schema (enforced by vllm / openai)
-    repair: bool = True  # one follow-up request after an unusable answer
-    lenient: bool = False  # accept the object inside a code block or prose
+    guided_json: bool = Field(True, description="send the JSON schema (enforced by vllm / openai)")
+    repair: bool = Field(True, description="one follow-up request after an unusable answer")
+    lenient: bool = Field(False, description="accept the object inside a code block or prose")
     max_tokens: int = 400
 
 
 class ModelOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    path: str | None = None  # exported model dir (ctray train-findings), local or s3://
+    path: str | None = Field(None, description="exported model dir (ctray train-findings), local "
+                             "or s3://")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_gpus: float | Literal["auto"] = "auto"  # per actor; auto: 1 when the cluster has GPUs
+    num_gpus: float | Literal["auto"] = Field(
+        "auto", description="per actor; auto: 1 when the cluster has GPUs")
     num_cpus: float = 1.0
-    batch_size: int = 32  # reports per Ray Data batch
+    batch_size: int = Field(32, description="reports per Ray Data batch")
     concurrency: int | tuple[int, int] = 1
-    chunk_batch_size: int = 16  # windows per forward pass
-    dtype: str | None = None  # e.g. bfloat16 on GPU
+    chunk_batch_size: int = Field(16, description="windows per forward pass")
+    dtype: str | None = Field(None, description="e.g. bfloat16 on GPU")
 
 
 class RuleOptions(BaseModel):

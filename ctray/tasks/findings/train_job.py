@@ -58,17 +58,17 @@ class LabelsConfig(BaseModel):
 class TrainingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     learning_rate: float = 2e-5
-    batch_size: int = 8  # reports per worker per step
+    batch_size: int = Field(8, description="reports per worker per step")
     eval_batch_size: int = 8
     weight_decay: float = 0.01
     epochs: int = 4
-    warmup_ratio: float = 0.0  # transformers.Trainer's default linear schedule
+    warmup_ratio: float = Field(0.0, description="transformers.Trainer's default linear schedule")
     max_grad_norm: float = 1.0
     val_fraction: float = 0.2
     seed: int = 42
     max_length: int = 512
     stride: int = 128
-    chunk_batch_size: int = 16  # windows per forward pass at evaluation
+    chunk_batch_size: int = Field(16, description="windows per forward pass at evaluation")
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
     log_every_steps: int = 50
 
@@ -81,14 +81,15 @@ class TrainFindingsConfig(JobConfig):
     job: str = "train-findings"
     corpus: CorpusConfig = Field(default_factory=_default_corpus)
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
-    model: str = DEFAULT_MODEL  # HF id, local path or s3:// directory
-    tokenizer: str | None = None  # default: the model's own
+    model: str = Field(DEFAULT_MODEL, description="HF id, local path or s3:// directory")
+    tokenizer: str | None = Field(None, description="default: the model's own")
     training: TrainingParams = Field(default_factory=TrainingParams)
     scaling: ScalingParams = Field(default_factory=ScalingParams)
     checkpoint: FindingsCheckpoint = Field(default_factory=FindingsCheckpoint)
-    # "search": per-finding thresholds maximising F1 on the held-out split.
-    thresholds: Literal["fixed", "search"] = "fixed"
-    export: str | None = None  # default <run.output>/model
+    thresholds: Literal["fixed", "search"] = Field(
+        "fixed", description='"search": per-finding thresholds maximising F1 on the held-out '
+        "split.")
+    export: str | None = Field(None, description="default <run.output>/model")
 
     @field_validator("corpus", mode="before")
     @classmethod

@@ -302,7 +302,9 @@ def read_manifest(inp: ManifestInput) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df[FINDING_ID] = df[FINDING_ID].astype(str)
     # Relative paths mean "from where the job was started"; Ray workers run elsewhere.
-    df[VOLUME] = df[VOLUME].map(_volume_cell).astype(object)
+    # A string column (missing = NaN): an object column would reach Ray Data as pickled
+    # Python objects, which pandas cannot index.
+    df[VOLUME] = df[VOLUME].map(_volume_cell).astype("str")
     if "gt_mask_uri" in df:
         df["gt_mask_uri"] = df["gt_mask_uri"].map(
             lambda v: absolute_local(str(v)) if isinstance(v, str) else v)

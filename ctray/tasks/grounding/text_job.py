@@ -49,12 +49,13 @@ def _default_backend() -> BackendConfig:
 class GroundTextConfig(LLMJobConfig):
     job: str = "ground-text"
     backend: BackendConfig = Field(default_factory=_default_backend)
-    # The paper categorised with a smaller model than it rewrote with; None: `backend`.
-    categorise_backend: BackendConfig | None = None
-    # Sentence splitting of the source sections.
-    lang: Literal["auto", "en", "ja"] = "auto"
-    # One follow-up request listing the problems when an answer fails validation.
-    repair: bool = True
+    categorise_backend: BackendConfig | None = Field(
+        None, description="The paper categorised with a smaller model than it rewrote with; None: "
+        "`backend`.")
+    lang: Literal["auto", "en", "ja"] = Field(
+        "auto", description="Sentence splitting of the source sections.")
+    repair: bool = Field(True, description="One follow-up request listing the problems when an "
+                         "answer fails validation.")
     write_final: bool = True
 
     @model_validator(mode="after")

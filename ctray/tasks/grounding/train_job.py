@@ -52,9 +52,10 @@ class TrainManifestInput(ManifestInput):
 
 class ModelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # BasicUNet widths (conv_0, down_1..4, final upcat); MONAI's default is (32, 32, 64, 128, 256, 32).
-    features: tuple[int, int, int, int, int, int] = (16, 16, 32, 64, 128, 16)
-    init_from: str | None = None  # an earlier export to fine-tune
+    features: tuple[int, int, int, int, int, int] = Field(
+        (16, 16, 32, 64, 128, 16), description="BasicUNet widths (conv_0, down_1..4, final "
+        "upcat); MONAI's default is (32, 32, 64, 128, 256, 32).")
+    init_from: str | None = Field(None, description="an earlier export to fine-tune")
 
 
 class GroundingTrainingParams(BaseModel):
@@ -62,13 +63,16 @@ class GroundingTrainingParams(BaseModel):
     epochs: int = 50
     learning_rate: float = 1e-4
     weight_decay: float = 1e-5
-    batch_size: int = 2  # triples per worker per step (each gives num_samples crops)
-    # BasicUNet halves the grid four times: every crop side must be a multiple of 16.
-    crop_size: tuple[int, int, int] = (96, 96, 96)
-    num_samples: int = 2  # crops per triple and epoch
+    batch_size: int = Field(2, description="triples per worker per step (each gives num_samples "
+                            "crops)")
+    crop_size: tuple[int, int, int] = Field(
+        (96, 96, 96), description="BasicUNet halves the grid four times: every crop side must be "
+        "a multiple of 16.")
+    num_samples: int = Field(2, description="crops per triple and epoch")
     pos: float = 1.0
     neg: float = 0.0
-    cache_rate: float = 0.0  # share of this rank's triples kept preprocessed in memory
+    cache_rate: float = Field(0.0, description="share of this rank's triples kept preprocessed in "
+                              "memory")
     loader_workers: int = 0
     seed: int = 0
     mixed_precision: Literal["auto", "bf16", "no"] = "auto"
@@ -91,7 +95,7 @@ class TrainGroundingConfig(JobConfig):
     training: GroundingTrainingParams = Field(default_factory=GroundingTrainingParams)
     scaling: ScalingParams = Field(default_factory=ScalingParams)
     checkpoint: GroundingCheckpoint = Field(default_factory=GroundingCheckpoint)
-    export: str | None = None  # default <run.output>/model
+    export: str | None = Field(None, description="default <run.output>/model")
 
 
 # ----------------------------------------------------------------------------- data

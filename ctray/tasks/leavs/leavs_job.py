@@ -65,26 +65,28 @@ class LeavsConfig(LLMJobConfig):
     job: str = "leavs"
     corpus: CorpusConfig = Field(default_factory=_default_corpus)
     backend: BackendConfig = Field(default_factory=_default_backend)
-    # Organs or body regions to label (the release's nine by default).
-    organs: list[str] = Field(default_factory=lambda: list(schema.ORGANS))
-    # Skip the per-sentence check of sentence filtration (paper: "fast", 3x quicker).
-    fast: bool = False
-    # Ask for the answer directly instead of reasoning first and summarising.
-    no_cot: bool = False
-    # "ask": certainty is asked for all 11 types (separates "stated absent" from "not
-    # mentioned"); "not_mentioned": only for the chosen types, the rest -2.
-    unselected_types: Literal["ask", "not_mentioned"] = "ask"
-    # Length of the reasoning answers; None: backend.max_tokens.
-    cot_max_tokens: int | None = None
-    # One follow-up request when an answer cannot be parsed.
-    repair: bool = True
+    organs: list[str] = Field(
+        default_factory=lambda: list(schema.ORGANS), description="Organs or body regions to label "
+        "(the release's nine by default).")
+    fast: bool = Field(False, description="Skip the per-sentence check of sentence filtration "
+                       '(paper: "fast", 3x quicker).')
+    no_cot: bool = Field(False, description="Ask for the answer directly instead of reasoning "
+                         "first and summarising.")
+    unselected_types: Literal["ask", "not_mentioned"] = Field(
+        "ask", description='"ask": certainty is asked for all 11 types (separates "stated absent" '
+        'from "not mentioned"); "not_mentioned": only for the chosen types, the rest -2.')
+    cot_max_tokens: int | None = Field(None, description="Length of the reasoning answers; None: "
+                                       "backend.max_tokens.")
+    repair: bool = Field(True, description="One follow-up request when an answer cannot be parsed.")
     csv_name: str = A.CSV_NAME
-    # Partitions of the groupby/join shuffles (fan-in, resume, per-report usage); None:
-    # Ray's default (200), right for large corpora; a few for small runs and tests.
-    shuffle_partitions: int | None = None
-    # Ray Data shuffle strategy for the groupbys, e.g. "sort_shuffle_pull_based" (no
-    # aggregator actors to start: much faster on small runs); None: Ray's default.
-    shuffle_strategy: str | None = None
+    shuffle_partitions: int | None = Field(
+        None, description="Partitions of the groupby/join shuffles (fan-in, resume, per-report "
+        "usage); None: Ray's default (200), right for large corpora; a few for small runs and "
+        "tests.")
+    shuffle_strategy: str | None = Field(None, description="Ray Data shuffle strategy for the "
+                                         'groupbys, e.g. "sort_shuffle_pull_based" (no aggregator '
+                                         "actors to start: much faster on small runs); None: "
+                                         "Ray's default.")
 
     @field_validator("shuffle_strategy")
     @classmethod

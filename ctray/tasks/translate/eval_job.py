@@ -43,27 +43,28 @@ class TranslationInput(BaseModel):
     lang: str = "ja"
     format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
     id_column: str = "report_id"
-    # Long layout: one row per (id, section).
-    section_column: str | None = "section"
+    section_column: str | None = Field(
+        "section", description="Long layout: one row per (id, section).")
     text_column: str = "translation"
-    # Wide layout (section_column: null): section name -> column.
-    sections: dict[str, str] = Field(default_factory=dict)
+    sections: dict[str, str] = Field(
+        default_factory=dict, description="Wide layout (section_column: null): section name -> "
+        "column.")
 
 
 class TranslateEvalConfig(JobConfig):
     job: str = "translate-eval"
     hypotheses: TranslationInput
     references: TranslationInput
-    # Only these sections (None: every section found on both sides).
-    sections: list[str] | None = None
-    # Language of the word tokens that BLEU/ROUGE count.
-    lang: Literal["ja", "en"] = "ja"
+    sections: list[str] | None = Field(None, description="Only these sections (None: every "
+                                       "section found on both sides).")
+    lang: Literal["ja", "en"] = Field("ja", description="Language of the word tokens that "
+                                      "BLEU/ROUGE count.")
     keep_punct: bool = True
     bleu_weights: list[float] = Field(default_factory=lambda: list(DEFAULT_WEIGHTS))
     bleu_smoothing: str | None = "method0"
     corpus_bleu: bool = True
-    # Above this many pairs the scoring runs as a Ray Data job.
-    parallel_threshold: int = 2000
+    parallel_threshold: int = Field(2000, description="Above this many pairs the scoring runs as "
+                                    "a Ray Data job.")
     decimals: int = 3
 
 

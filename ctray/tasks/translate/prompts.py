@@ -47,14 +47,14 @@ class TranslationPromptConfig(BaseModel):
 
     source_lang: str = "en"
     target_lang: str = "ja"
-    # None: 「和訳:」 for Japanese, "Translation:" otherwise.
-    marker: str | None = None
-    # None: the built-in text for the language pair.
-    system: str | None = None
+    marker: str | None = Field(None, description='None: 「和訳:」 for Japanese, "Translation:" '
+                               "otherwise.")
+    system: str | None = Field(None, description="None: the built-in text for the language pair.")
     user: str | None = None
     name: str | None = None
-    # Section name -> how the prompt calls it; defaults from SECTION_LABELS.
-    section_labels: dict[str, str] = Field(default_factory=dict)
+    section_labels: dict[str, str] = Field(
+        default_factory=dict, description="Section name -> how the prompt calls it; defaults from "
+        "SECTION_LABELS.")
 
     def resolved_marker(self) -> str:
         return self.marker or DEFAULT_MARKERS.get(self.target_lang, "Translation:")

@@ -38,14 +38,15 @@ def _default_backend() -> BackendConfig:
 class TranslateConfig(LLMJobConfig):
     job: str = "translate"
     backend: BackendConfig = Field(default_factory=_default_backend)
-    # Report sections translated one request each (names of corpus.sections).
-    sections: list[str] = Field(default_factory=lambda: ["findings", "impressions"])
+    sections: list[str] = Field(
+        default_factory=lambda: ["findings", "impressions"], description="Report sections "
+        "translated one request each (names of corpus.sections).")
     prompt: TranslationPromptConfig = Field(default_factory=TranslationPromptConfig)
-    # One follow-up request when the answer has no usable marker line.
-    repair: bool = False
+    repair: bool = Field(False, description="One follow-up request when the answer has no usable "
+                         "marker line.")
     back_translate: bool = False
-    # Backend of the back-translation pass; None: the same as ``backend``.
-    back_backend: BackendConfig | None = None
+    back_backend: BackendConfig | None = Field(
+        None, description="Backend of the back-translation pass; None: the same as ``backend``.")
     evaluate_back_translation: bool = True
 
     @model_validator(mode="after")
