@@ -13,9 +13,10 @@
    corpus jobs) vs ``vllm.LLM.generate`` on the same requests. Both end to end
    (engine start included: every processor run starts its engine) and the plain
    generate-only time; the overhead ratio is processor / plain.
-3. **LEAVS staged through vLLM, prefix caching on vs off**: the real ``leavs`` job
-   (every LLM pass, shared engine) on ``--leavs-reports`` sample abdominal reports,
-   once per setting; prompt tokens/s over the job's wall time, from its manifest.
+3. **LEAVS staged through vLLM, prefix caching on vs off**: every LEAVS question of
+   ``--leavs-reports`` sample abdominal reports, stage after stage as in the job (the
+   job's fan-out and assembly, ``ctray.tasks.leavs.one_report``), on one in-process
+   engine per setting; prompt tokens/s over the wall time (engine start excluded).
 
 Prints one JSON object (also written to ``--json``). Figures go to docs/benchmarks.md
 with the machine they were measured on.
@@ -29,7 +30,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -168,40 +168,48 @@ def part_processor_vs_plain(args, engine_holder):
 
 
 def part_prefix_caching(args):
-    import ray
+    """LEAVS stage by stage (every question of the job, its fan-out and assembly,
+    ``ctray.tasks.leavs.one_report``) on one in-process vLLM engine, once with prefix
+    caching and once without; engine start outside the timing."""
+    import json as _json
 
     from ctray.config import load_config
-    from ctray.tasks.leavs.leavs_job import LeavsConfig, run_leavs
+    from ctray.tasks.leavs.leavs_job import LeavsConfig
+    from ctray.tasks.leavs.one_report import label_reports
+    from ctray.llm.vllm_engine import VLLMBackend
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    out = {}
+    path = REPO / "ctray" / "data" / "sample_abdominal_reports.jsonl"
+    reports = [_json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    reports = [{"report_id": str(r["report_id"]), "text": r["text"]} for r in reports[: args.leavs_reports]]
     organs = "[" + ", ".join(args.leavs_organs.split(",")) + "]"
+    out = {"reports": len(reports), "organs": args.leavs_organs}
     for caching in (True, False):
-        work = tempfile.mkdtemp(prefix="ctray-bench-leavs-")
         cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", [
-            f"corpus.limit={args.leavs_reports}", f"organs={organs}", f"run.output={work}",
-            "cot_max_tokens=48", "backend.max_tokens=96", "backend.max_model_len=2048",
-            f"backend.device={args.device}", f"backend.kv_cache_gib={args.kv_cache_gib}",
-            "backend.engine_mode=shared", f"backend.enable_prefix_caching={str(caching).lower()}"])
-        from ctray.llm.vllm_engine import shared_engine, stop_shared_engines
+            f"organs={organs}", "cot_max_tokens=48", "backend.max_tokens=96",
+            "backend.max_model_len=2048", f"backend.device={args.device}",
+            f"backend.kv_cache_gib={args.kv_cache_gib}",
+            f"backend.enable_prefix_caching={str(caching).lower()}"])
+        engine = VLLMBackend(cfg.backend)
+        calls = []
+        real = engine.generate
 
-        shared_engine(cfg.backend, create=True)  # engine start outside the timing
+        def counted(requests, real=real):
+            responses = real(requests)
+            calls.extend(responses)
+            return responses
+
+        engine.generate = counted
         started = time.perf_counter()
-        run = run_leavs(cfg)
+        labels, failed = label_reports(cfg, reports, engine, batch_size=64)
         wall = time.perf_counter() - started
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "llm_calls": 0}
-        for summary in run.passes.values():
-            if summary is not None:
-                for k in usage:
-                    usage[k] += int(summary.usage.get(k, 0) or 0)
+        prompt = sum(r.prompt_tokens for r in calls)
         out["on" if caching else "off"] = {
-            **usage, "wall_s": round(wall, 1),
-            "prompt_tokens_per_s": round(usage["prompt_tokens"] / wall, 1),
-            "passes": [n for n, s in run.passes.items() if s is not None]}
-        stop_shared_engines()
-        time.sleep(5)
+            "requests": len(calls), "prompt_tokens": prompt,
+            "completion_tokens": sum(r.completion_tokens for r in calls),
+            "wall_s": round(wall, 1), "prompt_tokens_per_s": round(prompt / wall, 1),
+            "label_rows": len(labels), "failed_rows": len(failed)}
+        del engine, counted
+        gc.collect()
     out["ratio_prompt_tokens_per_s"] = round(
         out["on"]["prompt_tokens_per_s"] / out["off"]["prompt_tokens_per_s"], 2)
     return out

@@ -115,6 +115,23 @@ def labels(text: str) -> dict[str, float]:
      {"Lung Opacity": 1.0, "Pneumonia": -1.0}),
     ("If there is continued concern for occult fracture, consider rib series.",
      {"No Finding": 1.0}),
+    # examples written in docs/cxr_labeling.md
+    ("Midline sternotomy XXXX.", {"No Finding": 1.0}),
+    ("XXXX opacity in the right base.", {"Lung Opacity": 1.0}),
+    ("No new opacity.", {"Lung Opacity": -1.0}),
+    ("Findings may be consistent with pneumonia.", {"Pneumonia": -1.0, "Lung Opacity": -1.0}),
+    ("Stable enlarged heart.", {"Cardiomegaly": 1.0}),
+    ("Mediastinal silhouette unremarkable.", {"Enlarged Cardiomediastinum": 0.0, "No Finding": 1.0}),
+    ("Prominent mediastinum.", {"Enlarged Cardiomediastinum": -1.0}),
+    ("No infiltrates.", {"Lung Opacity": 0.0, "No Finding": 1.0}),
+    ("No vascular congestion.", {"Edema": 0.0, "No Finding": 1.0}),
+    ("No evidence of infection.", {"Pneumonia": 0.0, "No Finding": 1.0}),
+    ("Normal pulmonary vascularity.", {"No Finding": 1.0}),
+    ("Opacity may represent pneumonia.", {"Lung Opacity": 1.0, "Pneumonia": -1.0}),
+    ("Large left hydropneumothorax.", {"Pneumothorax": 1.0, "Pleural Effusion": 1.0}),
+    ("Blunting of the right costophrenic angle, likely scarring or pleural thickening.",
+     {"Pleural Other": -1.0}),
+    ("Vertebral compression deformity.", {"Fracture": 1.0}),
 ])
 def test_rule_labels(text, expected):
     assert labels(text) == expected

@@ -785,3 +785,25 @@ def test_llm_stage_with_hf_backend_over_ray_data(ray_local, tiny_lm_dir):
     assert set(fine["answer"]) <= {"yes", "no"}
     assert (fine[PROMPT_TOKENS_COL] > 5).all() and (fine[COMPLETION_TOKENS_COL] == 1).all()
     assert (fine["llm_model"] == f"hf:{tiny_lm_dir}").all()
+
+
+def test_guided_regex_reaches_vllm_and_translation_asks_for_its_marker_line():
+    import re
+
+    from ctray.llm.base import LLMResponse
+    from ctray.llm.vllm_engine import sampling_fields
+    from ctray.tasks.translate.prompts import TranslationPromptConfig
+    from ctray.tasks.translate.task import TranslateTask
+
+    task = TranslateTask(TranslationPromptConfig())
+    request = task.build_request({"report_id": "r1", "section": "findings",
+                                  "source_text": "A 5 mm nodule in the right lung."})
+    structured = sampling_fields(request)["structured_outputs"]
+    assert structured["regex"] == request.regex and "choice" not in structured
+    # The regex admits the answer the parser accepts, and not an English echo.
+    assert re.fullmatch(request.regex, "和訳: 右肺に5 mmの結節を認める。")
+    assert not re.fullmatch(request.regex, "和訳: A 5 mm nodule in the right lung.")
+    assert task.parse({"report_id": "r1", "section": "findings"},
+                      LLMResponse("和訳: 右肺に5 mmの結節を認める。"))
+    with pytest.raises(ValueError, match="one of choices, json_schema or regex"):
+        LLMRequest(user("x"), choices=["a"], regex="a")

@@ -28,14 +28,17 @@ class LLMRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
-    # Guided decoding: exactly one of these may be set.
+    # Guided decoding: at most one of these may be set. ``regex`` is enforced by vLLM
+    # only (other backends generate freely and the task validates the answer).
     choices: list[str] | None = None
     json_schema: dict[str, Any] | None = None
     stop: list[str] | None = None
+    regex: str | None = None
 
     def __post_init__(self) -> None:
-        if self.choices is not None and self.json_schema is not None:
-            raise ValueError("an LLMRequest takes either choices or json_schema, not both")
+        guided = [x for x in (self.choices, self.json_schema, self.regex) if x is not None]
+        if len(guided) > 1:
+            raise ValueError("an LLMRequest takes one of choices, json_schema or regex")
         if self.choices is not None and not self.choices:
             raise ValueError("choices must not be empty")
 
@@ -49,6 +52,7 @@ class LLMRequest:
             "choices": self.choices,
             "json_schema": self.json_schema,
             "stop": self.stop,
+            "regex": self.regex,
         }
 
 

@@ -189,6 +189,8 @@ def sampling_fields(request: LLMRequest) -> dict[str, Any]:
     elif request.json_schema is not None:
         params["structured_outputs"] = {"json": json.dumps(request.json_schema, sort_keys=True),
                                         "disable_any_whitespace": True}
+    elif request.regex is not None:
+        params["structured_outputs"] = {"regex": request.regex, "disable_any_whitespace": True}
     return params
 
 
@@ -255,7 +257,8 @@ class VLLMBackend(LLMBackend):
                 out[i] = LLMResponse("", error=f"{type(exc).__name__}: {exc}")
         if todo:
             for (i, ids, _), response in zip(todo, self._run(todo)):
-                response.meta["guided"] = bool(requests[i].choices or requests[i].json_schema)
+                response.meta["guided"] = bool(requests[i].choices or requests[i].json_schema
+                                               or requests[i].regex)
                 out[i] = response
         return out  # type: ignore[return-value]
 
@@ -335,9 +338,10 @@ def shared_engine(cfg, create: bool = False):
         options["num_gpus"] = cfg.tensor_parallel_size * cfg.pipeline_parallel_size
     actor = ray.remote(VLLMEngineActor).options(**options).remote(cfg, device)
     ray.get(actor.describe.remote())  # wait for the engine: start-up errors surface here
-    # A non-detached actor dies with its last handle: the creating process keeps one,
-    # so the engine serves every later stage and pass of this driver.
-    _KEEP_ALIVE[name] = actor
+    # A non-detached actor dies when its owner's handle goes (handles from get_actor /
+    # get_if_exists do not count): the creating process keeps the first one, so the
+    # engine serves every later stage and pass of this driver. Never replace it.
+    _KEEP_ALIVE.setdefault(name, actor)
     return actor
 
 

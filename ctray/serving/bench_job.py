@@ -39,17 +39,22 @@ class ServeBenchConfig(JobConfig):
     checkpoint: str | None = Field(default=None, description="model to deploy when url is None")
     corpus: CorpusConfig = Field(default_factory=_sample_corpus,
                                  description="the reports the load generator sends")
-    concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16])
-    requests_per_level: int = Field(default=200, ge=1)
-    warmup_requests: int = Field(default=8, ge=0)
-    texts_per_request: int = Field(default=1, ge=1)
-    max_batch_sizes: list[int] = Field(default_factory=lambda: [1, 16])
-    batch_wait_timeout_s: float = 0.01
-    num_replicas: int = 1
-    replica_num_cpus: float = 1.0
-    device: str | None = None
-    request_timeout_s: float = 300.0
-    token_env: str = "CTRAY_SERVE_TOKEN"
+    concurrency: list[int] = Field(
+        default_factory=lambda: [1, 4, 16], description="concurrent clients, one measurement "
+        "level each")
+    requests_per_level: int = Field(default=200, ge=1, description="requests measured per level")
+    warmup_requests: int = Field(default=8, ge=0, description="requests sent before measuring")
+    texts_per_request: int = Field(default=1, ge=1, description="reports per request")
+    max_batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 16], description="Serve batch sizes to compare (1: batching "
+        "off)")
+    batch_wait_timeout_s: float = Field(0.01, description="how long Serve waits to fill a batch")
+    num_replicas: int = Field(1, description="replicas of the deployed app")
+    replica_num_cpus: float = Field(1.0, description="CPUs per replica")
+    device: str | None = Field(None, description="model device of the replicas (None: auto)")
+    request_timeout_s: float = Field(300.0, description="client timeout per request")
+    token_env: str = Field("CTRAY_SERVE_TOKEN", description="environment variable holding the "
+                           "bearer token")
 
 
 @dataclass

@@ -22,9 +22,10 @@ FINGERPRINT_FILE = "ctray_train_fingerprint.json"
 
 class ScalingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    num_workers: int = 1
-    use_gpu: bool | Literal["auto"] = "auto"
-    cpus_per_worker: float = 1.0
+    num_workers: int = Field(1, description="Ray Train workers (one per GPU on a GPU cluster)")
+    use_gpu: bool | Literal["auto"] = Field(
+        "auto", description="train on GPUs; auto: when the cluster has them")
+    cpus_per_worker: float = Field(1.0, description="CPUs reserved per worker")
     max_failures: int = Field(0, description="worker failures Ray Train recovers from (from the "
                               "last checkpoint)")
 
@@ -33,9 +34,10 @@ class CheckpointParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     storage_path: str | None = Field(None, description="default <run.output>/checkpoints; s3:// "
                                      "for clusters")
-    name: str = "train"
-    num_to_keep: int = 2
-    allow_config_change: bool = False
+    name: str = Field("train", description="this run's folder under the checkpoint storage")
+    num_to_keep: int = Field(2, description="checkpoints kept (the best and latest survive)")
+    allow_config_change: bool = Field(False, description="resume from checkpoints written under "
+                                      "another configuration")
 
 
 def abs_uri(path: str) -> str:

@@ -351,6 +351,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         data_collator=LeftPadCollator(tokenizer.pad_token_id),
         callbacks=[RayTrainReportCallback(), save_each_epoch(), print_steps(),
                    time_budget(params.time_budget_s)])
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # PrintSteps prints a compact line instead
     trainer = prepare_trainer(trainer)
     checkpoint = ray.train.get_checkpoint()
     started = time.time()

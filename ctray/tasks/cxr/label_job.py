@@ -164,18 +164,23 @@ def build_stage(cfg: LabelCxrConfig) -> Stage:
 
 
 def _fingerprint(cfg: LabelCxrConfig) -> dict[str, Any]:
+    import hashlib
+
     out: dict[str, Any] = {"labeler": cfg.labeler}
     if cfg.labeler == "llm":
-        out["llm"] = cfg.llm.model_dump()
+        out["llm"] = {**cfg.llm.model_dump(), "answer_format": resolve_answer_format(
+            cfg.llm.answer_format, cfg.backend.model)}
     else:
-        from ctray.tasks.cxr import patterns
+        from pathlib import Path
 
-        # The phrase lists decide the labels: a changed list must not mix into a resumed run.
-        import hashlib
+        from ctray.tasks.cxr import context, patterns, rules
 
-        text = repr([(t.observations, t.regex.pattern, t.kind) for t in patterns.TERMS]
-                    + [(c.category, c.regex.pattern, c.direction, c.window) for c in patterns.CUES])
-        out["rules_version"] = hashlib.sha256(text.encode()).hexdigest()[:12]
+        # The phrase lists and scope rules decide the labels: labels of a changed rule set
+        # must not mix into a resumed run, so their source is part of the fingerprint.
+        digest = hashlib.sha256()
+        for module in (patterns, context, rules):
+            digest.update(Path(module.__file__).read_bytes())
+        out["rules_version"] = digest.hexdigest()[:12]
     return out
 
 

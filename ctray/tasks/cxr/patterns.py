@@ -45,8 +45,15 @@ class Term:
     # ``exclude`` is looked for this many characters (before, after) the match (None: the
     # whole sentence), so "calcified granuloma and a left basilar opacity" keeps the opacity.
     window: tuple[int, int] | None = None
+    # (match text, sentence): a match whose text fits the first pattern is dropped when the
+    # sentence fits the second ("scarring" near a blunted costophrenic angle is pleural).
+    context_exclude: tuple[re.Pattern, re.Pattern] | None = None
 
     def excluded(self, sentence: str, m: re.Match) -> bool:
+        if self.context_exclude is not None:
+            text_rx, sentence_rx = self.context_exclude
+            if text_rx.match(m.group(0)) and sentence_rx.search(sentence):
+                return True
         if self.exclude is None:
             return False
         if self.window is None:
@@ -57,11 +64,13 @@ class Term:
 
 def T(obs: str | tuple[str, ...], pattern: str, kind: str = "finding",
       exclude: str | None = None, abnormal: str | None = None,
-      window: tuple[int, int] | None = None) -> Term:
+      window: tuple[int, int] | None = None,
+      context_exclude: tuple[str, str] | None = None) -> Term:
     observations = (obs,) if isinstance(obs, str) else obs
     return Term(observations, re.compile(pattern, _I), kind,
                 re.compile(exclude, _I) if exclude else None,
-                re.compile(abnormal, _I) if abnormal else None, window)
+                re.compile(abnormal, _I) if abnormal else None, window,
+                tuple(re.compile(c, _I) for c in context_exclude) if context_exclude else None)
 
 
 _ENLARGED = (r"\b(?:enlarg\w*|large|increased|cardiomegaly|widen\w*|prominen\w*|"
@@ -106,7 +115,8 @@ TERMS: tuple[Term, ...] = (
               r"\bpleuroparenchymal\s+scar|\bbone\s+density|\bsoft\s+tissue\s+densit|"
               r"\bcalcified\s+(?:granuloma|nodul)|\b(?:bi)?apical\s+(?:pleural\s+)?scar|"
               r"\bcalcifi\w*\s+densit|\bdensit\w*[^.;]{0,50}\bgranulom|\bsubsternal\s+densit|"
-              r"\bdensit\w*\s+(?:over|overlying)\s+the\s+heart", window=(25, 60)),
+              r"\bdensit\w*\s+(?:over|overlying)\s+the\s+heart", window=(25, 60),
+      context_exclude=(r"(?:parenchymal\s+)?scar", r"\bblunt\w*\b[^.;]*\bscar")),
     # --- Lung Lesion -------------------------------------------------------------------
     T(LL, r"\bmass(?:es)?\b|\bnodul(?:e|es|ar\s+(?:density|densities|opacity|opacities|"
           r"lesions?))\b|\blump\b|\bcavitary\s+lesions?\b|\bcavitation\b|\bcarcinoma\b|"
@@ -242,8 +252,7 @@ CUES: tuple[Cue, ...] = (
                    r"difficult\s+to)\s+(?:assess|evaluate)\b|\blimited\s+(?:assessment|evaluation)\s+"
                    r"of\b|\bcannot\s+be\s+"
                    r"(?:assessed|evaluated|differentiated|distinguished)\b|\bdifficult\s+to\s+"
-                   r"(?:assess|evaluate)\b|\bnot\s+(?:be\s+)?(?:assessed|evaluated)\b|"
-                   r"\bversus\b|\bvs\.?|\band/or\b",
+                   r"(?:assess|evaluate)\b|\bnot\s+(?:be\s+)?(?:assessed|evaluated)\b",
         BOTH, 8, stop_at_comma=True),
     cue(UNCERTAIN, r"\bpossib(?:le|ly|ility)\b|\bprobab(?:le|ly)\b|\b(?:most\s+|more\s+|"
                    r"less\s+)?likely\b|\bpresum(?:ably|ed)\b|\bquestionabl[ey]\b|"
@@ -259,6 +268,9 @@ CUES: tuple[Cue, ...] = (
                    r"superimpos\w*|summation|vessels?|vascular\w*|vasculature|tortuous)", BACKWARD, 6,
         stop_at_comma=True),
     cue(UNCERTAIN, r"\bor\b", BOTH, 2, stop_at_comma=True),
+    # alternatives reach only the neighbouring words: "opacity due to atelectasis and/or
+    # scarring" states the opacity
+    cue(UNCERTAIN, r"\bversus\b|\bvs\.?|\band/or\b", BOTH, 3, stop_at_comma=True),
     # a differential list runs over commas: "differential includes infection, edema, ..."
     cue(UNCERTAIN, r"\bdifferential\s+(?:diagnos[ie]s\s+|considerations?\s+)?(?:includes?|including|"
                    r"of|would\s+include|is)\b|\bconsiderations\s+include\b", FORWARD, 20),

@@ -66,9 +66,12 @@ class DemoConfig(LLMJobConfig):
     job: str = "demo"
     corpus: CorpusConfig = Field(default_factory=_default_corpus)
     backend: BackendConfig = Field(default_factory=_default_backend)
-    finding: str = "a pleural effusion"
-    gold_labels: str | None = Field(default_factory=lambda: sample_path("sample_labels.csv"))
-    gold_column: str = "Pleural effusion"
+    finding: str = Field("a pleural effusion", description="what the yes/no question asks about")
+    gold_labels: str | None = Field(
+        default_factory=lambda: sample_path("sample_labels.csv"), description="labels CSV to "
+        "compare the answers with (None: no comparison)")
+    gold_column: str = Field(
+        "Pleural effusion", description="the gold label column for the finding")
 
 
 def run_demo(cfg: DemoConfig):

@@ -30,13 +30,15 @@ class PredictionsInput(BaseModel):
     path: str = Field(description="label-findings output folder, or a CSV/Parquet file")
     label: str | None = Field(None, description="name in tables and the chart (default: the "
                               "folder name)")
-    id_column: str = "report_id"
+    id_column: str = Field("report_id", description="the report id column")
 
 
 class GoldInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(default_factory=lambda: sample_path("sample_labels.csv"))
-    id_column: str = "VolumeName"
+    path: str = Field(
+        default_factory=lambda: sample_path("sample_labels.csv"), description="gold labels CSV "
+        "(CT-RATE multi-abnormality layout)")
+    id_column: str = Field("VolumeName", description="the id column of the gold labels")
     id_pattern: str | None = Field(None, description="Regex whose first group is the report id, "
                                    "for label files keyed by volume: CT-RATE's "
                                    '"valid_1_a_1.nii.gz" -> "valid_1_a" with '
@@ -45,14 +47,19 @@ class GoldInput(BaseModel):
 
 class FindingsEvalConfig(JobConfig):
     job: str = "findings-eval"
-    predictions: PredictionsInput
-    compare_to: PredictionsInput | None = None
-    gold: GoldInput = Field(default_factory=GoldInput)
-    threshold_search: bool = False
-    threshold_metric: Literal["f1", "youden", "accuracy"] = "f1"
-    validation_fraction: float = 0.5
-    seed: int = 42
-    title: str = "Findings classification"
+    predictions: PredictionsInput = Field(description="the labels to score")
+    compare_to: PredictionsInput | None = Field(
+        None, description="a second set of labels: adds the A-minus-B delta table and the F1 "
+        "chart")
+    gold: GoldInput = Field(default_factory=GoldInput, description="the gold labels")
+    threshold_search: bool = Field(False, description="search per-finding thresholds on a "
+                                   "validation part of the gold set (inputs with prob_ columns)")
+    threshold_metric: Literal["f1", "youden", "accuracy"] = Field(
+        "f1", description="what the threshold search maximises")
+    validation_fraction: float = Field(0.5, description="share of reports used for the threshold "
+                                       "search")
+    seed: int = Field(42, description="seed of the validation split")
+    title: str = Field("Findings classification", description="title of report.md")
 
 
 # ----------------------------------------------------------------------------- reading

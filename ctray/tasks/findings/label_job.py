@@ -132,38 +132,47 @@ class LLMLabelerOptions(BaseModel):
     guided_json: bool = Field(True, description="send the JSON schema (enforced by vllm / openai)")
     repair: bool = Field(True, description="one follow-up request after an unusable answer")
     lenient: bool = Field(False, description="accept the object inside a code block or prose")
-    max_tokens: int = 400
+    max_tokens: int = Field(400, description="answer length limit")
 
 
 class ModelOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     path: str | None = Field(None, description="exported model dir (ctray train-findings), local "
                              "or s3://")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: cuda when this actor has a GPU")
     num_gpus: float | Literal["auto"] = Field(
         "auto", description="per actor; auto: 1 when the cluster has GPUs")
-    num_cpus: float = 1.0
+    num_cpus: float = Field(1.0, description="CPUs per actor")
     batch_size: int = Field(32, description="reports per Ray Data batch")
-    concurrency: int | tuple[int, int] = 1
+    concurrency: int | tuple[int, int] = Field(
+        1, description="actors: n, or (min, max) to autoscale")
     chunk_batch_size: int = Field(16, description="windows per forward pass")
     dtype: str | None = Field(None, description="e.g. bfloat16 on GPU")
 
 
 class RuleOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    num_cpus: float = 0.5
-    batch_size: int = 64
-    concurrency: int | tuple[int, int] = 1
+    num_cpus: float = Field(0.5, description="CPUs per actor")
+    batch_size: int = Field(64, description="reports per Ray Data batch")
+    concurrency: int | tuple[int, int] = Field(
+        1, description="actors: n, or (min, max) to autoscale")
 
 
 class LabelFindingsConfig(LLMJobConfig):
     job: str = "label-findings"
     corpus: CorpusConfig = Field(default_factory=lambda: CorpusConfig(path=sample_path("sample_reports_en.csv")))
-    labeler: Literal["rules", "llm", "model"] = "rules"
-    lang: Literal["auto", "en", "ja"] = "auto"
-    llm: LLMLabelerOptions = Field(default_factory=LLMLabelerOptions)
-    model: ModelOptions = Field(default_factory=ModelOptions)
-    rules: RuleOptions = Field(default_factory=RuleOptions)
+    labeler: Literal["rules", "llm", "model"] = Field(
+        "rules", description="rules (regex + negation), llm (JSON answers) or model (the "
+        "classifier train-findings exported)")
+    lang: Literal["auto", "en", "ja"] = Field(
+        "auto", description="report language; auto: detected per report")
+    llm: LLMLabelerOptions = Field(
+        default_factory=LLMLabelerOptions, description="options of the LLM labeler")
+    model: ModelOptions = Field(
+        default_factory=ModelOptions, description="options of the classifier")
+    rules: RuleOptions = Field(
+        default_factory=RuleOptions, description="options of the rule labeler")
 
     @field_validator("corpus", mode="before")
     @classmethod

@@ -51,26 +51,29 @@ class LabelsConfig(BaseModel):
     columns by display name, or ctray's snake_case names)."""
 
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(default_factory=lambda: sample_path("sample_labels.csv"))
-    id_column: str = "VolumeName"
+    path: str = Field(
+        default_factory=lambda: sample_path("sample_labels.csv"), description="gold labels CSV in "
+        "CT-RATE's multi-abnormality layout")
+    id_column: str = Field("VolumeName", description="the report id column of the labels")
 
 
 class TrainingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    learning_rate: float = 2e-5
+    learning_rate: float = Field(2e-5, description="AdamW learning rate")
     batch_size: int = Field(8, description="reports per worker per step")
-    eval_batch_size: int = 8
-    weight_decay: float = 0.01
-    epochs: int = 4
+    eval_batch_size: int = Field(8, description="reports per evaluation batch")
+    weight_decay: float = Field(0.01, description="AdamW weight decay")
+    epochs: int = Field(4, description="training epochs")
     warmup_ratio: float = Field(0.0, description="transformers.Trainer's default linear schedule")
-    max_grad_norm: float = 1.0
-    val_fraction: float = 0.2
-    seed: int = 42
-    max_length: int = 512
-    stride: int = 128
+    max_grad_norm: float = Field(1.0, description="gradient clipping norm")
+    val_fraction: float = Field(0.2, description="share of reports held out for validation")
+    seed: int = Field(42, description="seed of the split and the training")
+    max_length: int = Field(512, description="tokens per window")
+    stride: int = Field(128, description="overlap of consecutive windows of a long report (tokens)")
     chunk_batch_size: int = Field(16, description="windows per forward pass at evaluation")
-    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
-    log_every_steps: int = 50
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field(
+        "auto", description="bf16 / fp16 autocast; auto: bf16 on a GPU that has it")
+    log_every_steps: int = Field(50, description="steps between progress lines")
 
 
 class FindingsCheckpoint(CheckpointParams):
@@ -80,12 +83,18 @@ class FindingsCheckpoint(CheckpointParams):
 class TrainFindingsConfig(JobConfig):
     job: str = "train-findings"
     corpus: CorpusConfig = Field(default_factory=_default_corpus)
-    labels: LabelsConfig = Field(default_factory=LabelsConfig)
+    labels: LabelsConfig = Field(
+        default_factory=LabelsConfig, description="the gold labels joined to the corpus by report "
+        "id")
     model: str = Field(DEFAULT_MODEL, description="HF id, local path or s3:// directory")
     tokenizer: str | None = Field(None, description="default: the model's own")
-    training: TrainingParams = Field(default_factory=TrainingParams)
-    scaling: ScalingParams = Field(default_factory=ScalingParams)
-    checkpoint: FindingsCheckpoint = Field(default_factory=FindingsCheckpoint)
+    training: TrainingParams = Field(
+        default_factory=TrainingParams, description="optimisation hyperparameters")
+    scaling: ScalingParams = Field(
+        default_factory=ScalingParams, description="Ray Train workers and resources")
+    checkpoint: FindingsCheckpoint = Field(
+        default_factory=FindingsCheckpoint, description="where checkpoints go and how many are "
+        "kept")
     thresholds: Literal["fixed", "search"] = Field(
         "fixed", description='"search": per-finding thresholds maximising F1 on the held-out '
         "split.")

@@ -56,7 +56,8 @@ class GroundTextConfig(LLMJobConfig):
         "auto", description="Sentence splitting of the source sections.")
     repair: bool = Field(True, description="One follow-up request listing the problems when an "
                          "answer fails validation.")
-    write_final: bool = True
+    write_final: bool = Field(True, description="write the joined one-row-per-finding table "
+                              "(<output>/final)")
 
     @model_validator(mode="after")
     def _check_sections(self):

@@ -78,7 +78,7 @@ class LeavsConfig(LLMJobConfig):
     cot_max_tokens: int | None = Field(None, description="Length of the reasoning answers; None: "
                                        "backend.max_tokens.")
     repair: bool = Field(True, description="One follow-up request when an answer cannot be parsed.")
-    csv_name: str = A.CSV_NAME
+    csv_name: str = Field(A.CSV_NAME, description="file name of the release-layout CSV")
     shuffle_partitions: int | None = Field(
         None, description="Partitions of the groupby/join shuffles (fan-in, resume, per-report "
         "usage); None: Ray's default (200), right for large corpora; a few for small runs and "

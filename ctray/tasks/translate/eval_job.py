@@ -39,13 +39,14 @@ class TranslationInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="CSV/Parquet/JSONL file, or a translate job output folder")
-    label: str = "hypothesis"
-    lang: str = "ja"
-    format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
-    id_column: str = "report_id"
+    label: str = Field("hypothesis", description="name of this side in the report")
+    lang: str = Field("ja", description="language of this side's text")
+    format: Literal["auto", "csv", "parquet", "jsonl"] = Field(
+        "auto", description="file format; auto: from the file name")
+    id_column: str = Field("report_id", description="the report id column")
     section_column: str | None = Field(
         "section", description="Long layout: one row per (id, section).")
-    text_column: str = "translation"
+    text_column: str = Field("translation", description="the text column (long layout)")
     sections: dict[str, str] = Field(
         default_factory=dict, description="Wide layout (section_column: null): section name -> "
         "column.")
@@ -53,19 +54,22 @@ class TranslationInput(BaseModel):
 
 class TranslateEvalConfig(JobConfig):
     job: str = "translate-eval"
-    hypotheses: TranslationInput
-    references: TranslationInput
+    hypotheses: TranslationInput = Field(description="the translations to score")
+    references: TranslationInput = Field(description="the reference translations")
     sections: list[str] | None = Field(None, description="Only these sections (None: every "
                                        "section found on both sides).")
     lang: Literal["ja", "en"] = Field("ja", description="Language of the word tokens that "
                                       "BLEU/ROUGE count.")
-    keep_punct: bool = True
-    bleu_weights: list[float] = Field(default_factory=lambda: list(DEFAULT_WEIGHTS))
-    bleu_smoothing: str | None = "method0"
-    corpus_bleu: bool = True
+    keep_punct: bool = Field(True, description="count punctuation tokens")
+    bleu_weights: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_WEIGHTS), description="n-gram weights of BLEU "
+        "(default: 1- to 4-grams equally)")
+    bleu_smoothing: str | None = Field(
+        "method0", description="NLTK smoothing method of sentence BLEU")
+    corpus_bleu: bool = Field(True, description="also report corpus-level BLEU")
     parallel_threshold: int = Field(2000, description="Above this many pairs the scoring runs as "
                                     "a Ray Data job.")
-    decimals: int = 3
+    decimals: int = Field(3, description="decimals in the report tables")
 
 
 # ----------------------------------------------------------------------------- reading

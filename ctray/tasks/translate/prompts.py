@@ -45,13 +45,14 @@ USER = "{source_text}"
 class TranslationPromptConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source_lang: str = "en"
-    target_lang: str = "ja"
+    source_lang: str = Field("en", description="language of the reports")
+    target_lang: str = Field("ja", description="language to translate into")
     marker: str | None = Field(None, description='None: 「和訳:」 for Japanese, "Translation:" '
                                "otherwise.")
     system: str | None = Field(None, description="None: the built-in text for the language pair.")
-    user: str | None = None
-    name: str | None = None
+    user: str | None = Field(None, description="user message template (None: the built-in one)")
+    name: str | None = Field(None, description="prompt name in manifests (None: derived from the "
+                             "languages)")
     section_labels: dict[str, str] = Field(
         default_factory=dict, description="Section name -> how the prompt calls it; defaults from "
         "SECTION_LABELS.")

@@ -20,6 +20,19 @@ TRANSLATION_COL = "translation"
 BACK_TRANSLATION_COL = "back_translation"
 
 
+# Japanese script, full-width forms, digits and the punctuation of reports (and the units
+# written in Latin letters), so a guided answer is the marker line in Japanese.
+_JA_ANSWER = "(?:[ぁ-ゖァ-ヺー一-龥々〆、。・「」（）％０-９0-9.,%/ ]|cm|mm|HU)+"
+
+
+def answer_regex(marker: str, target_lang: str) -> str | None:
+    """The answer format for engines that enforce a regex (vLLM): the marker, then the
+    translation. Only for Japanese targets, whose script a regex can pin down."""
+    import re
+
+    return re.escape(marker) + " ?" + _JA_ANSWER if target_lang == "ja" else None
+
+
 class TranslateTask(LLMTask):
     """Translate ``source_column`` of a (report_id, section) row into ``output_column``.
 
@@ -56,7 +69,8 @@ class TranslateTask(LLMTask):
         section = str(row.get(SECTION_COL) or "")
         messages = self.template.render(source_text=text.strip(),
                                         section_label=self.prompt.section_label(section))
-        return LLMRequest(messages, max_tokens=self.max_tokens, temperature=self.temperature)
+        return LLMRequest(messages, max_tokens=self.max_tokens, temperature=self.temperature,
+                          regex=answer_regex(self.marker, self.prompt.target_lang))
 
     def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
         try:

@@ -41,13 +41,18 @@ class TranslateConfig(LLMJobConfig):
     sections: list[str] = Field(
         default_factory=lambda: ["findings", "impressions"], description="Report sections "
         "translated one request each (names of corpus.sections).")
-    prompt: TranslationPromptConfig = Field(default_factory=TranslationPromptConfig)
+    prompt: TranslationPromptConfig = Field(
+        default_factory=TranslationPromptConfig, description="languages, markers and texts of the "
+        "translation prompt")
     repair: bool = Field(False, description="One follow-up request when the answer has no usable "
                          "marker line.")
-    back_translate: bool = False
+    back_translate: bool = Field(False, description="translate the translations back (a second "
+                                 "chained pass)")
     back_backend: BackendConfig | None = Field(
         None, description="Backend of the back-translation pass; None: the same as ``backend``.")
-    evaluate_back_translation: bool = True
+    evaluate_back_translation: bool = Field(
+        True, description="score the back-translation against the source (BLEU / ROUGE report in "
+        "<output>/back_translate/eval)")
 
     @model_validator(mode="after")
     def _check_sections(self):
