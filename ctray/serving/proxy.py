@@ -8,11 +8,10 @@ text body) into ``{"detail": "..."}`` like FastAPI's ``HTTPException`` responses
 gives every 503 a ``Retry-After`` header (``RETRY_AFTER_S`` unless one is set), so
 clients can handle every error one way.
 
-Enable it on the proxy (it runs in the proxy actor, not in the replicas):
-
-- ``serve.start(http_options={"middlewares": ctray.serving.proxy.middlewares()})``, or
-- ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=ctray.serving.proxy:middlewares`` in the
-  environment of ``ray start`` / ``serve run`` (the proxy reads it when it starts).
+Enable it on the proxy (it runs in the proxy actor, not in the replicas) with
+``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=ctray.serving.proxy:middlewares`` in the
+environment of ``ray start`` (every node) or of ``serve run``: the proxy reads it when it
+starts. (Ray 2.60 removed ``http_options.middlewares``; this variable is the proxy's one hook.)
 """
 
 from __future__ import annotations

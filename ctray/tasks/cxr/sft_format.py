@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 from ctray.tasks.cxr.schema import BLANK, CLASS_WORDS, OBSERVATIONS, observation_for
@@ -74,20 +73,16 @@ class AnswerError(ValueError):
     """The model's text is not a valid answer (kept as a row error by the labeler)."""
 
 
-_OBJECT = re.compile(r"\{.*\}", re.S)
-
-
 def parse_answer(text: str) -> dict[str, float]:
     """Answer text -> all 14 observations as 1.0/0.0/-1.0/NaN. Raises AnswerError on
     text that is not such a JSON object (unknown group or observation, an observation
     in two groups); the message never quotes the answer."""
-    match = _OBJECT.search(text or "")
-    if not match:
-        raise AnswerError("no JSON object in the answer")
+    from ctray.text.json_extract import JSONAnswerError, extract_json_object
+
     try:
-        obj = json.loads(match.group(0))
-    except json.JSONDecodeError as exc:
-        raise AnswerError(f"invalid JSON: {exc.msg}") from None
+        obj = extract_json_object(text)
+    except JSONAnswerError as exc:
+        raise AnswerError(str(exc)) from None
     if not isinstance(obj, dict):
         raise AnswerError("the answer is not a JSON object")
     out = {name: BLANK for name in OBSERVATIONS}

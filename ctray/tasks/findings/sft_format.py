@@ -10,7 +10,6 @@ long (the loss is computed on the answer only).
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from ctray.tasks.findings.schema import FINDING_NAMES
@@ -46,18 +45,14 @@ class AnswerError(ValueError):
     pass
 
 
-_LIST = re.compile(r"\[.*\]", re.S)
-
-
 def parse_answer(text: str) -> dict[str, float]:
     """Answer text -> the 18 findings as 1.0/0.0."""
-    match = _LIST.search(text or "")
-    if not match:
-        raise AnswerError("no JSON list in the answer")
+    from ctray.text.json_extract import JSONAnswerError, extract_json_array
+
     try:
-        items = json.loads(match.group(0))
-    except json.JSONDecodeError as exc:
-        raise AnswerError(f"invalid JSON: {exc.msg}") from None
+        items = extract_json_array(text)
+    except JSONAnswerError as exc:
+        raise AnswerError(str(exc)) from None
     if not isinstance(items, list):
         raise AnswerError("the answer is not a JSON list")
     out = dict.fromkeys(FINDING_NAMES, 0.0)

@@ -10,6 +10,7 @@ prefix-caching engine does not recompute.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
@@ -20,6 +21,7 @@ from ctray.llm.task import (COMPLETION_TOKENS_COL, LLM_CALLS_COL, PROMPT_TOKENS_
                             LLMTask)
 from ctray.pipeline.stage import ERROR_COL, RowError, Stage
 from ctray.tasks.leavs import prompts as P
+from ctray.tasks.leavs.schema import FINDING_TYPES
 from ctray.tasks.leavs.parsing import (AnswerParseError, parse_choice, parse_sentence_numbers,
                                        parse_types)
 
@@ -60,6 +62,11 @@ class Question:
     def choices(self, row: dict[str, Any]) -> list[str] | None:
         return None
 
+    def regex(self, row: dict[str, Any]) -> str | None:
+        """The answer format as a regex, for engines that enforce one (vLLM); other
+        backends generate freely and ``parse`` checks the answer."""
+        return None
+
     def parse(self, row: dict[str, Any], text: str) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -88,6 +95,9 @@ class ListSentences(Question):
     def fields(self, row):
         return {"organ": row["organ"],
                 "numbered_sentences": P.numbered(_sentences(row, "sentences_json", self.where(row)))}
+
+    def regex(self, row):
+        return r"Sentences: (none|[1-9][0-9]?(, [1-9][0-9]?)*)"
 
     def parse(self, row, text):
         n = len(P.loads_list(row["sentences_json"]))
@@ -137,6 +147,10 @@ class FindingTypes(Question):
     def fields(self, row):
         return {"organ": row["organ"],
                 "evidence": P.bulleted(_sentences(row, "evidence_json", self.where(row)))}
+
+    def regex(self, row):
+        names = "|".join(re.escape(t) for t in FINDING_TYPES)
+        return rf"Types: ({names})(, ({names}))*"
 
     def parse(self, row, text):
         return {"types": ",".join(parse_types(text))}
@@ -268,8 +282,10 @@ class AnswerTask(LLMTask):
                 + q.summary.render(**fields))
 
     def build_request(self, row):
+        choices = self.question.choices(row)
         return LLMRequest(self.messages(row), max_tokens=self.question.answer_max_tokens,
-                          temperature=self.temperature, choices=self.question.choices(row))
+                          temperature=self.temperature, choices=choices,
+                          regex=None if choices else self.question.regex(row))
 
     def parse(self, row, response: LLMResponse):
         try:
