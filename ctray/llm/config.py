@@ -98,6 +98,13 @@ class BackendConfig(BaseModel):
         None, description="CPUs per stage actor (None: the backend's default)")
     num_gpus: float = 0.0
 
+    # Cost estimate in the manifest: any backend can be priced per token (an API's
+    # list price, or what a GPU hour works out to per token).
+    price_per_1m_input_tokens: float | None = Field(
+        None, description="price per million prompt tokens, for the manifest's cost estimate")
+    price_per_1m_output_tokens: float | None = Field(
+        None, description="price per million completion tokens, for the manifest's cost estimate")
+
     #: CPUs of an in-process worker when ``num_cpus`` is not set
     default_num_cpus: ClassVar[float] = 0.25
 
@@ -215,8 +222,6 @@ class OpenAIConfig(BackendConfig):
     max_retries: int = 5
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
-    price_per_1m_input_tokens: float | None = None
-    price_per_1m_output_tokens: float | None = None
 
     describe_fields: ClassVar[frozenset[str]] = frozenset({
         "base_url", "api_version", "api_key_env", "max_parallel_requests",

@@ -11,6 +11,7 @@ prefix-caching engine does not recompute.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -19,7 +20,7 @@ from ctray.llm.base import LLMRequest, LLMResponse
 from ctray.llm.prompts import PromptTemplate
 from ctray.llm.task import (COMPLETION_TOKENS_COL, LLM_CALLS_COL, PROMPT_TOKENS_COL, LLMStage,
                             LLMTask)
-from ctray.pipeline.stage import ERROR_COL, RowError, Stage
+from ctray.pipeline.stage import ERROR_COL, LIGHT_TASK, RowError, Stage
 from ctray.tasks.leavs import prompts as P
 from ctray.tasks.leavs.schema import FINDING_TYPES
 from ctray.tasks.leavs.parsing import (AnswerParseError, parse_choice, parse_sentence_numbers,
@@ -329,6 +330,11 @@ class AddReasoningUsage(Stage):
     def process_batch(self, batch):
         return add_reasoning_usage(batch)
 
+    def apply(self, ds):
+        # Bookkeeping, not a model: a light task, so it holds no actor's CPU beside the
+        # two LLM stages (on 2 CPUs an extra actor left none for Ray's file listing).
+        return ds.map_batches(add_reasoning_usage, batch_format="pandas", **LIGHT_TASK)
+
 
 class CotLLMStage(LLMStage):
     """Reasoning then summary: a composite of two LLM stages on every backend.
@@ -356,8 +362,12 @@ class CotLLMStage(LLMStage):
         self._reason_stage.backend = self.backend
 
     def decompose(self) -> list[Stage]:
-        return [LLMStage(self.reason_task, self.backend_config, self.resources),
-                LLMStage(self.task, self.backend_config, self.resources),
+        # The two steps share the composite's budget: one CoT question costs the CPUs
+        # (GPUs) of one stage, as it did when both ran in one actor.
+        half = replace(self.resources, num_cpus=self.resources.num_cpus / 2,
+                       num_gpus=self.resources.num_gpus / 2)
+        return [LLMStage(self.reason_task, self.backend_config, half),
+                LLMStage(self.task, self.backend_config, half),
                 AddReasoningUsage()]
 
     def apply(self, ds):

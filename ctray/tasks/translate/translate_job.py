@@ -69,9 +69,7 @@ class TranslateConfig(LLMJobConfig):
 
 def estimated_cost(usage: dict[str, int], backend: BackendConfig) -> dict[str, Any] | None:
     """USD from configured per-1M-token prices (None when no price is configured)."""
-    # Prices and rate budgets exist only on the openai backend's config class.
-    pin = getattr(backend, "price_per_1m_input_tokens", None)
-    pout = getattr(backend, "price_per_1m_output_tokens", None)
+    pin, pout = backend.price_per_1m_input_tokens, backend.price_per_1m_output_tokens
     if pin is None and pout is None:
         return None
     inp = usage.get("prompt_tokens", 0) / 1e6 * (pin or 0.0)
