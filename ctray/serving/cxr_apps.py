@@ -165,17 +165,7 @@ class CxrLLMLabeler(LLMService):
 
     @cxr_llm_api.post("/label", response_model=CxrResponse, dependencies=AUTH)
     async def label(self, body: LabelRequest, request: Request) -> CxrResponse:
-        started = time.perf_counter()
-        self.check_limits(body.texts)
-        self.counter.record_request(len(body.texts))
-        rows = [None if is_blank(text) else {"report_id": body.item_id(i), "text": text}
-                for i, text in enumerate(body.texts)]
-        outcomes = await self.run_rows(rows)
-        self.counter.record_errors(sum(r is None for r in rows))
-        self.log_request(request, body.texts, started, outcomes)
-        return CxrResponse(model=self.model_label(),
-                           prompt_version=self.stage.task.prompt_version(),
-                           results=[self._item(body.item_id(i), o) for i, o in enumerate(outcomes)])
+        return CxrResponse(**await self.label_texts(body, request))
 
     @cxr_llm_api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:

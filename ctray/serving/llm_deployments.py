@@ -106,6 +106,21 @@ class LLMService(Service):
             raise HTTPException(503, detail="LLM backend check failed")
         return Health(status="ok", latency_ms=(time.perf_counter() - started) * 1000)
 
+    async def label_texts(self, body, request: Request) -> dict[str, Any]:
+        """The ``/label`` flow of the report labelers: limits, counts, one row per text
+        (blank texts answered without a model call), logging without text; the fields
+        every labeler's response shares, its items made by its ``_item``."""
+        started = time.perf_counter()
+        self.check_limits(body.texts)
+        self.counter.record_request(len(body.texts))
+        rows = [None if is_blank(text) else {"report_id": body.item_id(i), "text": text}
+                for i, text in enumerate(body.texts)]
+        outcomes = await self.run_rows(rows)
+        self.counter.record_errors(sum(r is None for r in rows))
+        self.log_request(request, body.texts, started, outcomes)
+        return {"model": self.model_label(), "prompt_version": self.stage.task.prompt_version(),
+                "results": [self._item(body.item_id(i), o) for i, o in enumerate(outcomes)]}
+
     def model_label(self) -> str:
         return self.backend_config.model_label()
 
@@ -194,18 +209,7 @@ class LLMFindingsLabeler(LLMService):
 
     @llm_findings_api.post("/label", response_model=LLMFindingsResponse, dependencies=AUTH)
     async def label(self, body: LabelRequest, request: Request) -> LLMFindingsResponse:
-        started = time.perf_counter()
-        self.check_limits(body.texts)
-        self.counter.record_request(len(body.texts))
-        rows = [None if is_blank(text) else {"report_id": body.item_id(i), "text": text}
-                for i, text in enumerate(body.texts)]
-        outcomes = await self.run_rows(rows)
-        self.counter.record_errors(sum(r is None for r in rows))
-        self.log_request(request, body.texts, started, outcomes)
-        return LLMFindingsResponse(model=self.model_label(),
-                                   prompt_version=self.stage.task.prompt_version(),
-                                   results=[self._item(body.item_id(i), o)
-                                            for i, o in enumerate(outcomes)])
+        return LLMFindingsResponse(**await self.label_texts(body, request))
 
     @llm_findings_api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:

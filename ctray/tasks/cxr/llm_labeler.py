@@ -20,10 +20,8 @@ import importlib
 import json
 from typing import Any
 
-from ctray.llm.base import LLMRequest, LLMResponse
 from ctray.llm.prompts import PromptTemplate
-from ctray.llm.task import LLMTask
-from ctray.pipeline.stage import RowError
+from ctray.llm.label_task import ReportLabelTask
 from ctray.tasks.cxr.schema import CLASS_WORDS, OBSERVATIONS, observation_for
 
 ANSWER_FORMATS = ("json-4class", "sft")
@@ -132,7 +130,7 @@ def _sft_module():
                         "train-llm-labeler); it is not installed") from exc
 
 
-class CxrLLMTask(LLMTask):
+class CxrLLMTask(ReportLabelTask):
     """Label one report with the 14 observations through any configured LLM backend."""
 
     name = "llm_cxr"
@@ -143,14 +141,8 @@ class CxrLLMTask(LLMTask):
                  lenient: bool = False, answer_format: str = "json-4class"):
         if answer_format not in ANSWER_FORMATS:
             raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {answer_format!r}")
-        self.text_column = text_column
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.guided_json = guided_json
-        self.repair = repair
-        self.lenient = lenient
+        super().__init__(text_column, max_tokens, temperature, guided_json, repair, lenient)
         self.answer_format = answer_format
-        self.input_columns = ("report_id", text_column)
 
     def prompts(self) -> list[PromptTemplate]:
         return [PROMPT] if self.answer_format == "json-4class" else []
@@ -160,42 +152,23 @@ class CxrLLMTask(LLMTask):
             return str(_sft_module().PROMPT_VERSION)
         return super().prompt_version()
 
-    def _schema(self) -> dict[str, Any] | None:
-        if not self.guided_json:
-            return None
+    def schema(self) -> dict[str, Any] | None:
         return label_schema() if self.answer_format == "json-4class" else _sft_module().json_schema()
 
-    def _request(self, messages: list[dict[str, str]]) -> LLMRequest:
-        return LLMRequest(messages, max_tokens=self.max_tokens, temperature=self.temperature,
-                          json_schema=self._schema())
-
-    def _messages(self, text: str) -> list[dict[str, str]]:
+    def messages_for(self, text: str) -> list[dict[str, str]]:
         if self.answer_format == "sft":
             return _sft_module().build_messages(text)
         return PROMPT.render(report=text.strip())
 
-    def build_request(self, row: dict[str, Any]) -> LLMRequest:
-        text = row.get(self.text_column)
-        if not isinstance(text, str) or not text.strip():
-            raise RowError(f"row {row.get('report_id')!r}: field {self.text_column!r} is empty")
-        return self._request(self._messages(text))
+    def parse_answer(self, text: str) -> dict[str, Any]:
+        if self.answer_format == "sft":
+            labels = _sft_module().parse_answer(text)
+            return {o: float(labels.get(o, float("nan"))) for o in OBSERVATIONS}
+        return parse_labels(text, self.lenient)
 
-    def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
-        try:
-            if self.answer_format == "sft":
-                labels = _sft_module().parse_answer(response.text)
-                return {o: float(labels.get(o, float("nan"))) for o in OBSERVATIONS}
-            return parse_labels(response.text, self.lenient)
-        except ValueError as exc:
-            raise RowError(f"row {row.get('report_id')!r}: field llm_raw: {exc}") from None
-
-    def repair_request(self, row: dict[str, Any], response: LLMResponse,
-                       error: RowError) -> LLMRequest | None:
+    def can_repair(self) -> bool:
         # A fine-tuned model answers its trained format or nothing: no repair dialogue.
-        if not self.repair or self.answer_format == "sft":
-            return None
-        first = self.build_request(row)
-        problem = str(error).split("llm_raw: ", 1)[-1]
-        follow_up = REPAIR.format(problem=problem, keys=", ".join(OBSERVATIONS))
-        return self._request(first.messages + [{"role": "assistant", "content": response.text},
-                                               {"role": "user", "content": follow_up}])
+        return self.repair and self.answer_format != "sft"
+
+    def repair_text(self, problem: str) -> str:
+        return REPAIR.format(problem=problem, keys=", ".join(OBSERVATIONS))

@@ -17,10 +17,8 @@ import json
 import re
 from typing import Any
 
-from ctray.llm.base import LLMRequest, LLMResponse
 from ctray.llm.prompts import PromptTemplate
-from ctray.llm.task import LLMTask
-from ctray.pipeline.stage import RowError
+from ctray.llm.label_task import ReportLabelTask
 from ctray.tasks.findings.schema import FINDING_COLUMNS, FINDING_NAMES, FINDINGS
 from ctray.text.json_extract import JSONAnswerError, extract_json_object
 
@@ -146,7 +144,7 @@ def parse_labels(text: str, lenient: bool = False) -> dict[str, int]:
     return {c: labels[c] for c in FINDING_COLUMNS}
 
 
-class FindingsLLMTask(LLMTask):
+class FindingsLLMTask(ReportLabelTask):
     """Label one report with the 18 findings through any configured LLM backend."""
 
     name = "llm_findings"
@@ -157,14 +155,8 @@ class FindingsLLMTask(LLMTask):
                  lenient: bool = False):
         if lang not in ("auto", "en", "ja"):
             raise ValueError(f"lang must be auto, en or ja, not {lang!r}")
+        super().__init__(text_column, max_tokens, temperature, guided_json, repair, lenient)
         self.lang = lang
-        self.text_column = text_column
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.guided_json = guided_json
-        self.repair = repair
-        self.lenient = lenient
-        self.input_columns = ("report_id", text_column)
 
     def prompts(self) -> list[PromptTemplate]:
         return {"en": [PROMPT_EN], "ja": [PROMPT_JA]}.get(self.lang, [PROMPT_EN, PROMPT_JA])
@@ -177,28 +169,14 @@ class FindingsLLMTask(LLMTask):
             lang = detect_lang(text)
         return PROMPT_JA if lang == "ja" else PROMPT_EN
 
-    def _request(self, messages: list[dict[str, str]]) -> LLMRequest:
-        return LLMRequest(messages, max_tokens=self.max_tokens, temperature=self.temperature,
-                          json_schema=label_schema() if self.guided_json else None)
+    def messages_for(self, text: str) -> list[dict[str, str]]:
+        return self.template_for(text).render(report=text.strip())
 
-    def build_request(self, row: dict[str, Any]) -> LLMRequest:
-        text = row.get(self.text_column)
-        if not isinstance(text, str) or not text.strip():
-            raise RowError(f"row {row.get('report_id')!r}: field {self.text_column!r} is empty")
-        return self._request(self.template_for(text).render(report=text.strip()))
+    def schema(self) -> dict[str, Any]:
+        return label_schema()
 
-    def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
-        try:
-            return parse_labels(response.text, self.lenient)
-        except LabelParseError as exc:
-            raise RowError(f"row {row.get('report_id')!r}: field llm_raw: {exc}") from None
+    def parse_answer(self, text: str) -> dict[str, Any]:
+        return parse_labels(text, self.lenient)
 
-    def repair_request(self, row: dict[str, Any], response: LLMResponse,
-                       error: RowError) -> LLMRequest | None:
-        if not self.repair:
-            return None
-        first = self.build_request(row)
-        problem = str(error).split("llm_raw: ", 1)[-1]
-        follow_up = REPAIR.format(problem=problem, keys=", ".join(KEYS))
-        return self._request(first.messages + [{"role": "assistant", "content": response.text},
-                                               {"role": "user", "content": follow_up}])
+    def repair_text(self, problem: str) -> str:
+        return REPAIR.format(problem=problem, keys=", ".join(KEYS))
