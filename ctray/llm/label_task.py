@@ -15,6 +15,19 @@ from ctray.llm.task import LLMTask
 from ctray.pipeline.stage import RowError
 
 
+def label_problems(missing: list, extra: list, bad: list, allowed: str) -> str | None:
+    """One message for everything wrong with a labels object (None when nothing is),
+    so a repair request can name every problem at once."""
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if extra:
+        problems.append(f"unknown keys {extra}")
+    if bad:
+        problems.append(f"values other than {allowed}: {bad}")
+    return "; ".join(problems) or None
+
+
 class ReportLabelTask(LLMTask):
     def __init__(self, text_column: str = "text", max_tokens: int = 400,
                  temperature: float = 0.0, guided_json: bool = True, repair: bool = True,

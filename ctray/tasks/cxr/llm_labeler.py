@@ -21,7 +21,7 @@ import json
 from typing import Any
 
 from ctray.llm.prompts import PromptTemplate
-from ctray.llm.label_task import ReportLabelTask
+from ctray.llm.label_task import ReportLabelTask, label_problems
 from ctray.tasks.cxr.schema import CLASS_WORDS, OBSERVATIONS, observation_for
 
 ANSWER_FORMATS = ("json-4class", "sft")
@@ -107,16 +107,10 @@ def parse_labels(text: str, lenient: bool = False) -> dict[str, float]:
             bad.append(f"{obs}={json.dumps(value)[:20]}")
             continue
         labels[obs] = CLASS_WORDS[word]
-    problems = []
     missing = [o for o in OBSERVATIONS if o not in labels and o not in {b.split('=')[0] for b in bad}]
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if extra:
-        problems.append(f"unknown keys {extra}")
-    if bad:
-        problems.append(f"values other than positive/negative/uncertain/blank: {bad}")
+    problems = label_problems(missing, extra, bad, "positive/negative/uncertain/blank")
     if problems:
-        raise LabelParseError("; ".join(problems))
+        raise LabelParseError(problems)
     return {o: labels[o] for o in OBSERVATIONS}
 
 

@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from ctray.llm.prompts import PromptTemplate
-from ctray.llm.label_task import ReportLabelTask
+from ctray.llm.label_task import ReportLabelTask, label_problems
 from ctray.tasks.findings.schema import FINDING_COLUMNS, FINDING_NAMES, FINDINGS
 from ctray.text.json_extract import JSONAnswerError, extract_json_object
 
@@ -131,16 +131,10 @@ def parse_labels(text: str, lenient: bool = False) -> dict[str, int]:
             bad.append(f"{key}={json.dumps(value)[:20]}")
             continue
         labels[column] = int(value)
-    problems = []
     missing = [f.name for f in FINDINGS if f.column not in seen]
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if extra:
-        problems.append(f"unknown keys {[str(k)[:40] for k in extra]}")
-    if bad:
-        problems.append(f"values other than 0/1: {bad}")
+    problems = label_problems(missing, [str(k)[:40] for k in extra], bad, "0/1")
     if problems:
-        raise LabelParseError("; ".join(problems))
+        raise LabelParseError(problems)
     return {c: labels[c] for c in FINDING_COLUMNS}
 
 
