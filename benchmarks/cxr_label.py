@@ -1,12 +1,18 @@
 """Throughput of the CXR rule labeler (label-cxr --labeler rules).
 
     python benchmarks/cxr_label.py [--repeat 3] [--skip-job]
+    python benchmarks/cxr_label.py --skip-rules --skip-job --llm-model runs/train_llm_labeler/model \
+        [--llm-reports 120] [--device gpu]
 
 1. In-process: reports/s of ``CxrRuleLabeler`` over the 3,851 Open-i reports (findings +
    impression, one process; the shipped 12-report sample repeated when ../shared/data is
    absent), best of ``--repeat`` passes, and the class counts per observation.
 2. The label-cxr job end to end on a local Ray (read CSV, rules actor, Parquet writer,
    manifest, labels.csv): reports/s of wall time including Ray start-up and overhead.
+3. ``--llm-model``: the label-cxr job with ``--labeler llm`` on that model through vLLM
+   (a train-llm-labeler folder answers in its training format, guided JSON), over the
+   first ``--llm-reports`` reports: reports/s and completion tokens/s of the job's wall
+   time (engine start included) and of the manifest's engine time.
 """
 
 from __future__ import annotations
@@ -71,15 +77,53 @@ def bench_job(path: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def bench_llm_job(path: Path, model: str, n: int, device: str) -> None:
+    import json
+
+    from ctray.cli import main
+
+    out = Path(tempfile.mkdtemp(prefix="cxr-bench-llm-"))
+    try:
+        df = pd.read_csv(path, dtype=str).head(n)
+        corpus = out / "reports.csv"
+        df.to_csv(corpus, index=False)
+        started = time.perf_counter()
+        rc = main(["label-cxr", "--config", str(REPO / "configs" / "label_cxr.yaml"),
+                   "--labeler", "llm", "--set", f"corpus.path={corpus}",
+                   "--set", f"run.output={out / 'run'}", "--set", "backend.kind=vllm",
+                   "--set", f"backend.model={model}", "--set", f"backend.device={device}"])
+        wall = time.perf_counter() - started
+        manifest = json.loads((out / "run" / "manifest.json").read_text())
+        usage = manifest.get("usage", {})
+        done = manifest.get("counts", {})
+        print(json.dumps({"label_cxr_llm": {
+            "model": model, "device": device, "rc": rc, "reports": len(df),
+            "counts": done, "wall_s": round(wall, 1),
+            "reports_per_s_wall": round(len(df) / wall, 3),
+            "completion_tokens": usage.get("completion_tokens"),
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens_per_s_wall": round((usage.get("completion_tokens") or 0) / wall, 1),
+            "manifest_wall_s": manifest.get("wall_time_s")}}, indent=2))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-job", action="store_true")
+    parser.add_argument("--skip-rules", action="store_true")
+    parser.add_argument("--llm-model", help="also time label-cxr --labeler llm on this model")
+    parser.add_argument("--llm-reports", type=int, default=120)
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args()
     path = OPENI if OPENI.exists() else SAMPLE
-    bench_in_process(path, args.repeat)
+    if not args.skip_rules:
+        bench_in_process(path, args.repeat)
     if not args.skip_job:
         bench_job(path)
+    if args.llm_model:
+        bench_llm_job(path, args.llm_model, args.llm_reports, args.device)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ bf16 autocast where the CPU has it), once with logits only on the answer positio
 
     python benchmarks/sft_throughput.py --steps 8 --batch-size 2 [--full-logits]
 
-Needs ../shared/data/openi/indiana_reports.csv (reports) and a label table in the
-CheXpert layout (``--labels``; default the rule labels in /work/notes/openi_rules).
+Needs ../shared/data/openi/indiana_reports.csv (reports). Answers come from a label table
+in the CheXpert layout (``--labels``, e.g. ``runs/label_cxr/labels.csv``) or, by default,
+from the rule labeler run here on the sampled reports (what ``label-cxr`` would write).
 """
 
 from __future__ import annotations
@@ -28,17 +29,22 @@ OPENI = REPO.parent / "shared" / "data" / "openi" / "indiana_reports.csv"
 
 def examples(n: int, labels_path: str | None) -> list[dict]:
     from ctray.tasks.cxr import sft_format
+    from ctray.tasks.cxr.rules import CxrRuleLabeler
 
     df = pd.read_csv(OPENI)
     df["text"] = [("\n\n".join(str(x).strip() for x in (f, i) if isinstance(x, str) and x.strip()))
                   for f, i in zip(df["findings"], df["impression"])]
     df = df[df["text"].str.len() > 0]
     labels = None
-    if labels_path and os.path.exists(labels_path):
+    if labels_path:
         labels = pd.read_csv(labels_path).astype({"uid": str}).set_index("uid")
+    rules = None if labels is not None else CxrRuleLabeler()
     out = []
     for r in df.sample(n=min(n, len(df)), random_state=0).to_dict("records"):
-        row = labels.loc[str(r["uid"])].to_dict() if labels is not None and str(r["uid"]) in labels.index else {}
+        if rules is not None:
+            row = rules.label(r["text"]).labels
+        else:
+            row = labels.loc[str(r["uid"])].to_dict() if str(r["uid"]) in labels.index else {}
         out.append({"id": str(r["uid"]), "messages": sft_format.build_messages(r["text"]),
                     "answer": sft_format.answer_text(row)})
     return out
@@ -55,7 +61,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--labels", default="/work/notes/openi_rules/labels.csv")
+    ap.add_argument("--labels", default=None, help="label table (default: rule labels made here)")
     ap.add_argument("--full-logits", action="store_true", help="also time full-sequence logits")
     ap.add_argument("--no-bf16", action="store_true")
     args = ap.parse_args()

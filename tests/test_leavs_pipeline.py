@@ -494,6 +494,31 @@ def test_rerun_resumes_every_stage_without_llm_calls(leavs_run):
     assert again.manifest["per_report"]["total_llm_calls"] == first.manifest["per_report"]["total_llm_calls"]
 
 
+def test_a_run_whose_first_stage_fails_for_every_organ_still_assembles(tmp_path):
+    """Nothing reaches the later stages; the assembly still lists every organ as
+    incomplete (waiting on the first stage) and every failure keeps its input."""
+    from ctray.tasks.leavs.leavs_job import LeavsConfig, run_leavs
+
+    cfg = LeavsConfig.model_validate({
+        "run": {"output": str(tmp_path / "out")},
+        "corpus": {"path": str(SAMPLE), "id_column": "report_id", "text_column": "text",
+                   "limit": 2},
+        "organs": ["liver", "spleen"],
+        "backend": {"kind": "fake", "model": "unusable", "fake_default": "I cannot tell.",
+                    "num_cpus": 0.5},
+        "repair": False, "shuffle_partitions": 2,
+        "shuffle_strategy": "sort_shuffle_pull_based"})
+    run = run_leavs(cfg)
+    first = run.passes["filter_list"]
+    assert (first.ok, first.failed) == (0, 4)
+    assert all(run.passes[s] is None for s in A.STAGES[1:])
+    incomplete = pd.read_parquet(tmp_path / "out" / "incomplete")
+    assert len(incomplete) == 4 and set(incomplete["status"]) == {"incomplete:filter_list"}
+    errors = results(tmp_path / "out", "filter_list", "errors")
+    assert len(errors) == 4 and errors[ERROR_COL].str.len().gt(0).all()
+    assert run.manifest["labels"]["organs_labelled"] == 0
+
+
 # ------------------------------------------------------------------ job wiring
 
 def test_jobs_are_registered_with_configs_and_entrypoints():

@@ -65,7 +65,7 @@ def test_answer_format_round_trips_the_full_label_table():
     import jsonschema
 
     jsonschema.validate(json.loads(text), cxr.json_schema())
-    for bad in ({"positive": ["Heart"]}, {"maybe": ["Edema"]}, {"negative": ["Edema", "Edema"]}):
+    for bad in ({"positive": ["Heart"]}, {"maybe": ["Edema"]}, {"negative": "Edema"}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, cxr.json_schema())
 

@@ -133,6 +133,39 @@ def test_llm_findings_labeling_guided_json_every_row_parses(shared_engine, tmp_p
     assert_vllm_cpu(summary.manifest, "shared engine actor")
 
 
+def test_leavs_a_few_reports_every_stage(shared_engine, tmp_path):
+    from ctray.tasks.leavs import assemble as A
+    from ctray.tasks.leavs.leavs_job import LeavsConfig, run_leavs
+
+    cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", [
+        "corpus.limit=2", "organs=[liver, spleen]", f"run.output={tmp_path / 'leavs'}",
+        "cot_max_tokens=48", "backend.max_tokens=96", "shuffle_partitions=2",
+        "shuffle_strategy=sort_shuffle_pull_based", *SHARED])
+    run = run_leavs(cfg)
+    for name in A.STAGES:
+        summary = run.passes[name]
+        assert summary is not None and summary.ok > 0, (name, summary)
+        # Guided decoding (choice / regex): the answers of every stage parse.
+        assert summary.failed == 0, (name, errors(summary.output).head(3).to_dict("records"))
+        assert_vllm_cpu(summary.manifest, "shared engine actor")
+    labels = pd.read_csv(run.csv)
+    assert len(labels) + run.manifest["labels"]["organs_incomplete"] >= 1
+    assert run.manifest["labels"]["organs_labelled"] + run.manifest["labels"]["organs_incomplete"] == 4
+
+
+def test_ground_text_rewrite_findings_categories(shared_engine, tmp_path):
+    from ctray.tasks.grounding.text_job import PASSES, GroundTextConfig, run_ground_text
+
+    cfg = load_config(GroundTextConfig, REPO / "configs" / "ground_text.yaml", [
+        f"corpus.path={SAMPLE_EN}", "corpus.limit=2", f"run.output={tmp_path / 'gt'}",
+        "backend.max_tokens=384", *SHARED])
+    out = run_ground_text(cfg)
+    for name in PASSES:
+        summary = out[name]
+        assert summary is not None and summary.ok + summary.failed > 0, (name, summary)
+        assert_vllm_cpu(summary.manifest, "shared engine actor")
+
+
 # ------------------------------------------------------------------ Serve (engine in the replica)
 
 def test_llm_findings_serve_app_answers_through_vllm(ray_local):
@@ -198,3 +231,28 @@ def test_leavs_serve_app_labels_one_report_on_the_shared_engine(shared_engine):
     finally:
         serve.delete("leavs-vllm")
         serve.shutdown()
+
+
+# ------------------------------------------------------------------ guided-decoding schemas
+
+def test_every_guided_json_schema_is_one_vllm_can_enforce():
+    """vLLM rejects a request whose schema uses keywords its grammar backends lack
+    (``uniqueItems`` failed every fine-tuned CXR request once); checked with vLLM's own
+    test, on every schema ctray sends."""
+    from vllm.v1.structured_output.backend_xgrammar import has_xgrammar_unsupported_json_features
+
+    from ctray.tasks.cxr import sft_format as cxr_sft
+    from ctray.tasks.cxr.llm_labeler import label_schema as cxr_schema
+    from ctray.tasks.findings import sft_format as ct_sft
+    from ctray.tasks.findings.llm_labeler import label_schema as findings_schema
+    from ctray.tasks.grounding.categories import load_categories
+    from ctray.tasks.grounding.text_checks import (FINDINGS_SCHEMA, REWRITE_SCHEMA,
+                                                   categories_schema)
+
+    schemas = {"cxr sft": cxr_sft.json_schema(), "cxr json-4class": cxr_schema(),
+               "ct-rate sft": ct_sft.json_schema(), "findings": findings_schema(),
+               "ground rewrite": REWRITE_SCHEMA, "ground findings": FINDINGS_SCHEMA,
+               "ground categories": categories_schema(
+                   ["f1", "f2"], load_categories().assignable_codes())}
+    for name, schema in schemas.items():
+        assert not has_xgrammar_unsupported_json_features(schema), name

@@ -62,9 +62,10 @@ def answer_text(labels: dict[str, Any]) -> str:
 
 
 def json_schema() -> dict[str, Any]:
-    """Guided-decoding schema of the answer (all groups optional, no other keys)."""
-    names = {"type": "array", "items": {"type": "string", "enum": list(OBSERVATIONS)},
-             "uniqueItems": True}
+    """Guided-decoding schema of the answer (all groups optional, no other keys).
+    No ``uniqueItems``: vLLM's grammar backends reject it (a repeated name parses to
+    the same label; a name in two groups is an AnswerError)."""
+    names = {"type": "array", "items": {"type": "string", "enum": list(OBSERVATIONS)}}
     return {"type": "object", "properties": {g: names for g in GROUPS},
             "additionalProperties": False}
 

@@ -37,8 +37,8 @@ def answer_text(labels: dict[str, Any]) -> str:
 
 
 def json_schema() -> dict[str, Any]:
-    return {"type": "array", "items": {"type": "string", "enum": list(FINDING_NAMES)},
-            "uniqueItems": True}
+    # No uniqueItems: vLLM's grammar backends reject it; a repeated name parses the same.
+    return {"type": "array", "items": {"type": "string", "enum": list(FINDING_NAMES)}}
 
 
 class AnswerError(ValueError):

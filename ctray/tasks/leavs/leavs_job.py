@@ -178,13 +178,18 @@ def _event_parts(out: str, passes) -> list:
     return parts
 
 
+def _union(parts: list):
+    # Ray's union of one dataset with nothing fails at execution (it needs two inputs);
+    # a run whose passes all failed has the corpus rows alone.
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
 def filtered_organs(out: str, fast: bool, partitions: int | None = None):
     """Fan-in of sentence filtration: per (report, organ), the union of both steps."""
     parts = _event_parts(out, ["filter_list"] + ([] if fast else ["filter_check"]))
     if not parts:
         return None
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    return ds.groupby(list(ORGAN_KEYS), num_partitions=partitions).map_groups(
+    return _union(parts).groupby(list(ORGAN_KEYS), num_partitions=partitions).map_groups(
         A.combine_filter, fn_kwargs={"fast": fast}, batch_format="pandas", **LIGHT_TASK)
 
 
@@ -217,7 +222,7 @@ def assemble_labels(cfg: LeavsConfig, out: str, run_id: str) -> dict[str, Any]:
         batch_format="pandas", **LIGHT_TASK)
     used = [p for p in PASSES if not (cfg.fast and p == "filter_check")]
     parts = [base] + _event_parts(out, used)
-    grouped = parts[0].union(*parts[1:]).groupby(
+    grouped = _union(parts).groupby(
         list(ORGAN_KEYS), num_partitions=cfg.shuffle_partitions).map_groups(
         A.assemble_group, fn_kwargs={"fast": cfg.fast,
                                      "ask_unselected": cfg.unselected_types == "ask"},
