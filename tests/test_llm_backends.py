@@ -787,6 +787,24 @@ def test_llm_stage_with_hf_backend_over_ray_data(ray_local, tiny_lm_dir):
     assert (fine["llm_model"] == f"hf:{tiny_lm_dir}").all()
 
 
+def test_guided_json_reaches_vllm_with_the_schema_key_order_of_the_task():
+    """Grammar engines write properties in schema order; a fine-tuned CXR model answers
+    "positive" before "negative", so a sorted schema (negative, positive, uncertain)
+    forced its negatives into "uncertain" on vLLM."""
+    import json
+
+    from ctray.llm.vllm_engine import sampling_fields
+    from ctray.tasks.cxr.llm_labeler import CxrLLMTask
+    from ctray.tasks.cxr.schema import OBSERVATIONS
+
+    sft = CxrLLMTask(answer_format="sft").build_request({"report_id": "r1", "text": "No effusion."})
+    schema = json.loads(sampling_fields(sft)["structured_outputs"]["json"])
+    assert list(schema["properties"]) == ["positive", "negative", "uncertain"]
+    zero = CxrLLMTask().build_request({"report_id": "r1", "text": "No effusion."})
+    schema = json.loads(sampling_fields(zero)["structured_outputs"]["json"])
+    assert list(schema["properties"]) == list(OBSERVATIONS)
+
+
 def test_guided_regex_reaches_vllm_and_translation_asks_for_its_marker_line():
     import re
 

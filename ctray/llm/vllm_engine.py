@@ -182,12 +182,15 @@ def sampling_fields(request: LLMRequest) -> dict[str, Any]:
         "stop": list(request.stop) if request.stop else None,
     }
     # No free whitespace inside guided JSON: small models otherwise pad with newlines
-    # and spaces until max_tokens cuts the object off (seen with Gemma 3 270M).
+    # and spaces until max_tokens cuts the object off (seen with Gemma 3 270M). The
+    # schema keeps its key order: the grammar engines emit properties in schema order,
+    # and sorted keys made a fine-tuned model's trained order ("positive" before
+    # "negative") impossible to write.
     if request.choices:
         params["structured_outputs"] = {"choice": list(request.choices),
                                         "disable_any_whitespace": True}
     elif request.json_schema is not None:
-        params["structured_outputs"] = {"json": json.dumps(request.json_schema, sort_keys=True),
+        params["structured_outputs"] = {"json": json.dumps(request.json_schema),
                                         "disable_any_whitespace": True}
     elif request.regex is not None:
         params["structured_outputs"] = {"regex": request.regex, "disable_any_whitespace": True}
