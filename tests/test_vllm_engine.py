@@ -142,28 +142,63 @@ def test_leavs_a_few_reports_every_stage(shared_engine, tmp_path):
         "cot_max_tokens=48", "backend.max_tokens=96", "shuffle_partitions=2",
         "shuffle_strategy=sort_shuffle_pull_based", *SHARED])
     run = run_leavs(cfg)
+    # Every stage ran as its own pass; whether the sentence check and urgency get rows
+    # depends on the model's earlier answers (every sentence listed, no finding present).
+    assert all(run.passes[name] is not None for name in A.STAGES), run.passes
+    for name in ("filter_list", "finding_types", "certainty"):
+        assert run.passes[name].ok > 0, name
     for name in A.STAGES:
         summary = run.passes[name]
-        assert summary is not None and summary.ok > 0, (name, summary)
         # Guided decoding (choice / regex): the answers of every stage parse.
         assert summary.failed == 0, (name, errors(summary.output).head(3).to_dict("records"))
-        assert_vllm_cpu(summary.manifest, "shared engine actor")
-    labels = pd.read_csv(run.csv)
-    assert len(labels) + run.manifest["labels"]["organs_incomplete"] >= 1
-    assert run.manifest["labels"]["organs_labelled"] + run.manifest["labels"]["organs_incomplete"] == 4
+        if summary.ok:
+            assert_vllm_cpu(summary.manifest, "shared engine actor")
+    labels = run.manifest["labels"]
+    assert (labels["organs_labelled"], labels["organs_incomplete"]) == (4, 0)
+    release = pd.read_csv(run.csv)
+    assert set(release["subjectid_studyid"].astype(str)) == set(
+        results(run.passes["filter_list"].output)["report_id"].astype(str))
+
+
+def _answered_through_vllm(summary, rows: int) -> None:
+    """Every input row came back from the engine: parsed, or a row error that keeps
+    the model's raw answer (a 270M base model rarely passes ground-text's checks)."""
+    assert summary is not None and summary.ok + summary.failed == rows, summary
+    assert_vllm_cpu(summary.manifest, "shared engine actor")
+    if summary.failed:
+        failed = errors(summary.output)
+        assert failed["llm_raw"].fillna("").str.len().gt(0).all()
+        assert failed["input_json"].str.len().gt(0).all()
 
 
 def test_ground_text_rewrite_findings_categories(shared_engine, tmp_path):
-    from ctray.tasks.grounding.text_job import PASSES, GroundTextConfig, run_ground_text
+    """Pass 1 on vLLM from the corpus; passes 2 and 3 on vLLM from a reference rewrite
+    (the deterministic fake's, resumed into with a changed backend), so they run
+    whatever the 270M model makes of pass 1."""
+    import shutil
 
-    cfg = load_config(GroundTextConfig, REPO / "configs" / "ground_text.yaml", [
-        f"corpus.path={SAMPLE_EN}", "corpus.limit=2", f"run.output={tmp_path / 'gt'}",
-        "backend.max_tokens=384", *SHARED])
-    out = run_ground_text(cfg)
-    for name in PASSES:
-        summary = out[name]
-        assert summary is not None and summary.ok + summary.failed > 0, (name, summary)
-        assert_vllm_cpu(summary.manifest, "shared engine actor")
+    from ctray.tasks.grounding.text_job import GroundTextConfig, run_ground_text
+
+    engine = [f"corpus.path={SAMPLE_EN}", "corpus.limit=2", "backend.max_tokens=768", *SHARED]
+    out = run_ground_text(load_config(GroundTextConfig, REPO / "configs" / "ground_text.yaml",
+                                      [f"run.output={tmp_path / 'gt'}", *engine]))
+    _answered_through_vllm(out["rewrite"], 2)
+
+    seeded = tmp_path / "seeded"
+    fake = run_ground_text(load_config(
+        GroundTextConfig, REPO / "tests" / "configs" / "ground_text_fake.yaml",
+        ["corpus.limit=2", f"run.output={seeded}", "write_final=false"]))
+    assert fake["rewrite"].ok == 2
+    for later in ("findings", "categories"):
+        shutil.rmtree(seeded / later)
+    out = run_ground_text(load_config(GroundTextConfig, REPO / "configs" / "ground_text.yaml",
+                                      [f"run.output={seeded}", "run.allow_config_change=true",
+                                       *engine]))
+    assert out["rewrite"].ok + out["rewrite"].failed == 0  # the reference rows are kept
+    _answered_through_vllm(out["findings"], 2)
+    found = results(seeded / "findings") if out["findings"].ok else pd.DataFrame()
+    if len(found) and (found["n_abnormal"] > 0).any():
+        _answered_through_vllm(out["categories"], int((found["n_abnormal"] > 0).sum()))
 
 
 # ------------------------------------------------------------------ Serve (engine in the replica)

@@ -123,8 +123,24 @@ def engine_args(cfg, device: str) -> dict[str, Any]:
         args["tokenizer_revision"] = cfg.revision
     if cfg.seed is not None:
         args["seed"] = cfg.seed
+    outputs = structured_outputs_config()
+    if outputs is not None:
+        args["structured_outputs_config"] = outputs
     args.update(cfg.engine_kwargs)  # explicit engine settings win
     return args
+
+
+def structured_outputs_config():
+    """Guided JSON without free whitespace. vLLM 0.32 reads this from the engine, not
+    from the request: with the default, Gemma 3 270M copied the prompt's indented
+    examples and the ground-text rewrite ran out of tokens inside the object. xgrammar
+    is named because the setting needs it and every ctray schema is one it implements
+    (tests/test_vllm_engine.py). None where vLLM is not installed (nothing to run)."""
+    try:
+        from vllm.config import StructuredOutputsConfig
+    except ImportError:
+        return None
+    return StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
 
 
 def engine_env(cfg, device: str) -> dict[str, str]:
@@ -182,8 +198,9 @@ def sampling_fields(request: LLMRequest) -> dict[str, Any]:
         "stop": list(request.stop) if request.stop else None,
     }
     # No free whitespace inside guided JSON: small models otherwise pad with newlines
-    # and spaces until max_tokens cuts the object off (seen with Gemma 3 270M). The
-    # schema keeps its key order: the grammar engines emit properties in schema order,
+    # and spaces until max_tokens cuts the object off (seen with Gemma 3 270M); vLLM
+    # itself takes that from the engine (structured_outputs_config), servers that read
+    # it per request get it here. The schema keeps its key order: the grammar engines emit properties in schema order,
     # and sorted keys made a fine-tuned model's trained order ("positive" before
     # "negative") impossible to write.
     if request.choices:

@@ -128,7 +128,8 @@ def plot_grouped_bars(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_ylabel("weighted F1")
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    # Outside the axes: inside, it hid the bars of the last observations.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
