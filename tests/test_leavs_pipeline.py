@@ -515,7 +515,8 @@ def test_a_run_whose_first_stage_fails_for_every_organ_still_assembles(tmp_path)
     incomplete = pd.read_parquet(tmp_path / "out" / "incomplete")
     assert len(incomplete) == 4 and set(incomplete["status"]) == {"incomplete:filter_list"}
     errors = results(tmp_path / "out", "filter_list", "errors")
-    assert len(errors) == 4 and errors[ERROR_COL].str.len().gt(0).all()
+    assert len(errors) == 4 and errors["error"].str.len().gt(0).all()
+    assert errors["input_json"].str.contains('"organ"').all()
     assert run.manifest["labels"]["organs_labelled"] == 0
 
 
