@@ -97,6 +97,16 @@ def model_path(cfg) -> str:
                                revision=cfg.revision, cache_dir=cfg.cache_dir)
 
 
+#: Guided JSON without free whitespace. vLLM 0.32 reads this from the engine, not from
+#: the request: with the default, Gemma 3 270M copied the prompt's indented examples and
+#: the ground-text rewrite ran out of tokens inside the object. xgrammar is named because
+#: the setting needs it and every ctray schema is one it implements
+#: (tests/test_vllm_engine.py). A plain dict, which vllm.LLM and AsyncEngineArgs turn into
+#: their config: building vLLM's class here would import vLLM (8 s) in every process that
+#: only names or calls an engine.
+STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
+
+
 def engine_args(cfg, device: str) -> dict[str, Any]:
     """vLLM engine arguments (``vllm.LLM(**args)`` / ray.data.llm ``engine_kwargs``)."""
     args: dict[str, Any] = {
@@ -123,24 +133,9 @@ def engine_args(cfg, device: str) -> dict[str, Any]:
         args["tokenizer_revision"] = cfg.revision
     if cfg.seed is not None:
         args["seed"] = cfg.seed
-    outputs = structured_outputs_config()
-    if outputs is not None:
-        args["structured_outputs_config"] = outputs
+    args["structured_outputs_config"] = dict(STRUCTURED_OUTPUTS)
     args.update(cfg.engine_kwargs)  # explicit engine settings win
     return args
-
-
-def structured_outputs_config():
-    """Guided JSON without free whitespace. vLLM 0.32 reads this from the engine, not
-    from the request: with the default, Gemma 3 270M copied the prompt's indented
-    examples and the ground-text rewrite ran out of tokens inside the object. xgrammar
-    is named because the setting needs it and every ctray schema is one it implements
-    (tests/test_vllm_engine.py). None where vLLM is not installed (nothing to run)."""
-    try:
-        from vllm.config import StructuredOutputsConfig
-    except ImportError:
-        return None
-    return StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
 
 
 def engine_env(cfg, device: str) -> dict[str, str]:
@@ -197,12 +192,11 @@ def sampling_fields(request: LLMRequest) -> dict[str, Any]:
         "seed": request.seed,
         "stop": list(request.stop) if request.stop else None,
     }
-    # No free whitespace inside guided JSON: small models otherwise pad with newlines
-    # and spaces until max_tokens cuts the object off (seen with Gemma 3 270M); vLLM
-    # itself takes that from the engine (structured_outputs_config), servers that read
-    # it per request get it here. The schema keeps its key order: the grammar engines emit properties in schema order,
-    # and sorted keys made a fine-tuned model's trained order ("positive" before
-    # "negative") impossible to write.
+    # No free whitespace inside guided output: the request field says so, but vLLM
+    # 0.32's grammar backends read only the engine's setting (STRUCTURED_OUTPUTS).
+    # The schema keeps its key order: the grammar engines emit properties in schema
+    # order, and sorted keys made a fine-tuned model's trained order ("positive"
+    # before "negative") impossible to write.
     if request.choices:
         params["structured_outputs"] = {"choice": list(request.choices),
                                         "disable_any_whitespace": True}
