@@ -39,6 +39,7 @@ def test_generation_text_cuts_at_the_next_input():
     # A Python code block after the answer is not part of it; a leading fence is kept.
     assert generation_text("```markdown\n## 経過\n全身状態良好\n\n```python\n# 以下") == \
         "```markdown\n## 経過\n全身状態良好\n\n"
+    assert generation_text("## 退院時状況\n安定\n\npython\npython\n") == "## 退院時状況\n安定\n\n"
 
 
 def test_rouge_l_mean_leaves_out_empty_answers_except_in_strict_mode():

@@ -14,9 +14,10 @@ import re
 from typing import Any, Callable
 
 # Where a generated summary/simplification ends: the next input heading of the one-shot
-# pattern ("### 入力:"; the example's "### 入力例:" does not cut) or a Python code block
-# that some models append after the answer.
-GENERATION_CUT = re.compile(r"### 入力:|```python")
+# pattern ("### 入力:"; the example's "### 入力例:" does not cut) or the word "python"
+# (with its code fence, if any): Swallow appends Python code blocks or degenerates into
+# "python" lines after its answer. Evidence per file: docs/jclinicalbench.md.
+GENERATION_CUT = re.compile(r"### 入力:|(?:```)?python")
 EOS = "[EOS]"
 _FENCE_OPEN = re.compile(r"^```[A-Za-z]*\s*")
 _FENCE_CLOSE = re.compile(r"\s*```\s*$")
@@ -28,7 +29,7 @@ _ANY_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
 
 def generation_text(value: Any, strict: bool = False) -> str:
     """Summaries/simplifications: the output up to the first ``### 入力:`` (models that
-    continue the few-shot pattern write the next input there) or `````python``."""
+    continue the few-shot pattern write the next input there) or ``python``."""
     return "" if value is None else GENERATION_CUT.split(str(value), maxsplit=1)[0]
 
 
