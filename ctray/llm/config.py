@@ -192,7 +192,9 @@ class HFConfig(BackendConfig):
     kind: Literal["hf"] = "hf"
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder/repo")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
-    dtype: str = "float32"
+    dtype: str = Field("auto", description="auto: on CPU bfloat16 where the CPU computes it "
+                       "natively (AVX-512 BF16 / AMX / Arm bf16), else float32; on GPU the "
+                       "model's dtype")
     cache_dir: str | None = Field(None, description="where converted GGUF models are cached")
     max_context: int | None = None
 
@@ -206,8 +208,13 @@ class HFConfig(BackendConfig):
         return HFBackend.from_config(self)
 
     def engine(self) -> dict[str, Any]:
-        return {"engine": "transformers", "engine_version": _version("transformers"),
+        info = {"engine": "transformers", "engine_version": _version("transformers"),
                 "device": self.device}
+        if self.device == "cpu":
+            from ctray.hardware import cpu_dtype
+
+            info.update(cpu_dtype(self.dtype).as_dict())
+        return info
 
 
 class OpenAIConfig(BackendConfig):
@@ -255,7 +262,9 @@ class VLLMConfig(BackendConfig):
     kind: Literal["vllm"] = "vllm"
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="auto: gpu when the Ray cluster has GPUs, else cpu")
-    dtype: str = Field("auto", description="auto: bfloat16 on CPU, the model's dtype on GPU")
+    dtype: str = Field("auto", description="auto: on CPU bfloat16 where the CPU computes it "
+                       "natively (AVX-512 BF16 / AMX / Arm bf16), else float32 (ctray.hardware); "
+                       "on GPU the model's dtype")
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder")
     cache_dir: str | None = Field(None, description="where converted GGUF models are cached")
     engine_mode: Literal["processor", "shared"] = Field(
@@ -301,11 +310,13 @@ class VLLMConfig(BackendConfig):
         return apply_vllm_stage(stage, ds)
 
     def engine(self) -> dict[str, Any]:
-        from ctray.llm.vllm_engine import resolved_device
+        from ctray.llm.vllm_engine import engine_dtype, resolved_device
 
-        return {"engine": "vllm", "engine_version": _version("vllm"),
-                "device": resolved_device(self),
-                "via": "ray.data.llm" if self.engine_mode == "processor" else "shared engine actor"}
+        device = resolved_device(self)
+        choice = engine_dtype(self, device)
+        return {"engine": "vllm", "engine_version": _version("vllm"), "device": device,
+                "via": "ray.data.llm" if self.engine_mode == "processor" else "shared engine actor",
+                **(choice.as_dict() if choice is not None else {})}
 
 
 def _version(dist: str) -> str | None:

