@@ -64,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--gen-tokens", type=int, default=32, help="dtype part: generated tokens")
     p.add_argument("--dtype-engines", default="hf,vllm", help="dtype part: engines")
     p.add_argument("--dtypes", default="bfloat16,float32", help="dtype part: dtypes")
+    p.add_argument("--reserved", default="default,0", help="dtype part, vLLM: cores vLLM "
+                   "reserves (VLLM_CPU_NUM_OF_RESERVED_CPU; default = vLLM's own)")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # engine:dtype, one cell in this process
     return p.parse_args(argv)
 
@@ -243,7 +245,7 @@ def run_cell(args) -> dict:
     """One engine x dtype cell in this process: prompt-only, then generation."""
     from ctray.llm.config import BackendConfig
 
-    engine_kind, dtype = args.cell.split(":")
+    engine_kind, dtype, reserved = (args.cell.split(":") + ["default"])[:3]
     rows, _ = prompt_rows(args.rows)
     started = time.perf_counter()
     if engine_kind == "hf":
@@ -253,8 +255,11 @@ def run_cell(args) -> dict:
     else:
         from ctray.llm.vllm_engine import VLLMBackend
 
-        backend = VLLMBackend(vllm_cfg(args, dtype=dtype))
+        extra = {} if reserved == "default" else {"cpu_reserved_cores": int(reserved)}
+        backend = VLLMBackend(vllm_cfg(args, dtype=dtype, **extra))
     out = {"engine": engine_kind, "dtype": dtype, "load_s": round(time.perf_counter() - started, 1)}
+    if engine_kind == "vllm":
+        out["reserved_cores"] = reserved
     for name, tokens in (("prompt_only", 1), ("generation", args.gen_tokens)):
         requests = summary_requests(rows, tokens)
         started = time.perf_counter()
@@ -273,17 +278,19 @@ def part_dtype_matrix(args) -> dict:
     import subprocess
 
     cells = {}
-    for engine_kind in args.dtype_engines.split(","):
-        for dtype in args.dtypes.split(","):
-            cmd = [sys.executable, __file__, "--cell", f"{engine_kind}:{dtype}",
-                   "--rows", str(args.rows), "--gen-tokens", str(args.gen_tokens),
-                   "--hf-batch", str(args.hf_batch), "--device", args.device,
-                   "--kv-cache-gib", str(args.kv_cache_gib), "--model", args.model]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [ln for ln in done.stdout.splitlines() if ln.startswith('{"cell"')]
-            cells[f"{engine_kind}:{dtype}"] = (json.loads(lines[-1])["cell"] if lines else
-                                               {"failed": done.stderr[-600:]})
-            print(json.dumps({f"{engine_kind}:{dtype}": cells[f"{engine_kind}:{dtype}"]}), flush=True)
+    plan = [(e, d, r) for e in args.dtype_engines.split(",") for d in args.dtypes.split(",")
+            for r in (args.reserved.split(",") if e == "vllm" else ["default"])]
+    for engine_kind, dtype, reserved in plan:
+        name = f"{engine_kind}:{dtype}" + (f":{reserved}" if engine_kind == "vllm" else "")
+        cmd = [sys.executable, __file__, "--cell", f"{engine_kind}:{dtype}:{reserved}",
+               "--rows", str(args.rows), "--gen-tokens", str(args.gen_tokens),
+               "--hf-batch", str(args.hf_batch), "--device", args.device,
+               "--kv-cache-gib", str(args.kv_cache_gib), "--model", args.model]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith('{"cell"')]
+        cells[name] = (json.loads(lines[-1])["cell"] if lines else
+                       {"failed": done.stderr[-600:]})
+        print(json.dumps({name: cells[name]}), flush=True)
     return cells
 
 

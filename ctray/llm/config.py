@@ -277,6 +277,10 @@ class VLLMConfig(BackendConfig):
     gpu_memory_utilization: float = 0.9
     kv_cache_gib: int = Field(1, description="CPU only: KV cache GiB (VLLM_CPU_KVCACHE_SPACE)")
     cpus_per_engine: float = Field(1.0, description="CPU only: the engine's placement-group bundle")
+    cpu_reserved_cores: int | None = Field(
+        None, ge=0, description="CPU only: cores vLLM keeps free of its compute threads "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU); None: vLLM's default, one per engine worker, which on "
+        "a 2-core machine leaves one core computing")
     enforce_eager: bool | None = Field(None, description="None: True on CPU (no graph compile)")
     enable_prefix_caching: bool = Field(
         True, description="reuse the KV of shared prompt prefixes (every row's instructions)")

