@@ -101,9 +101,33 @@ def run_job(name: str, argv: list[str]) -> Any:
     cfg = load_config(spec.config_class, args.config, overrides_from_args(args, spec))
     logging.basicConfig(level=getattr(cfg, "run", None) and cfg.run.log_level or "INFO",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if spec.needs_ray and hasattr(cfg, "run"):
-        init_ray(cfg.run)
-    return spec.run_function(cfg)
+    if not (spec.needs_ray and hasattr(cfg, "run")) or ray_is_running():
+        return spec.run_function(cfg)
+    init_ray(cfg.run)
+    try:
+        return spec.run_function(cfg)
+    finally:
+        end_ray_session()
+
+
+def ray_is_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def end_ray_session() -> None:
+    """Close the engines this driver started, then leave Ray, before the interpreter
+    exits: engines torn down by the exit itself printed tracebacks (EngineDeadError,
+    resource_tracker) after successful runs."""
+    import ray
+
+    from ctray.llm.vllm_engine import stop_shared_engines
+
+    try:
+        stop_shared_engines()
+    finally:
+        ray.shutdown()
 
 
 def job_entrypoint(name: str, argv: list[str] | None = None) -> int:

@@ -192,7 +192,9 @@ class HFConfig(BackendConfig):
     kind: Literal["hf"] = "hf"
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder/repo")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
-    dtype: str = "float32"
+    dtype: str = Field("auto", description="auto: on CPU bfloat16 where the CPU computes it "
+                       "natively (AVX-512 BF16 / AMX / Arm bf16), else float32; on GPU the "
+                       "model's dtype")
     cache_dir: str | None = Field(None, description="where converted GGUF models are cached")
     max_context: int | None = None
 
@@ -206,8 +208,13 @@ class HFConfig(BackendConfig):
         return HFBackend.from_config(self)
 
     def engine(self) -> dict[str, Any]:
-        return {"engine": "transformers", "engine_version": _version("transformers"),
+        info = {"engine": "transformers", "engine_version": _version("transformers"),
                 "device": self.device}
+        if self.device == "cpu":
+            from ctray.hardware import cpu_dtype
+
+            info.update(cpu_dtype(self.dtype).as_dict())
+        return info
 
 
 class OpenAIConfig(BackendConfig):
@@ -255,7 +262,9 @@ class VLLMConfig(BackendConfig):
     kind: Literal["vllm"] = "vllm"
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="auto: gpu when the Ray cluster has GPUs, else cpu")
-    dtype: str = Field("auto", description="auto: bfloat16 on CPU, the model's dtype on GPU")
+    dtype: str = Field("auto", description="auto: on CPU bfloat16 where the CPU computes it "
+                       "natively (AVX-512 BF16 / AMX / Arm bf16), else float32 (ctray.hardware); "
+                       "on GPU the model's dtype")
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder")
     cache_dir: str | None = Field(None, description="where converted GGUF models are cached")
     engine_mode: Literal["processor", "shared"] = Field(
@@ -268,6 +277,10 @@ class VLLMConfig(BackendConfig):
     gpu_memory_utilization: float = 0.9
     kv_cache_gib: int = Field(1, description="CPU only: KV cache GiB (VLLM_CPU_KVCACHE_SPACE)")
     cpus_per_engine: float = Field(1.0, description="CPU only: the engine's placement-group bundle")
+    cpu_reserved_cores: int | None = Field(
+        None, ge=0, description="CPU only: cores vLLM keeps free of its compute threads "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU); None: vLLM's default, one per engine worker, which on "
+        "a 2-core machine leaves one core computing")
     enforce_eager: bool | None = Field(None, description="None: True on CPU (no graph compile)")
     enable_prefix_caching: bool = Field(
         True, description="reuse the KV of shared prompt prefixes (every row's instructions)")
@@ -301,11 +314,13 @@ class VLLMConfig(BackendConfig):
         return apply_vllm_stage(stage, ds)
 
     def engine(self) -> dict[str, Any]:
-        from ctray.llm.vllm_engine import resolved_device
+        from ctray.llm.vllm_engine import engine_dtype, resolved_device
 
-        return {"engine": "vllm", "engine_version": _version("vllm"),
-                "device": resolved_device(self),
-                "via": "ray.data.llm" if self.engine_mode == "processor" else "shared engine actor"}
+        device = resolved_device(self)
+        choice = engine_dtype(self, device)
+        return {"engine": "vllm", "engine_version": _version("vllm"), "device": device,
+                "via": "ray.data.llm" if self.engine_mode == "processor" else "shared engine actor",
+                **(choice.as_dict() if choice is not None else {})}
 
 
 def _version(dist: str) -> str | None:

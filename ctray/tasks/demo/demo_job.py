@@ -78,12 +78,26 @@ class DemoConfig(LLMJobConfig):
 
 def run_demo(cfg: DemoConfig):
     stages = [TextStatsStage(), LLMStage(FindingQuestion(cfg.finding), cfg.backend)]
+    print(describe_compute(cfg.backend), flush=True)
     summary = run_corpus_job(cfg, stages, fingerprint={"finding": cfg.finding})
     if cfg.gold_labels:
         report = compare_with_gold(summary.output, cfg.gold_labels, cfg.gold_column)
         if report:
             print(report)
     return summary
+
+
+def describe_compute(backend) -> str:
+    """Which CPU the demo runs on and the dtype that follows from it (a first run on
+    a laptop should say why it is as fast or slow as it is)."""
+    from ctray.hardware import machine_info
+
+    machine, engine = machine_info(), backend.engine()
+    flags = ", ".join(machine["cpu_flags"]) or "none of note"
+    line = f"[ctray demo] CPU: {machine['cpu_model']} ({machine['cpus']} cores; flags: {flags})"
+    if "dtype" in engine:
+        line += f"; engine dtype {engine['dtype']} ({engine['dtype_reason']})"
+    return line
 
 
 def compare_with_gold(output: str, gold_csv: str, gold_column: str) -> str | None:
