@@ -135,3 +135,74 @@ def test_label_findings_rules_survives_two_node_kills(cluster, tmp_path):
         assert {c: int(row[c]) for c in FINDING_COLUMNS} == expected, row["report_id"]
     last = manifest["runs"][-1]
     assert last["ok"] + last["failed"] + last["skipped"] == len(source)
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet")
+            if not p.name.startswith(".")} if folder.exists() else {}
+
+
+def test_translate_two_passes_survive_node_kills_and_a_killed_driver(cluster, tmp_path):
+    """Two chained LLM passes (fake backend): two worker kills during pass 1, then the
+    driver itself is killed; resubmitting the same command resumes both passes
+    without recomputing a written row."""
+    source = pd.read_csv(ct_rate_reports()).head(REPORTS // 3)
+    corpus = tmp_path / "reports.csv"
+    source.to_csv(corpus, index=False)
+    out = tmp_path / "translate"
+    argv = ["jobs/translate.py", "--config", "configs/translate.yaml", "--output", str(out),
+            "--set", f"corpus.path={corpus}", "--backend", "fake",
+            "--set", "backend.fake_responder=test_translate:phrasebook_translator",
+            "--set", "backend.batch_size=5", "--set", "run.writer_batch_size=10",
+            "--set", "run.rows_per_block=5"]
+    expected = sorted((r.VolumeName, s) for r in source.itertuples()
+                      for s, col in (("findings", "Findings_EN"), ("impressions", "Impressions_EN"))
+                      if isinstance(getattr(r, col), str) and getattr(r, col).strip())
+    client = cluster.job_client()
+    started = time.time()
+    job = cluster.submit(client, argv)
+    pass1 = out / "translate" / "results"
+
+    def running() -> bool:
+        return str(client.get_job_status(job)).split(".")[-1] in ("PENDING", "RUNNING")
+
+    kills = 0
+    for mark in (2, 6):
+        wait_for(lambda: parquet_count(pass1) >= mark or not running(), 240, f"{mark} files")
+        if not running():
+            break
+        cluster.kill_worker(cluster.workers[0])
+        kills += 1
+    wait_for(lambda: parquet_count(pass1) >= 12 or not running(), 240, "12 files")
+    assert running(), client.get_job_logs(job)[-3000:]
+    pid = int(client.get_job_info(job).driver_info.pid)
+    os.kill(pid, signal.SIGKILL)  # the driver runs on the head: same machine here
+    assert wait_job(client, job, 120) == "FAILED"
+    time.sleep(3)  # tasks of the dead driver are cancelled; let stragglers land
+    before = {"translate": snapshot(pass1), "back": snapshot(out / "back_translate" / "results")}
+    done_before = sum(pq.read_metadata(pass1 / n).num_rows for n in before["translate"])
+    errors_before = sum(pq.read_metadata(p).num_rows
+                        for p in (out / "translate" / "errors").glob("*.parquet")
+                        if not p.name.startswith("."))
+
+    job = cluster.submit(client, argv)  # the documented recovery: the same command
+    status = wait_job(client, job, 300)
+    logs = client.get_job_logs(job)
+    assert status == "SUCCEEDED", logs[-3000:]
+    seconds = time.time() - started
+    print(f"translate: {len(expected)} section rows, {kills} node kills + driver kill, "
+          f"{seconds:.1f}s")
+    assert kills == 2, "pass 1 finished before the kills: make it bigger"
+
+    results, errors, manifest = check_exactly_once(out / "translate", expected,
+                                                   keys=("report_id", "section"))
+    # Nothing written before the driver died was recomputed or rewritten.
+    after = snapshot(pass1)
+    assert all(after.get(name) == mtime for name, mtime in before["translate"].items())
+    this_run = manifest["counts"]["this_run"]
+    assert this_run["skipped"] == done_before + errors_before
+    assert this_run["ok"] + this_run["failed"] == len(expected) - this_run["skipped"]
+    assert (results["translation"].str.len() > 0).all()
+    # Pass 2 translated every finished row of pass 1 back, once.
+    back_keys = sorted(map(tuple, results[["report_id", "section"]].astype(str).to_numpy()))
+    check_exactly_once(out / "back_translate", back_keys, keys=("report_id", "section"))
