@@ -33,9 +33,23 @@ REPO = Path(__file__).resolve().parents[1]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
+class _SlowClock:
+    """``time`` for ray._private.node while a node starts: Ray waits a fixed 30 s
+    (``raylet_start_wait_time_s``, not configurable) for a new raylet to register, which
+    a loaded 2-core CI machine can exceed; read through this clock it waits 4x longer."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic() / 4
+
+
 @contextlib.contextmanager
 def _no_shared_address_file():
     import ray._common.utils
+    import ray._private.node
     import ray._private.utils
 
     # Token auth off for this cluster's processes, said explicitly: with RAY_AUTH_MODE
@@ -43,7 +57,8 @@ def _no_shared_address_file():
     # Ray user on the machine may create or regenerate while this cluster runs.
     with mock.patch.object(ray._private.utils, "write_ray_address", lambda *a, **k: None), \
             mock.patch.object(ray._common.utils, "reset_ray_address", lambda *a, **k: None), \
-            mock.patch.dict(os.environ, {"RAY_AUTH_MODE": "disabled"}):
+            mock.patch.dict(os.environ, {"RAY_AUTH_MODE": "disabled"}), \
+            mock.patch.object(ray._private.node, "time", _SlowClock()):
         yield
 
 

@@ -168,7 +168,12 @@ def test_translate_two_passes_survive_node_kills_and_a_killed_driver(cluster, tm
 
     kills = 0
     for mark in (2, 6):
-        wait_for(lambda: parquet_count(pass1) >= mark or not running(), 240, f"{mark} files")
+        try:
+            wait_for(lambda: parquet_count(pass1) >= mark or not running(), 240, f"{mark} files")
+        except TimeoutError:
+            Path(os.environ.get("CTRAY_CHAOS_LOG", "/dev/null")).write_text(
+                client.get_job_logs(job))
+            raise
         if not running():
             break
         cluster.kill_worker(cluster.workers[0])
