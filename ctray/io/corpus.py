@@ -252,6 +252,13 @@ def explode_sections(batch: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
 
 
 def find_duplicate_ids(ds, key_columns=(ID_COL,), limit: int = 5) -> list[dict[str, Any]]:
-    """Ids occurring more than once (aggregated on the cluster, only offenders return)."""
-    counts = ds.groupby(list(key_columns)).count()
+    """Ids occurring more than once (aggregated on the cluster, only offenders return).
+
+    One hash partition per cluster CPU, not Ray Data's default of 200: each partition is a
+    1-CPU reduce task, and on a small cluster (a 4-CPU test cluster, a laptop) 200 of them
+    for a few hundred ids held the job for minutes before its first row was processed."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+    counts = ds.groupby(list(key_columns), num_partitions=max(1, min(cpus, 200))).count()
     return counts.filter(lambda r: r["count()"] > 1).take(limit)
