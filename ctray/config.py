@@ -7,7 +7,7 @@ of a config field, so anything a flag can do a config file can do too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,6 +50,11 @@ class JobConfig(BaseModel):
 
     job: str = Field("", description="the job's name (informational; set by each config)")
     run: RunConfig = Field(default_factory=RunConfig, description="output, resume, Ray")
+
+    #: Dotted paths of this job's fields that cannot change a row's result (beyond the
+    #: common allowlist in ``ctray.pipeline.job``): everything else is in the run
+    #: fingerprint, and resuming under another value is refused.
+    result_neutral_fields: ClassVar[frozenset[str]] = frozenset()
 
 
 class CorpusJobConfig(JobConfig):
