@@ -63,7 +63,7 @@ class CorpusConfig(BaseModel):
     text_column: str | None = None
     # Extra columns carried through to outputs (e.g. gold labels).
     keep_columns: list[str] = Field(default_factory=list)
-    limit: int | None = None
+    limit: int | None = Field(None, ge=0, description="read only the first N rows (unset: all)")
     check_duplicate_ids: bool = True
 
     def source_columns(self) -> list[str]:
