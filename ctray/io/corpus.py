@@ -123,7 +123,9 @@ def _read(cfg: CorpusConfig, fmt: str, wanted: list[str]):
         # id column too: one bad byte must not turn every id into a bytes repr).
         binary = cfg.source_columns() + ([cfg.id_column] if cfg.id_column else [])
         convert = pacsv.ConvertOptions(column_types={c: pa.binary() for c in binary})
+        # Reports are multi-line: a quoted field may hold newlines.
         ds = ray.data.read_csv(cfg.path, convert_options=convert, include_paths=True,
+                               parse_options=pacsv.ParseOptions(newlines_in_values=True),
                                **LIGHT_TASK)
     elif fmt == "jsonl":
         # Not read_json: its pandas/arrow type inference rewrites ids ("0012" -> 12.0).

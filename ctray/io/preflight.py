@@ -102,7 +102,8 @@ def _check_csv(path: str, cfg: "CorpusConfig", wanted: list[str]) -> pd.DataFram
     def read(threads: bool):
         return pacsv.read_csv(
             path, read_options=pacsv.ReadOptions(use_threads=threads),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid,
+                                             newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(include_columns=[key],
                                                  column_types={key: pa.binary()}))
 
