@@ -62,7 +62,7 @@ def _write(path, fmt, rows, bom):
 COUNTER = itertools.count()
 
 
-@settings(max_examples=10, deadline=None, derandomize=True,
+@settings(max_examples=10, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(corpus=corpora())
 def test_every_id_once_and_unchanged_in_results_and_errors(ray_local, tmp_path, corpus):

@@ -194,13 +194,28 @@ class JsonNumber(str):
 def parse_jsonl_line(line: bytes) -> tuple[Any, str | None]:
     """(parsed line, problem): numbers stay :class:`JsonNumber`; invalid UTF-8 is decoded
     with backslash escapes and named as the problem (a row error, like CSV's)."""
-    problem = None
     try:
-        text = line.decode("utf-8")
+        return json.loads(line.decode("utf-8"), parse_int=JsonNumber,
+                          parse_float=JsonNumber), None
     except UnicodeDecodeError as exc:
         problem = _describe(exc)
-        text = line.decode("utf-8", "backslashreplace")
-    return json.loads(text, parse_int=JsonNumber, parse_float=JsonNumber), problem
+    # Parsed with the bad bytes kept aside (surrogateescape: a backslash escape here would
+    # be an invalid JSON escape), then spelled with backslash escapes like CSV's.
+    raw = json.loads(line.decode("utf-8", "surrogateescape"), parse_int=JsonNumber,
+                     parse_float=JsonNumber)
+    return _escape_bad_bytes(raw), problem
+
+
+def _escape_bad_bytes(value: Any) -> Any:
+    if isinstance(value, JsonNumber):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, list):
+        return [_escape_bad_bytes(v) for v in value]
+    if isinstance(value, dict):
+        return {_escape_bad_bytes(k): _escape_bad_bytes(v) for k, v in value.items()}
+    return value
 
 
 def jsonl_lines(data: bytes):
