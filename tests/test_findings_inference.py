@@ -189,8 +189,9 @@ def test_label_findings_model_writes_labels_probs_and_windows(ray_local, tmp_pat
     result = run_job("findings-eval", [
         "--predictions", str(out), "--compare-to", str(rules), "--output", str(ev),
         "--set", "predictions.label=model", "--set", "compare_to.label=rules",
-        "--set", "threshold_search=true"])
+        "--set", "threshold_search=true", "--allow-partial"])  # 16 of the 240 gold reports
     assert result["reports_joined"] == 16 and result["reports_evaluated"] == 8
+    assert result["coverage"]["partial"] and result["coverage"]["gold"] == 240
     assert result["threshold_split"] == {"validation_reports": 8, "test_reports": 8, "seed": 42}
     thresholds = pd.read_csv(ev / "thresholds_model.csv", index_col=0)["threshold"]
     assert len(thresholds) == 18

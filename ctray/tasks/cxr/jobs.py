@@ -27,6 +27,6 @@ register(JobSpec(
     "{1,0}, paired t-test and Wilcoxon between labelers, grouped-bar and difference-heatmap PNGs",
     "ctray.tasks.cxr.eval_job:CxrEvalConfig",
     "ctray.tasks.cxr.eval_job:run_cxr_eval",
-    flags={"--gold": "gold.path"},
+    flags={"--gold": "gold.path", "--allow-partial": "allow_partial"},
     needs_ray=False,
 ))

@@ -20,7 +20,7 @@ import csv
 import io
 import math
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -101,6 +101,8 @@ class ExportOptions(BaseModel):
 
 
 class LabelCxrConfig(LLMJobConfig):
+    #: the labels.csv export is written from the results after the run
+    result_neutral_fields: ClassVar[frozenset[str]] = frozenset({"export"})
     job: str = "label-cxr"
     corpus: CorpusConfig = Field(default_factory=lambda: CorpusConfig(**openi_corpus()))
     labeler: Literal["rules", "llm"] = Field(

@@ -7,7 +7,7 @@ gold labels. Runs on a laptop: local Ray, CPU, the offline GGUF model by default
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 from pydantic import Field
@@ -65,6 +65,8 @@ class FindingQuestion(LLMTask):
 
 
 class DemoConfig(LLMJobConfig):
+    #: the agreement with gold labels is computed after the run
+    result_neutral_fields: ClassVar[frozenset[str]] = frozenset({"gold_labels", "gold_column"})
     job: str = "demo"
     corpus: CorpusConfig = Field(default_factory=_default_corpus)
     backend: BackendConfig = Field(default_factory=_default_backend)

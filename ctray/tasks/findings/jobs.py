@@ -26,6 +26,7 @@ register(JobSpec(
     "ctray.tasks.findings.eval_job:FindingsEvalConfig",
     "ctray.tasks.findings.eval_job:run_findings_eval",
     flags={"--predictions": "predictions.path", "--compare-to": "compare_to.path",
+           "--allow-partial": "allow_partial",
            "--gold": "gold.path"},
     needs_ray=False,
 ))

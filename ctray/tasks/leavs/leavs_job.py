@@ -25,7 +25,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -62,6 +62,9 @@ def _default_backend() -> BackendConfig:
 
 
 class LeavsConfig(LLMJobConfig):
+    #: the release CSV's name and how Ray shuffles decide no answer
+    result_neutral_fields: ClassVar[frozenset[str]] = frozenset(
+        {"csv_name", "shuffle_partitions", "shuffle_strategy"})
     job: str = "leavs"
     corpus: CorpusConfig = Field(default_factory=_default_corpus)
     backend: BackendConfig = Field(default_factory=_default_backend)
