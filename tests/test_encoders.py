@@ -131,3 +131,16 @@ def test_cache_root_from_environment(tmp_path, monkeypatch):
     assert encoders.encoder_cache_root() == tmp_path / "enc"
     monkeypatch.delenv("CTRAY_ENCODER_CACHE")
     assert encoders.encoder_cache_root() == Path.home() / ".cache" / "ctray" / "encoders"
+
+
+def test_grounding_text_encoder_takes_the_packaged_name():
+    import torch
+
+    from ctray.tasks.grounding.model import TextEncoder
+
+    encoder = TextEncoder("all-minilm-l6-v2", normalize=True)
+    emb = encoder.encode(["small left pleural effusion", "small left pleural effusion",
+                          "displaced fracture of the right seventh rib"])
+    assert encoder.dim == 384 and emb.shape == (3, 384)
+    assert torch.allclose(emb[0], emb[1])
+    assert float(emb[0] @ emb[2]) < 0.9  # a real sentence encoder: different findings differ

@@ -36,6 +36,8 @@ class ServeBenchConfig(JobConfig):
     job: str = "serve-bench"
     url: str | None = Field(default=None, description="a running server (root URL); "
                                                       "None: deploy the findings app here")
+    route: str = Field(default=ROUTE, description="the app's route prefix under url (e.g. "
+                       "/cxr-encoder, /findings-encoder, /rules); its POST /label is measured")
     checkpoint: str | None = Field(default=None, description="model to deploy when url is None")
     corpus: CorpusConfig = Field(default_factory=_sample_corpus,
                                  description="the reports the load generator sends")
@@ -218,7 +220,8 @@ def run_serve_bench(cfg: ServeBenchConfig) -> dict:
     started = time.time()
     texts = _texts(cfg)
     if cfg.url:
-        results = _levels(cfg, cfg.url.rstrip("/") + f"{ROUTE}/label", texts, "as deployed", None)
+        route = "/" + cfg.route.strip("/")
+        results = _levels(cfg, cfg.url.rstrip("/") + f"{route}/label", texts, "as deployed", None)
     else:
         results = _deploy_and_measure(cfg, texts)
     table = markdown_table(results)
