@@ -212,12 +212,15 @@ def test_report_text_never_logged(server):
 
 def test_reconfigure_refuses_a_missing_checkpoint(tmp_path):
     import asyncio
+    from types import SimpleNamespace
 
     from ctray.serving.encoder_apps import CxrEncoderService
 
-    service = CxrEncoderService.func_or_class()
+    # The replica's reconfigure on a bare instance (the ingress wrapper's __init__ is async).
+    reconfigure = CxrEncoderService.func_or_class.reconfigure
+    service = SimpleNamespace(config=None, labeler=None)
     with pytest.raises(ValueError, match="needs user_config.checkpoint"):
-        asyncio.run(service.reconfigure({}))
+        asyncio.run(reconfigure(service, {}))
     with pytest.raises(ValueError, match="not a directory on this node"):
-        asyncio.run(service.reconfigure({"checkpoint": str(tmp_path / "missing")}))
+        asyncio.run(reconfigure(service, {"checkpoint": str(tmp_path / "missing")}))
     assert service.labeler is None and service.config is None
