@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -33,7 +34,8 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-OPENI = REPO.parent / "shared" / "data" / "openi" / "indiana_reports.csv"
+OPENI = (Path(os.environ.get("CTRAY_SHARED_DATA", REPO.parent / "shared" / "data"))
+         / "openi" / "indiana_reports.csv")
 SAMPLE = REPO / "ctray" / "data" / "sample_cxr_reports.csv"
 CORPUS_REPORTS = 3560  # stage-1 training reports of the Open-i run
 
