@@ -100,6 +100,7 @@ def main() -> None:
             print(f"\n## {name} (deployed in {time.perf_counter() - started:.1f} s)", flush=True)
             run_serve_bench(ServeBenchConfig(
                 url=f"http://127.0.0.1:{port}", route=f"/{name}", corpus={**corpus, "limit": 64},
+                request_fields={"include_probabilities": False} if "findings" in name else {},
                 concurrency=args.concurrency, requests_per_level=args.requests,
                 warmup_requests=4, run={"output": f"{args.output}/{name}"}))
             serve.delete(name)
