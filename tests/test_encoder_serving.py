@@ -182,6 +182,16 @@ def test_cxr_encoder_app_limits_auth_and_malformed_bodies(server):
     assert ok.status_code == 200 and len(ok.json()["results"][0]["labels"]) == 14
 
 
+def test_serve_bench_measures_the_cxr_encoder_app(server):
+    from ctray.serving.bench_job import measure
+
+    url = f"{server.base_url}/cxr-encoder/label"
+    result = measure(url, TEXTS, concurrency=2, n=6, request_fields={})
+    assert result.errors == 0 and result.requests_per_s > 0 and result.mean_batch_size >= 1
+    # The findings apps' include_probabilities is refused here (422), and counted as errors.
+    assert measure(url, TEXTS, concurrency=2, n=4).errors == 4
+
+
 def test_findings_app_serves_the_packaged_encoder_export(server, checkpoints):
     from ctray.tasks.findings.model import FindingsClassifier
 
