@@ -143,8 +143,9 @@ def test_every_job_documents_its_common_sections():
 # Rank of each top-level part of ctray: a module may import its own part or a part of
 # lower rank. Task packages, serving and the CLI sit on top; the registry (jobs.py)
 # sits below the task packages, which import it to register.
-RANK = {"errors": 0, "hardware": 0, "__init__": 0, "_api": 0, "io": 1, "text": 1, "metrics": 2, "pipeline": 2,
-        "llm": 3, "config": 4, "train": 5, "jobs": 5, "tasks": 6, "serving": 7, "cli": 8}
+RANK = {"errors": 0, "hardware": 0, "__init__": 0, "_api": 0, "io": 1, "text": 1, "models": 1,
+        "metrics": 2, "pipeline": 2, "llm": 3, "config": 4, "train": 5, "jobs": 5, "tasks": 6,
+        "serving": 7, "cli": 8}
 
 
 def _part(module: str) -> str:

@@ -32,6 +32,7 @@ from ctray.tasks.cxr.schema import EVIDENCE_COLUMNS, OBSERVATIONS
 
 OPENI_SECTIONS = {"findings": "findings", "impression": "impression"}
 LABELS_CSV = "labels.csv"
+WINDOWS_COL = "n_windows"  # encoder windows per report (>1: longer than the encoder's window)
 FLOAT_TYPES = {o: "float64" for o in OBSERVATIONS}
 
 
@@ -74,6 +75,76 @@ class CxrRuleStage(Stage):
         return {"name": self.name, "terms": len(patterns.TERMS), "cues": len(patterns.CUES)}
 
 
+class CxrEncoderStage(Stage):
+    """The trained encoder labeler (``CXREncoderLabeler``), one model per actor."""
+
+    name = "encoder_cxr"
+
+    def __init__(self, model_path: str, text_column: str = "text", device: str | None = None,
+                 batch_size: int = 32, resources: Resources | None = None):
+        self.model_path = model_path
+        self.text_column = text_column
+        self.device = device
+        self.batch_size = batch_size
+        self.input_columns = ("report_id", text_column)
+        self.output_columns = OBSERVATIONS + (WINDOWS_COL,)
+        self.output_types = {**FLOAT_TYPES, WINDOWS_COL: "int64"}
+        self.resources = resources or Resources(num_cpus=1, batch_size=64)
+        self.labeler = None
+
+    def preflight(self) -> None:
+        from pathlib import Path
+
+        from ctray.tasks.cxr.encoder_model import META_FILE
+
+        if "://" not in self.model_path and not (Path(self.model_path) / META_FILE).is_file():
+            raise UserError(f"{self.model_path}: not a CXR encoder labeler folder (no {META_FILE}); "
+                            "train one with ctray train-cxr-encoder and set encoder.model")
+
+    def setup(self) -> None:
+        from ctray.tasks.cxr.encoder_model import CXREncoderLabeler
+
+        self.labeler = CXREncoderLabeler.load(self.model_path, device=self.device,
+                                              batch_size=self.batch_size)
+
+    def process_batch(self, batch):
+        import pandas as pd
+
+        from ctray.pipeline.stage import mark_error
+
+        rows = batch.to_dict("records")
+        good, out = [], [None] * len(rows)
+        for i, row in enumerate(rows):
+            text = row.get(self.text_column)
+            if isinstance(text, str) and text.strip():
+                good.append(i)
+            else:
+                out[i] = mark_error(row, self.name, RowError(
+                    f"row {row.get('report_id')!r}: field {self.text_column!r} is empty"))
+        if good:
+            values = self.labeler.predict_values([rows[i][self.text_column] for i in good])
+            windows = self.labeler.last_windows
+            for k, i in enumerate(good):
+                out[i] = {**rows[i], **dict(zip(OBSERVATIONS, values[k].tolist())),
+                          WINDOWS_COL: int(windows[k])}
+        return pd.DataFrame(out, index=batch.index)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model_path}
+
+
+class EncoderOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: str | None = Field(None, description="folder exported by train-cxr-encoder (local or "
+                              "s3://); used by --labeler encoder")
+    device: str | None = Field(None, description="cpu / cuda; default: cuda when available")
+    batch_size: int = Field(32, description="reports per forward pass")
+    num_cpus: float = Field(1.0, description="CPUs per encoder actor")
+    num_gpus: float = Field(0.0, description="GPUs per encoder actor")
+    rows_per_batch: int = Field(64, description="rows per Ray Data batch")
+    concurrency: int | tuple[int, int] = Field(1, description="encoder actors")
+
+
 class LLMOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # auto: "sft" when backend.model is a folder exported by train-llm-labeler (it holds
@@ -105,9 +176,11 @@ class LabelCxrConfig(LLMJobConfig):
     result_neutral_fields: ClassVar[frozenset[str]] = frozenset({"export"})
     job: str = "label-cxr"
     corpus: CorpusConfig = Field(default_factory=lambda: CorpusConfig(**openi_corpus()))
-    labeler: Literal["rules", "llm"] = Field(
-        "rules", description="rules (CheXpert-style, evidence sentence per label) or llm "
-                             "(any backend, guided JSON)")
+    labeler: Literal["rules", "llm", "encoder"] = Field(
+        "rules", description="rules (CheXpert-style, evidence sentence per label), llm "
+                             "(any backend, guided JSON) or encoder (train-cxr-encoder model)")
+    encoder: EncoderOptions = Field(default_factory=EncoderOptions,
+                                    description="the trained encoder labeler (--labeler encoder)")
     llm: LLMOptions = Field(default_factory=LLMOptions)
     rules: RuleOptions = Field(default_factory=RuleOptions)
     export: ExportOptions = Field(default_factory=ExportOptions)
@@ -148,6 +221,15 @@ def resolve_answer_format(answer_format: str, model: str | None) -> str:
 
 
 def build_stage(cfg: LabelCxrConfig) -> Stage:
+    if cfg.labeler == "encoder":
+        e = cfg.encoder
+        if not e.model:
+            raise UserError("--labeler encoder needs encoder.model: a folder exported by "
+                            "ctray train-cxr-encoder (e.g. --set encoder.model=runs/train_cxr_encoder/model)")
+        return CxrEncoderStage(e.model, device=e.device, batch_size=e.batch_size,
+                               resources=Resources(num_cpus=e.num_cpus, num_gpus=e.num_gpus,
+                                                   batch_size=e.rows_per_batch,
+                                                   concurrency=e.concurrency))
     if cfg.labeler == "rules":
         r = cfg.rules
         return CxrRuleStage(resources=Resources(num_cpus=r.num_cpus, batch_size=r.batch_size,
@@ -169,7 +251,9 @@ def _fingerprint(cfg: LabelCxrConfig) -> dict[str, Any]:
     import hashlib
 
     out: dict[str, Any] = {"labeler": cfg.labeler}
-    if cfg.labeler == "llm":
+    if cfg.labeler == "encoder":
+        out["encoder"] = {"model": cfg.encoder.model, "meta_sha": _encoder_digest(cfg.encoder.model)}
+    elif cfg.labeler == "llm":
         out["llm"] = {**cfg.llm.model_dump(), "answer_format": resolve_answer_format(
             cfg.llm.answer_format, cfg.backend.model)}
     else:
@@ -184,6 +268,24 @@ def _fingerprint(cfg: LabelCxrConfig) -> dict[str, Any]:
             digest.update(Path(module.__file__).read_bytes())
         out["rules_version"] = digest.hexdigest()[:12]
     return out
+
+
+def _encoder_digest(model: str | None) -> str | None:
+    """Hash of the exported weights' meta and heads: labels of a retrained model must not
+    mix into a resumed run under the same folder name."""
+    import hashlib
+    from pathlib import Path
+
+    from ctray.tasks.cxr.encoder_model import HEADS_FILE, META_FILE
+
+    if not model or "://" in model:
+        return None
+    digest = hashlib.sha256()
+    for name in (META_FILE, HEADS_FILE):
+        file = Path(model) / name
+        if file.is_file():
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _cell(value: Any) -> str:

@@ -247,7 +247,9 @@ class FindingsClassifier:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        local = local_model_dir(path, cache_dir)
+        from ctray.models.encoders import resolve_encoder_source
+
+        local = resolve_encoder_source(path, cache_dir=cache_dir)
         device = device or default_device()
         tokenizer = AutoTokenizer.from_pretrained(local)
         kwargs: dict[str, Any] = {"problem_type": "multi_label_classification"}
