@@ -310,9 +310,9 @@ async function saveItem() {
   }
   const out = await api(`api/reviews/${encodeURIComponent(state.queue)}/items/${encodeURIComponent(state.item)}`,
     { method: "PUT", json: { reviewer, values } });
+  await loadQueue();
   $("saved-msg").textContent = `saved ${out.saved} values at ${out.saved_at}`;
   $("saved-msg").dataset.savedAt = out.saved_at;
-  await loadQueue();
 }
 
 async function showKappa() {
@@ -342,7 +342,10 @@ function switchTab(name) {
 window.addEventListener("DOMContentLoaded", () => {
   $("token").value = sessionStorage.getItem("ctray-token") || "";
   $("reviewer").value = localStorage.getItem("ctray-reviewer") || "";
-  $("token").addEventListener("change", () => { sessionStorage.setItem("ctray-token", $("token").value.trim()); guarded(loadLabelers); });
+  $("token").addEventListener("change", () => {
+    sessionStorage.setItem("ctray-token", $("token").value.trim());
+    guarded(async () => { await loadLabelers(); await loadQueues(); });
+  });
   $("reviewer").addEventListener("change", () => localStorage.setItem("ctray-reviewer", $("reviewer").value.trim()));
   for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => switchTab(b.dataset.tab));
   $("task").addEventListener("change", onTaskChange);
