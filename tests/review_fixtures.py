@@ -63,7 +63,7 @@ def cxr_value(v: float) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def deploy(config: dict, timeout: float = 240) -> None:
+def deploy(config: dict, timeout: float = 600) -> None:
     """What ``serve deploy`` does: apply a declarative config, wait until RUNNING."""
     import time
 
