@@ -242,7 +242,7 @@ def test_offline_docs_pages(served):
         assert f"/{app}/docs-assets/swagger-ui-bundle.js" in html and "cdn" not in html.lower()
     js = httpx.get(f"{served['url']}/cxr-rules/docs-assets/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 500_000
-    page = httpx.get(f"{served['url']}/review")
+    page = httpx.get(f"{served['url']}/review", follow_redirects=True)
     assert page.status_code == 200 and '<base href="/review/">' in page.text
     assert "http" not in page.text.replace('href="docs"', "")
 
@@ -403,12 +403,13 @@ def test_browser_walkthrough(served, tmp_path):
         Select(alice.find_element(By.ID, "review-a")).select_by_value("cxr-rules")
         Select(alice.find_element(By.ID, "review-b")).select_by_value("cxr-second")
         alice.find_element(By.ID, "make-review-btn").click()
-        _wait(alice, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#queue-items tbody tr")) == 3)
+        _wait(alice, lambda d: d.find_element(By.ID, "message").text.startswith("review queue"))
+        queue = alice.find_element(By.ID, "message").text.split()[2].rstrip(":")
+        _wait(alice, lambda d: d.find_element(By.ID, "queue-items").get_attribute(
+            "data-queue") == queue)
         order = [r.get_attribute("data-id")
                  for r in alice.find_elements(By.CSS_SELECTOR, "#queue-items tbody tr")]
         assert order == list(EXPECTED_DIFF)
-        queue = Select(alice.find_element(By.ID, "queue")).first_selected_option.get_attribute(
-            "value")
         alice.find_element(By.CSS_SELECTOR, '#queue-items tr[data-id="r3"]').click()
         _wait(alice, lambda d: d.find_element(By.ID, "item-id").text == "r3")
         alice.save_screenshot(str(IMG / "review_4_item.png"))
@@ -418,7 +419,8 @@ def test_browser_walkthrough(served, tmp_path):
         _open(bob, url, "bob")
         bob.find_element(By.ID, "tab-review").click()
         Select(bob.find_element(By.ID, "queue")).select_by_value(queue)
-        _wait(bob, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#queue-items tbody tr")) == 3)
+        _wait(bob, lambda d: d.find_element(By.ID, "queue-items").get_attribute(
+            "data-queue") == queue)
         with cf.ThreadPoolExecutor(2) as pool:
             a_done = pool.submit(_review_items, alice, "alice", "a")
             b_done = pool.submit(_review_items, bob, "bob", "b")

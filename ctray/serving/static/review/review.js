@@ -263,6 +263,7 @@ async function loadQueue() {
     tr.addEventListener("click", () => guarded(() => openItem(it.report_id)));
     tbody.appendChild(tr);
   }
+  $("queue-items").dataset.queue = state.queue;
 }
 
 async function openItem(reportId) {
