@@ -132,7 +132,8 @@ def test_upload_job_review_queue_gold_and_kappa(served):
     info = _wait_job(client, job)
     assert info["status"] == "finished", info
     assert info["done"] == info["total"] == 12 and info["failed"] == 1
-    assert info["labelers"]["cxr-second"] == {"done": 6, "failed": 1}
+    assert info["per_labeler"]["cxr-second"] == {"done": 6, "failed": 1}
+    assert info["labelers"] == ["cxr-rules", "cxr-second"]
     csv = client.get(f"/review/api/jobs/{job}/labels/cxr-rules")
     assert csv.status_code == 200 and "attachment" in csv.headers["content-disposition"]
     path = served["work"] / "dl.csv"

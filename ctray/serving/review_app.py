@@ -344,7 +344,8 @@ class ReviewService:
         meta = read_json(folder / "job.json")
         progress = read_json(folder / PROGRESS)
         downloads = [n for n in meta["labelers"] if (folder / f"labels_{n}.csv").exists()]
-        return {"job": job, **meta, **progress, "downloads": downloads,
+        return {"job": job, **progress, **meta, "per_labeler": progress.get("labelers", {}),
+                "downloads": downloads,
                 "gold": (folder / "gold.json").exists()}
 
     @review_api.get("/api/jobs/{job}/labels/{labeler}", dependencies=AUTH)
