@@ -31,6 +31,7 @@ import ctray
 from ctray.llm.config import BackendConfig
 from ctray.llm.task import COMPLETION_TOKENS_COL, PROMPT_TOKENS_COL
 from ctray.serving.auth import AUTH
+from ctray.serving.offline_docs import use_offline_docs
 from ctray.serving.batching import Outcome, run_isolated
 from ctray.serving.llm_deployments import LLMService, LLMUserConfig
 from ctray.serving.schemas import BatchStats, Health, ItemResult, LabelRequest, LabelResponse, VersionInfo
@@ -75,6 +76,7 @@ def _labels_item(item_id: str, labels: dict[str, float], **extra: Any) -> CxrIte
 cxr_rules_api = FastAPI(title="ctray CXR rule labeler", version=ctray.__version__,
                         description=DOCS + " CheXpert-style rules (mention, negation, "
                                            "uncertainty).")
+use_offline_docs(cxr_rules_api)  # /docs without a CDN
 
 
 @serve.deployment(max_ongoing_requests=32, max_queued_requests=256,
@@ -141,6 +143,7 @@ class CxrRulesService(Service):
 cxr_llm_api = FastAPI(title="ctray CXR LLM labeler", version=ctray.__version__,
                       description=DOCS + " An LLM (zero-shot or fine-tuned by "
                                          "train-llm-labeler) answers one JSON object per report.")
+use_offline_docs(cxr_llm_api)  # /docs without a CDN
 
 
 @serve.deployment(max_ongoing_requests=16, max_queued_requests=128,

@@ -26,6 +26,7 @@ from ray import serve
 
 import ctray
 from ctray.serving.auth import AUTH
+from ctray.serving.offline_docs import use_offline_docs
 from ctray.serving.batching import Outcome, run_isolated
 from ctray.serving.schemas import (BatchStats, FindingsItem, FindingsRequest, FindingsResponse,
                                    Health, RulesItem, RulesRequest, RulesResponse, VersionInfo)
@@ -63,6 +64,7 @@ def _check_local_path(checkpoint: str) -> None:
 
 findings_api = FastAPI(title="ctray findings classifier", version=ctray.__version__,
                        description=DOCS)
+use_offline_docs(findings_api)  # /docs without a CDN
 
 
 @serve.deployment(max_ongoing_requests=32, max_queued_requests=256,
@@ -174,6 +176,7 @@ class FindingsLabeler(Service):
 
 rules_api = FastAPI(title="ctray findings rule labeler", version=ctray.__version__,
                     description=DOCS + " Rule-based (regex + negation), English and Japanese.")
+use_offline_docs(rules_api)  # /docs without a CDN
 
 
 @serve.deployment(max_ongoing_requests=32, max_queued_requests=256,

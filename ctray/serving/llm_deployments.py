@@ -25,6 +25,7 @@ from ctray.llm.config import BackendConfig
 from ctray.llm.task import COMPLETION_TOKENS_COL, PROMPT_TOKENS_COL, LLMStage, LLMTask
 from ctray.pipeline.stage import ERROR_COL
 from ctray.serving.auth import AUTH
+from ctray.serving.offline_docs import use_offline_docs
 from ctray.serving.batching import MAX_ERROR_CHARS, Outcome, run_isolated
 from ctray.serving.schemas import (BatchStats, Health, ItemError, LabelRequest, LeavsOrgan,
                                    LeavsRequest, LeavsResponse, LLMFindingsItem,
@@ -140,6 +141,7 @@ class LLMService(Service):
 translate_api = FastAPI(title="ctray report translation", version=ctray.__version__,
                         description="Translates the sections of one radiology report with an "
                                     "LLM (the prompts of the translate job). Text is never logged.")
+use_offline_docs(translate_api)  # /docs without a CDN
 
 
 @serve.deployment(max_ongoing_requests=16, max_queued_requests=128,
@@ -191,6 +193,7 @@ llm_findings_api = FastAPI(title="ctray LLM findings labeler", version=ctray.__v
                            description="Labels the 18 CT-RATE findings with an LLM answering "
                                        "one JSON object per report (the prompts of the LLM "
                                        "labeling job). Report text is never logged.")
+use_offline_docs(llm_findings_api)  # /docs without a CDN
 
 
 @serve.deployment(max_ongoing_requests=16, max_queued_requests=128,
@@ -235,6 +238,7 @@ leavs_api = FastAPI(title="ctray LEAVS report labeler", version=ctray.__version_
                     description="LEAVS labels (finding types, certainty, urgency per organ) "
                                 "for one abdominal CT report: every stage of the leavs job, "
                                 "in the replica. Report text is never logged.")
+use_offline_docs(leavs_api)  # /docs without a CDN
 
 
 @serve.deployment(max_ongoing_requests=4, max_queued_requests=32,
