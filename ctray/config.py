@@ -149,15 +149,28 @@ def _comment_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def field_doc(cls: type[BaseModel], name: str) -> str:
-    """The description of ``cls.name``: its ``Field(description=...)``, else the nearest
-    base class's, else the source comment next to it; "" when there is none."""
+def field_description(cls: type[BaseModel], name: str) -> str:
+    """``cls.name``'s ``Field(description=...)``, else the nearest base class's (a job
+    config that only changes the default of ``job`` or ``corpus`` keeps the base's words);
+    "" when there is none."""
     for klass in cls.__mro__:
         if not (isinstance(klass, type) and issubclass(klass, BaseModel)) or klass is BaseModel:
             continue
         info = klass.model_fields.get(name)
         if info is not None and info.description:
             return info.description
+    return ""
+
+
+def field_doc(cls: type[BaseModel], name: str) -> str:
+    """The description of ``cls.name``: its ``Field(description=...)`` (or a base
+    class's), else the source comment next to it; "" when there is none."""
+    described = field_description(cls, name)
+    if described:
+        return described
+    for klass in cls.__mro__:
+        if not (isinstance(klass, type) and issubclass(klass, BaseModel)) or klass is BaseModel:
+            continue
         if name in klass.__dict__.get("__annotations__", {}):
             doc = _comment_docs(klass).get(name)
             if doc:

@@ -52,8 +52,8 @@ def is_local_url(url: str | None) -> bool:
 class FakeRule(BaseModel):
     """When ``pattern`` (a regex) matches the last user message, answer ``response``."""
 
-    pattern: str
-    response: str
+    pattern: str = Field(description="regex searched in the last user message")
+    response: str = Field(description="the answer given when the pattern matches")
 
 
 def _kind_of(data: Any) -> str:
@@ -81,14 +81,17 @@ class BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     kind: str = Field("fake", description="LLM backend: fake, hf, openai, vllm")
-    model: str = Field("fake", description="model id, local folder, GGUF path or packaged model name")
+    model: str = Field(
+        "fake", description="model id, local folder, GGUF path or packaged model name")
     revision: str | None = Field(None, description="model revision (hub models)")
 
     # Sampling defaults (a task may override per request).
     max_tokens: int = Field(512, description="default maximum new tokens per request")
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = 0
+    temperature: float = Field(0.0, description="sampling temperature (0: greedy)")
+    top_p: float = Field(
+        1.0, description="nucleus sampling: keep the smallest token set with this probability "
+        "mass")
+    seed: int | None = Field(0, description="sampling seed (None: unseeded)")
 
     # Ray Data sizing of the LLM stage.
     batch_size: int = Field(16, description="rows per batch sent to the backend")
@@ -96,7 +99,7 @@ class BackendConfig(BaseModel):
         1, description="actors (or engines) for the stage: n, or (min, max) to autoscale")
     num_cpus: float | None = Field(
         None, description="CPUs per stage actor (None: the backend's default)")
-    num_gpus: float = 0.0
+    num_gpus: float = Field(0.0, description="GPUs per stage actor (vllm: per engine)")
 
     # Cost estimate in the manifest: any backend can be priced per token (an API's
     # list price, or what a GPU hour works out to per token).
@@ -173,9 +176,11 @@ class BackendConfig(BaseModel):
 class FakeConfig(BackendConfig):
     """Deterministic rules, for tests only."""
 
-    kind: Literal["fake"] = "fake"
-    fake_rules: list[FakeRule] = Field(default_factory=list)
-    fake_default: str = ""
+    kind: Literal["fake"] = Field(
+        "fake", description="LLM backend: fake (deterministic rules, for tests)")
+    fake_rules: list[FakeRule] = Field(
+        default_factory=list, description="regex -> answer rules, first match wins")
+    fake_default: str = Field("", description="the answer when no rule matches")
     fake_responder: str | None = Field(None, description='"module:function" taking an LLMRequest')
 
     describe_fields: ClassVar[frozenset[str]] = frozenset({"fake_responder"})
@@ -189,12 +194,14 @@ class FakeConfig(BackendConfig):
 class HFConfig(BackendConfig):
     """Local transformers generation (the fallback where vLLM is not installed)."""
 
-    kind: Literal["hf"] = "hf"
+    kind: Literal["hf"] = Field("hf", description="LLM backend: hf (local transformers)")
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder/repo")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
-    dtype: str = "float32"
+    dtype: str = Field(
+        "float32", description="torch dtype of the weights (float32, bfloat16, float16)")
     cache_dir: str | None = Field(None, description="where converted GGUF models are cached")
-    max_context: int | None = None
+    max_context: int | None = Field(
+        None, description="longest prompt + answer in tokens (None: the model's)")
 
     default_num_cpus: ClassVar[float] = 1.0  # a local model keeps a whole CPU busy
     describe_fields: ClassVar[frozenset[str]] = frozenset({"gguf_file", "device", "dtype",
@@ -213,15 +220,18 @@ class HFConfig(BackendConfig):
 class OpenAIConfig(BackendConfig):
     """Any OpenAI-compatible endpoint (OpenAI, Azure, a vLLM server)."""
 
-    kind: Literal["openai"] = "openai"
-    base_url: str | None = None
+    kind: Literal["openai"] = Field(
+        "openai", description="LLM backend: openai (any OpenAI-compatible endpoint)")
+    base_url: str | None = Field(None, description="endpoint URL (None: api.openai.com)")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key")
     api_version: str | None = Field(None, description="set for Azure OpenAI")
-    max_parallel_requests: int = 8
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
+    max_parallel_requests: int = Field(8, description="requests in flight per stage actor")
+    timeout_s: float = Field(60.0, description="seconds before one request is abandoned")
+    max_retries: int = Field(5, description="retries per request on rate limits and server errors")
+    requests_per_minute: int | None = Field(
+        None, description="client-side request rate cap per actor (None: none)")
+    tokens_per_minute: int | None = Field(
+        None, description="client-side token rate cap per actor (None: none)")
 
     describe_fields: ClassVar[frozenset[str]] = frozenset({
         "base_url", "api_version", "api_key_env", "max_parallel_requests",
@@ -252,7 +262,8 @@ class VLLMConfig(BackendConfig):
     gets a CPU placement-group bundle (without one Ray's engine stage asks for a
     GPU and waits forever), a KV cache of ``kv_cache_gib`` and eager execution."""
 
-    kind: Literal["vllm"] = "vllm"
+    kind: Literal["vllm"] = Field(
+        "vllm", description="LLM backend: vllm (ray.data.llm in jobs, in-process in Serve)")
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="auto: gpu when the Ray cluster has GPUs, else cpu")
     dtype: str = Field("auto", description="auto: bfloat16 on CPU, the model's dtype on GPU")
@@ -262,16 +273,19 @@ class VLLMConfig(BackendConfig):
         "processor", description="processor: one ray.data.llm engine per LLM stage (scales "
         "out); shared: every LLM stage of the Ray session talks to one resident engine actor "
         "(multi-pass jobs on one machine pay one engine start)")
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
+    tensor_parallel_size: int = Field(1, description="GPUs one engine splits each layer across")
+    pipeline_parallel_size: int = Field(
+        1, description="pipeline stages (GPUs in sequence) per engine")
     max_model_len: int | None = Field(None, description="context length (prompt + answer)")
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = Field(
+        0.9, description="GPU only: share of GPU memory vLLM may take")
     kv_cache_gib: int = Field(1, description="CPU only: KV cache GiB (VLLM_CPU_KVCACHE_SPACE)")
     cpus_per_engine: float = Field(1.0, description="CPU only: the engine's placement-group bundle")
     enforce_eager: bool | None = Field(None, description="None: True on CPU (no graph compile)")
     enable_prefix_caching: bool = Field(
         True, description="reuse the KV of shared prompt prefixes (every row's instructions)")
-    accelerator_type: str | None = None
+    accelerator_type: str | None = Field(
+        None, description="Ray accelerator type the engine needs (e.g. A100; None: any)")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict,
                                           description="extra vLLM engine arguments (win)")
 

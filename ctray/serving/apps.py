@@ -70,7 +70,9 @@ def build_rules_app(args: RulesAppArgs) -> Application:
 class LLMAppArgs(LLMUserConfig):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    backend: BackendConfig = Field(default_factory=BackendConfig)
+    backend: BackendConfig = Field(
+        default_factory=BackendConfig, description="the LLM backend the replicas hold (kind, "
+        "model, sampling)")
 
 
 class TranslateAppArgs(LLMAppArgs):

@@ -203,13 +203,16 @@ def build_cxr_rules_app(args: CxrRulesAppArgs) -> Application:
 class CxrLLMAppArgs(LLMUserConfig):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    backend: BackendConfig = Field(default_factory=BackendConfig)
+    backend: BackendConfig = Field(
+        default_factory=BackendConfig, description="the LLM backend the replicas hold (kind, "
+        "model, sampling)")
     answer_format: Literal["json-4class", "sft"] = Field(
         default="json-4class", description="sft: the prompt of a train-llm-labeler model")
-    max_tokens: int = Field(default=300, ge=1)
-    guided_json: bool = True
-    repair: bool = True
-    lenient: bool = False
+    max_tokens: int = Field(default=300, ge=1, description="new tokens per answer")
+    guided_json: bool = Field(True, description="send the JSON schema (enforced by vllm / openai)")
+    repair: bool = Field(
+        True, description="one follow-up request after an unusable answer (json-4class)")
+    lenient: bool = Field(False, description="accept the object inside a code block or prose")
 
     def task_options(self) -> dict[str, Any]:
         return self.model_dump(include={"answer_format", "max_tokens", "guided_json", "repair",

@@ -44,7 +44,7 @@ class FindingsUserConfig(BatchingConfig):
     device: str | None = Field(default=None, description="None: CUDA when available")
     dtype: str | None = Field(default=None, description="e.g. bfloat16 on GPU")
     chunk_batch_size: int = Field(default=16, ge=1, description="windows per forward pass")
-    cache_dir: str | None = None
+    cache_dir: str | None = Field(None, description="where a converted GGUF model is cached")
 
     def model_key(self) -> tuple:
         return (self.checkpoint, self.device, self.dtype, self.chunk_batch_size, self.cache_dir)

@@ -37,8 +37,10 @@ class Limits(BaseModel):
 class BatchingConfig(Limits):
     """``@serve.batch`` settings; ``max_batch_size: 1`` turns batching off."""
 
-    max_batch_size: int = Field(default=16, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    max_batch_size: int = Field(
+        default=16, ge=1, description="texts per model call (1: batching off)")
+    batch_wait_timeout_s: float = Field(
+        default=0.01, ge=0, description="seconds a request waits for others to fill a batch")
 
 
 def empty_text_error() -> ItemError:

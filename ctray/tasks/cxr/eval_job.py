@@ -33,16 +33,20 @@ def _sample(name: str) -> str:
 class LabelsInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(description="label-cxr output folder, or a CSV/Parquet file")
-    label: str | None = None  # name in the tables and figures (default: the folder/file name)
-    id_column: str | None = None  # default: report_id, uid or Reports, whichever exists
+    label: str | None = Field(
+        None, description="name in the tables and figures (default: the folder/file name)")
+    id_column: str | None = Field(
+        None, description="id column (default: report_id, uid or Reports, whichever exists)")
 
 
 class CxrEvalConfig(JobConfig):
     job: str = "cxr-eval"
     gold: LabelsInput = Field(default_factory=lambda: LabelsInput(
-        path=_sample("sample_cxr_labels.csv"), label="gold"))
-    labelers: list[LabelsInput] = Field(default_factory=list, min_length=0)
-    title: str = "CXR labelers vs gold"
+        path=_sample("sample_cxr_labels.csv"), label="gold"), description="the gold label table")
+    labelers: list[LabelsInput] = Field(
+        default_factory=list, min_length=0, description="the labelers' outputs to score (folders "
+        "or files)")
+    title: str = Field("CXR labelers vs gold", description="title of the figures and the report")
 
     @field_validator("labelers", mode="before")
     @classmethod

@@ -81,34 +81,40 @@ class LLMOptions(BaseModel):
     answer_format: Literal["auto", "json-4class", "sft"] = Field(
         "auto", description="auto: sft for a train-llm-labeler folder, else json-4class "
                             "(zero-shot, all 14 keys)")
-    guided_json: bool = True  # send the JSON schema (enforced by vllm / openai)
-    repair: bool = True  # one follow-up request after an unusable answer (json-4class)
-    lenient: bool = False  # accept the object inside a code block or prose
-    max_tokens: int = 300
+    guided_json: bool = Field(True, description="send the JSON schema (enforced by vllm / openai)")
+    repair: bool = Field(
+        True, description="one follow-up request after an unusable answer (json-4class)")
+    lenient: bool = Field(False, description="accept the object inside a code block or prose")
+    max_tokens: int = Field(300, description="new tokens per answer")
 
 
 class RuleOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    num_cpus: float = 0.5
-    batch_size: int = 64
-    concurrency: int | tuple[int, int] = 1
+    num_cpus: float = Field(0.5, description="CPUs per rule-labeler actor")
+    batch_size: int = Field(64, description="reports per batch")
+    concurrency: int | tuple[int, int] = Field(
+        1, description="rule-labeler actors: n, or (min, max) to autoscale")
 
 
 class ExportOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    csv: bool = True  # write labels.csv (CheXpert layout) after the run
-    id_name: str = "uid"  # header of the id column in labels.csv
+    csv: bool = Field(True, description="write labels.csv (CheXpert layout) after the run")
+    id_name: str = Field("uid", description="header of the id column in labels.csv")
 
 
 class LabelCxrConfig(LLMJobConfig):
     job: str = "label-cxr"
-    corpus: CorpusConfig = Field(default_factory=lambda: CorpusConfig(**openi_corpus()))
+    corpus: CorpusConfig = Field(
+        default_factory=lambda: CorpusConfig(**openi_corpus()), description="the reports to read "
+        "(path, columns, limit)")
     labeler: Literal["rules", "llm"] = Field(
         "rules", description="rules (CheXpert-style, evidence sentence per label) or llm "
                              "(any backend, guided JSON)")
-    llm: LLMOptions = Field(default_factory=LLMOptions)
-    rules: RuleOptions = Field(default_factory=RuleOptions)
-    export: ExportOptions = Field(default_factory=ExportOptions)
+    llm: LLMOptions = Field(default_factory=LLMOptions, description="options of the llm labeler")
+    rules: RuleOptions = Field(
+        default_factory=RuleOptions, description="resources of the rules labeler")
+    export: ExportOptions = Field(
+        default_factory=ExportOptions, description="the labels.csv export")
 
     @field_validator("corpus", mode="before")
     @classmethod

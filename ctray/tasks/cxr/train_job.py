@@ -54,29 +54,35 @@ def task_format(task: str) -> ModuleType:
 class LabelTable(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(description="CSV/Parquet label table or a label job's output folder")
-    id_column: str = "report_id"
+    id_column: str = Field("report_id", description="column holding the report id")
 
 
 class IdList(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str
-    id_column: str = "report_id"
+    path: str = Field(description="CSV/Parquet file or folder listing report ids")
+    id_column: str = Field("report_id", description="column holding the report id")
 
 
 class SftData(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    max_train_reports: int | None = None  # cap (seeded sample) to fit a time budget
-    max_val_reports: int | None = 64  # held-out loss and generation check use these
-    exclude: list[IdList] = Field(default_factory=list)  # e.g. the dev gold set
-    seed: int = 42
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of reports held out for validation (split by "
+        "report id)")
+    max_train_reports: int | None = Field(
+        None, description="cap on training reports (seeded sample) to fit a time budget")
+    max_val_reports: int | None = Field(
+        64, description="held-out reports used for the loss and the generation check")
+    exclude: list[IdList] = Field(
+        default_factory=list, description="id lists never trained on (e.g. the dev gold set)")
+    seed: int = Field(42, description="seed of the split and the samples")
 
 
 class GenerationCheck(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reports: int = 32  # held-out reports answered by the exported model (0 = skip)
-    max_new_tokens: int = 128
-    batch_size: int = 8
+    reports: int = Field(
+        32, description="held-out reports answered by the exported model (0: skip)")
+    max_new_tokens: int = Field(128, description="new tokens per answer")
+    batch_size: int = Field(8, description="reports per generation batch")
 
 
 class SftCheckpoint(CheckpointParams):
@@ -85,18 +91,28 @@ class SftCheckpoint(CheckpointParams):
 
 class TrainLlmLabelerConfig(JobConfig):
     job: str = "train-llm-labeler"
-    task: Literal["cxr", "ctrate"] = "cxr"
-    corpus: CorpusConfig
-    labels: LabelTable
-    data: SftData = Field(default_factory=SftData)
+    task: Literal["cxr", "ctrate"] = Field(
+        "cxr", description="label set: cxr (14 CheXpert observations) or ctrate (18 CT findings)")
+    corpus: CorpusConfig = Field(description="the reports to train on (path, columns, limit)")
+    labels: LabelTable = Field(description="the label table the model learns to reproduce")
+    data: SftData = Field(
+        default_factory=SftData, description="train/validation split and exclusions")
     # HF folder or hub id, or a packaged/.gguf model (converted once into ctray's cache).
-    model: str = DEFAULT_MODEL
-    training: SftParams = Field(default_factory=SftParams)
-    scaling: ScalingParams = Field(default_factory=lambda: ScalingParams(cpus_per_worker=2))
-    checkpoint: SftCheckpoint = Field(default_factory=SftCheckpoint)
-    export: str | None = None  # default <run.output>/model
-    export_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    generation_check: GenerationCheck = Field(default_factory=GenerationCheck)
+    model: str = Field(
+        DEFAULT_MODEL, description="base model: HF folder or hub id, or a packaged/.gguf model")
+    training: SftParams = Field(
+        default_factory=SftParams, description="optimizer, schedule and SFT options")
+    scaling: ScalingParams = Field(
+        default_factory=lambda: ScalingParams(cpus_per_worker=2), description="Ray Train workers "
+        "and their resources")
+    checkpoint: SftCheckpoint = Field(
+        default_factory=SftCheckpoint, description="checkpoint folder and retention")
+    export: str | None = Field(
+        None, description="where the merged HF model is written (default <run.output>/model)")
+    export_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype of the exported weights")
+    generation_check: GenerationCheck = Field(
+        default_factory=GenerationCheck, description="held-out generation check after export")
 
 
 # ----------------------------------------------------------------------------- data

@@ -66,8 +66,10 @@ class FindingQuestion(LLMTask):
 
 class DemoConfig(LLMJobConfig):
     job: str = "demo"
-    corpus: CorpusConfig = Field(default_factory=_default_corpus)
-    backend: BackendConfig = Field(default_factory=_default_backend)
+    corpus: CorpusConfig = Field(
+        default_factory=_default_corpus, description="the reports to read (path, columns, limit)")
+    backend: BackendConfig = Field(
+        default_factory=_default_backend, description="the LLM backend (kind, model, batching)")
     finding: str = Field("a pleural effusion", description="what the yes/no question asks about")
     gold_labels: str | None = Field(
         default_factory=lambda: sample_path("sample_labels.csv"), description="labels CSV to "

@@ -161,7 +161,9 @@ class RuleOptions(BaseModel):
 
 class LabelFindingsConfig(LLMJobConfig):
     job: str = "label-findings"
-    corpus: CorpusConfig = Field(default_factory=lambda: CorpusConfig(path=sample_path("sample_reports_en.csv")))
+    corpus: CorpusConfig = Field(
+        default_factory=lambda: CorpusConfig(path=sample_path("sample_reports_en.csv")),
+        description="the reports to read (path, columns, limit)")
     labeler: Literal["rules", "llm", "model"] = Field(
         "rules", description="rules (regex + negation), llm (JSON answers) or model (the "
         "classifier train-findings exported)")

@@ -82,7 +82,8 @@ class FindingsCheckpoint(CheckpointParams):
 
 class TrainFindingsConfig(JobConfig):
     job: str = "train-findings"
-    corpus: CorpusConfig = Field(default_factory=_default_corpus)
+    corpus: CorpusConfig = Field(
+        default_factory=_default_corpus, description="the reports to read (path, columns, limit)")
     labels: LabelsConfig = Field(
         default_factory=LabelsConfig, description="the gold labels joined to the corpus by report "
         "id")

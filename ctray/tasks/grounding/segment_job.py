@@ -56,51 +56,66 @@ OUTPUT_COLUMNS = ("mask_uri", "pred_voxels", "scan_voxels", "findings_per_read",
 class ManifestInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(description="CSV or Parquet, one row per finding")
-    volume_column: str = VOLUME
-    id_column: str = FINDING_ID
-    text_column: str = TEXT
-    slope_column: str | None = SLOPE
-    intercept_column: str | None = INTERCEPT
-    limit: int | None = None  # first N findings (after sorting by volume)
+    volume_column: str = Field(VOLUME, description="column holding the CT volume URI")
+    id_column: str = Field(FINDING_ID, description="column holding the finding id")
+    text_column: str = Field(TEXT, description="column holding the finding text (the prompt)")
+    slope_column: str | None = Field(
+        SLOPE, description="column holding the HU slope (None: PreprocessConfig.slope)")
+    intercept_column: str | None = Field(
+        INTERCEPT, description="column holding the HU intercept (None: "
+        "PreprocessConfig.intercept)")
+    limit: int | None = Field(None, description="first N findings (after sorting by volume)")
 
 
 class InferenceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    roi_size: tuple[int, int, int] | None = None  # default: the model's training crop
-    sw_batch_size: int = 4
-    overlap: float = 0.25
-    mode: Literal["gaussian", "constant"] = "gaussian"
-    threshold: float = 0.5
+    roi_size: tuple[int, int, int] | None = Field(
+        None, description="sliding-window size (default: the model's training crop)")
+    sw_batch_size: int = Field(4, description="windows per forward pass")
+    overlap: float = Field(0.25, description="overlap of neighbouring windows (0-1)")
+    mode: Literal["gaussian", "constant"] = Field(
+        "gaussian", description="blending of overlapping windows")
+    threshold: float = Field(0.5, description="probability above which a voxel is in the mask")
     # Prompts decoded per sliding-window pass: each holds a full-size float32 logit
     # map on the CPU (315 MB at 512x512x300), so this bounds the memory per actor.
-    prompts_per_pass: int = 4
+    prompts_per_pass: int = Field(
+        4, description="prompts decoded per sliding-window pass (bounds memory per actor)")
     # "auto": CUDA when the actor has a GPU.
-    sw_device: str = "auto"
-    torch_threads: int | None = None
+    sw_device: str = Field(
+        "auto", description="device of the sliding window (auto: CUDA when the actor has a GPU)")
+    torch_threads: int | None = Field(
+        None, description="torch threads per actor (None: torch's default)")
 
 
 class StageResources(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # Fractional on purpose: an actor pool holding every CPU of a 2-core machine
     # leaves none for the read and write tasks and the pipeline stalls.
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    concurrency: int | tuple[int, int] = 1
+    num_cpus: float = Field(1.0, description="CPUs per segmentation actor")
+    num_gpus: float = Field(0.0, description="GPUs per segmentation actor")
+    concurrency: int | tuple[int, int] = Field(
+        1, description="segmentation actors: n, or (min, max) to autoscale")
     # Findings per batch (also per block and per written shard, so a kill loses at
     # most this many findings); rows are sorted by volume, so a scan's findings
     # usually share a batch.
-    batch_size: int = 16
+    batch_size: int = Field(
+        16, description="findings per batch, block and written shard (what a kill can lose)")
 
 
 class SegmentConfig(JobConfig):
     job: str = "segment"
-    manifest: ManifestInput
+    manifest: ManifestInput = Field(description="the findings to segment (volume, id, text)")
     model: str = Field(description="train-grounding export directory (local or s3://)")
-    text_encoder: str | None = None  # default: the one recorded in the model directory
-    preprocess: PreprocessConfig | None = None  # default: the model's training preprocessing
-    masks_dir: str | None = None  # default <run.output>/masks
-    inference: InferenceParams = Field(default_factory=InferenceParams)
-    resources: StageResources = Field(default_factory=StageResources)
+    text_encoder: str | None = Field(
+        None, description="text encoder (default: the one recorded in the model directory)")
+    preprocess: PreprocessConfig | None = Field(
+        None, description="volume preprocessing (default: the model's training preprocessing)")
+    masks_dir: str | None = Field(
+        None, description="where masks are written (default <run.output>/masks)")
+    inference: InferenceParams = Field(
+        default_factory=InferenceParams, description="sliding-window inference settings")
+    resources: StageResources = Field(
+        default_factory=StageResources, description="resources of the segmentation stage")
 
 
 # ----------------------------------------------------------------------------- stage

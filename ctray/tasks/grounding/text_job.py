@@ -48,7 +48,8 @@ def _default_backend() -> BackendConfig:
 
 class GroundTextConfig(LLMJobConfig):
     job: str = "ground-text"
-    backend: BackendConfig = Field(default_factory=_default_backend)
+    backend: BackendConfig = Field(
+        default_factory=_default_backend, description="the LLM backend (kind, model, batching)")
     categorise_backend: BackendConfig | None = Field(
         None, description="The paper categorised with a smaller model than it rewrote with; None: "
         "`backend`.")

@@ -38,15 +38,24 @@ def _default_backend() -> BackendConfig:
 class JcbGenerateConfig(JobConfig):
     job: str = "jcb-generate"
     # The release's data/benchmarks folder (CLG/, CLR/, CLU/).
-    benchmarks: str = "../shared/data/j-clinicalbench/benchmarks"
-    settings: list[str] = Field(default_factory=lambda: list(all_settings()))
-    shots: list[str] = Field(default_factory=lambda: ["one_shot"])
+    benchmarks: str = Field(
+        "../shared/data/j-clinicalbench/benchmarks", description="the release's data/benchmarks "
+        "folder (CLG/, CLR/, CLU/)")
+    settings: list[str] = Field(
+        default_factory=lambda: list(all_settings()), description="benchmark settings to run "
+        "(default: all)")
+    shots: list[str] = Field(
+        default_factory=lambda: ["one_shot"], description="prompt variants: zero_shot and/or "
+        "one_shot")
     # Folder name under generated/<group>/<task>/ (default: from backend.model).
-    model_name: str | None = None
+    model_name: str | None = Field(
+        None, description="folder name under generated/<group>/<task>/ (default: from "
+        "backend.model)")
     # First N items per setting and shot (None: all).
-    limit: int | None = None
+    limit: int | None = Field(None, description="first N items per setting and shot (None: all)")
     # Cap on new tokens (None: each setting's prompt.max_tokens, itself capped by backend).
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(
+        None, description="cap on new tokens (None: each setting's prompt.max_tokens)")
     backend: BackendConfig = Field(default_factory=_default_backend,
                                    description="the LLM: vllm (CPU/GPU), openai, hf or fake")
 

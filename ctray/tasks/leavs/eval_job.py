@@ -12,7 +12,9 @@ from ctray.config import JobConfig, RunConfig
 
 class LeavsEvalConfig(JobConfig):
     job: str = "leavs-eval"
-    run: RunConfig = Field(default_factory=lambda: RunConfig(output="runs/leavs_eval"))
+    run: RunConfig = Field(
+        default_factory=lambda: RunConfig(output="runs/leavs_eval"), description="output folder "
+        "and logging")
     predictions: str = Field("runs/leavs", description="a LEAVS output CSV (release layout), "
                              "or a `ctray leavs` output folder (its CSV is used)")
     annotations: str = Field("../shared/data/leavs/amos_test_annotations.csv",

@@ -63,8 +63,10 @@ def _default_backend() -> BackendConfig:
 
 class LeavsConfig(LLMJobConfig):
     job: str = "leavs"
-    corpus: CorpusConfig = Field(default_factory=_default_corpus)
-    backend: BackendConfig = Field(default_factory=_default_backend)
+    corpus: CorpusConfig = Field(
+        default_factory=_default_corpus, description="the reports to read (path, columns, limit)")
+    backend: BackendConfig = Field(
+        default_factory=_default_backend, description="the LLM backend (kind, model, batching)")
     organs: list[str] = Field(
         default_factory=lambda: list(schema.ORGANS), description="Organs or body regions to label "
         "(the release's nine by default).")

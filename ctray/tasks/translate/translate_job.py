@@ -37,7 +37,8 @@ def _default_backend() -> BackendConfig:
 
 class TranslateConfig(LLMJobConfig):
     job: str = "translate"
-    backend: BackendConfig = Field(default_factory=_default_backend)
+    backend: BackendConfig = Field(
+        default_factory=_default_backend, description="the LLM backend (kind, model, batching)")
     sections: list[str] = Field(
         default_factory=lambda: ["findings", "impressions"], description="Report sections "
         "translated one request each (names of corpus.sections).")
