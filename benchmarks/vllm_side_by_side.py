@@ -73,9 +73,9 @@ def summary_requests(rows, max_tokens):
 
 
 def vllm_cfg(args, **extra):
-    from ctray.llm.config import BackendConfig
+    from ctray.llm.config import backend_config
 
-    return BackendConfig(kind="vllm", model=args.model, device=args.device, max_model_len=2048,
+    return backend_config(kind="vllm", model=args.model, device=args.device, max_model_len=2048,
                          kv_cache_gib=args.kv_cache_gib, **extra)
 
 
@@ -88,13 +88,14 @@ def rate(responses, seconds, n_rows):
 
 
 def part_hf_vs_vllm(args, rows, engine_holder):
-    from ctray.llm.config import BackendConfig
+    from ctray.llm.config import backend_config
+    from ctray.llm.registry import make_backend
 
     out = {}
     hf_rows = rows[: args.hf_rows or len(rows)]
     started = time.perf_counter()
-    hf = BackendConfig(kind="hf", model=args.model, dtype="bfloat16",
-                       device="cuda" if args.device == "gpu" else "cpu").make_backend()
+    hf = make_backend(backend_config(kind="hf", model=args.model, dtype="bfloat16",
+                                     device="cuda" if args.device == "gpu" else "cpu"))
     hf.max_batch_size = args.hf_batch
     load = time.perf_counter() - started
     started = time.perf_counter()
@@ -104,7 +105,7 @@ def part_hf_vs_vllm(args, rows, engine_holder):
     del hf
     gc.collect()
 
-    from ctray.llm.vllm_engine import VLLMBackend
+    from ctray.llm.vllm_inprocess import VLLMBackend
 
     started = time.perf_counter()
     engine = VLLMBackend(vllm_cfg(args))
@@ -137,7 +138,7 @@ def part_processor_vs_plain(args, engine_holder):
         del engine
     engine_holder.clear()
     gc.collect()
-    from ctray.llm.vllm_engine import VLLMBackend
+    from ctray.llm.vllm_inprocess import VLLMBackend
 
     started = time.perf_counter()
     engine = VLLMBackend(vllm_cfg(args, batch_size=args.choice_rows))
@@ -176,7 +177,7 @@ def part_prefix_caching(args):
     from ctray.config import load_config
     from ctray.tasks.leavs.leavs_job import LeavsConfig
     from ctray.tasks.leavs.one_report import label_reports
-    from ctray.llm.vllm_engine import VLLMBackend
+    from ctray.llm.vllm_inprocess import VLLMBackend
 
     path = REPO / "ctray" / "data" / "sample_abdominal_reports.jsonl"
     reports = [_json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cxr_fixtures import FENCED, UNPARSEABLE
-from ctray.llm.config import BackendConfig
+from ctray.llm.config import backend_config
 from ctray.llm.task import LLMStage
 from ctray.tasks.cxr.llm_labeler import CxrLLMTask, LabelParseError, label_schema, parse_labels
 from ctray.tasks.cxr.schema import OBSERVATIONS
@@ -59,7 +59,7 @@ def test_parse_labels_strict():
 
 
 def _stage(responder: str, **task) -> LLMStage:
-    backend = BackendConfig.model_validate({"kind": "fake", "model": "fake",
+    backend = backend_config({"kind": "fake", "model": "fake",
                                             "fake_responder": f"cxr_fixtures:{responder}"})
     stage = LLMStage(CxrLLMTask(**task), backend)
     stage.setup()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ctray.llm.base import LLMResponse
-from ctray.llm.config import BackendConfig
+from ctray.llm.config import backend_config
 from ctray.pipeline.stage import ERROR_COL, RowError
 from ctray.tasks.leavs import assemble as A
 from ctray.tasks.leavs import prompts as P
@@ -72,7 +72,7 @@ def test_check_prompt_shares_the_report_prefix_across_organs_and_sentences():
 def test_cot_summary_continues_the_reasoning_conversation_with_guided_choices():
     q = Certainty()
     row = evidence_row(reasoning="The cyst in segment 6 is a measurable liver lesion.")
-    reason = question_stage(q, BackendConfig(**FAKE), cot=True, cot_max_tokens=300)
+    reason = question_stage(q, backend_config(**FAKE), cot=True, cot_max_tokens=300)
     first = reason.reason_task.build_request(row)
     second = AnswerTask(q, cot=True).build_request(row)
     assert first.choices is None and first.max_tokens == 300
@@ -89,8 +89,8 @@ def test_cot_summary_continues_the_reasoning_conversation_with_guided_choices():
 
 
 def test_no_cot_asks_directly_and_prompt_versions_track_the_wording():
-    cot = question_stage(FindingTypes(), BackendConfig(**FAKE), cot=True, cot_max_tokens=64)
-    direct = question_stage(FindingTypes(), BackendConfig(**FAKE), cot=False, cot_max_tokens=64)
+    cot = question_stage(FindingTypes(), backend_config(**FAKE), cot=True, cot_max_tokens=64)
+    direct = question_stage(FindingTypes(), backend_config(**FAKE), cot=False, cot_max_tokens=64)
     assert isinstance(cot, CotLLMStage) and not isinstance(direct, CotLLMStage)
     req = direct.task.build_request({"report_id": "r1", "organ": "liver",
                                      "evidence_json": json.dumps(EVIDENCE)})
@@ -225,7 +225,7 @@ def test_cot_stage_counts_both_requests_and_repairs():
     rows = [{"report_id": "r1", "organ": "liver", "evidence_json": json.dumps(EVIDENCE)},
             {"report_id": "r1", "organ": "stomach",
              "evidence_json": json.dumps(["The stomach is unremarkable."])}]
-    stage = question_stage(FindingTypes(), BackendConfig(**FAKE), cot=True, cot_max_tokens=64)
+    stage = question_stage(FindingTypes(), backend_config(**FAKE), cot=True, cot_max_tokens=64)
     out = run_stage(stage, rows).set_index("organ")
     assert out.loc["liver", "types"] == "enlarged,focal"
     # The fake answers the stomach's first summary in prose: one repair request.
@@ -240,7 +240,7 @@ def test_cot_stage_keeps_rows_and_order_when_reasoning_fails():
     rows = [evidence_row(organ="liver", finding_type="focal"),
             evidence_row(organ="liver", finding_type="bogus"),
             evidence_row(organ="spleen", finding_type="normal")]
-    out = run_stage(question_stage(Certainty(), BackendConfig(**FAKE), cot=True,
+    out = run_stage(question_stage(Certainty(), backend_config(**FAKE), cot=True,
                                    cot_max_tokens=64), rows)
     assert list(out["finding_type"]) == ["focal", "bogus", "normal"]
     assert out[ERROR_COL].notna().tolist() == [False, True, False]

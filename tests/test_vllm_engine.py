@@ -39,9 +39,9 @@ SHARED = ENGINE + ["backend.engine_mode=shared"]
 
 def engine_config(**extra):
     """The backend section the overrides above give every job (same engine settings)."""
-    from ctray.llm.config import DEFAULT_MODEL, BackendConfig
+    from ctray.llm.config import DEFAULT_MODEL, backend_config
 
-    return BackendConfig(kind="vllm", model=DEFAULT_MODEL, max_model_len=4096, kv_cache_gib=1,
+    return backend_config(kind="vllm", model=DEFAULT_MODEL, max_model_len=4096, kv_cache_gib=1,
                          device="cpu", **extra)
 
 
@@ -72,8 +72,8 @@ def assert_vllm_cpu(manifest: dict, via: str) -> None:
 @pytest.fixture(scope="module")
 def shared_engine(ray_local):
     """Start the module's engine once (on this driver, so it outlives every job)."""
-    from ctray.llm.vllm_engine import shared_engine as start
-    from ctray.llm.vllm_engine import stop_shared_engines
+    from ctray.llm.vllm_shared import shared_engine as start
+    from ctray.llm.vllm_shared import stop_shared_engines
 
     cfg = engine_config(engine_mode="shared")
     start(cfg, create=True)

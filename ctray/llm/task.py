@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
+from ctray.llm import registry
 from ctray.llm.base import LLMBackend, LLMRequest, LLMResponse
 from ctray.llm.prompts import PromptTemplate
 from ctray.pipeline.stage import Resources, RowError, Stage, mark_error
@@ -72,26 +73,30 @@ class LLMStage(Stage):
         self.backend: LLMBackend | None = None
 
     def setup(self) -> None:
-        self.backend = self.backend_config.make_backend()
+        """Build the in-process backend (in the worker, once)."""
+        self.backend = registry.make_backend(self.backend_config)
 
     def preflight(self) -> None:
-        self.backend_config.preflight()
+        """The backend kind's driver-side check (API key set, vLLM importable)."""
+        registry.preflight(self.backend_config)
 
     def describe(self) -> dict[str, Any]:
+        """Name, prompt version, backend and engine: the stage's manifest entry."""
         return {
             "name": self.name,
             "prompt_version": self.task.prompt_version(),
-            "backend": self.backend_config.describe(),
-            "engine": self.backend_config.engine(),
+            "backend": registry.describe(self.backend_config),
+            "engine": registry.engine(self.backend_config),
         }
 
     def apply(self, ds):
+        """Add the stage to ``ds`` the way its backend kind runs."""
         # The backend decides: an actor pool of in-process backends, or (vLLM) a
         # ray.data.llm processor / the shared engine.
-        engine = self.backend_config.engine()
+        engine = registry.engine(self.backend_config)
         print(f"[ctray] LLM stage {self.name}: engine "
               + ", ".join(f"{k}={v}" for k, v in engine.items() if v is not None), flush=True)
-        return self.backend_config.apply_stage(self, ds)
+        return registry.apply_stage(self, ds)
 
     # -- batch path shared by the in-process backends (hf, openai, fake) --
     def process_batch(self, batch: pd.DataFrame) -> pd.DataFrame:

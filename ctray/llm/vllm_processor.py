@@ -131,7 +131,7 @@ def _has_error(row: dict[str, Any]) -> bool:
 def sampling_params(request: LLMRequest) -> dict[str, Any]:
     """vLLM ``SamplingParams`` fields for a request, as Ray's engine stage reads them
     (``structured_outputs`` is popped and turned into ``StructuredOutputsParams``)."""
-    from ctray.llm.vllm_engine import sampling_fields
+    from ctray.llm.vllm_requests import sampling_fields
 
     return sampling_fields(request)
 
@@ -141,7 +141,7 @@ def _prompt(messages: list[dict[str, str]], tokenizer_path: str | None) -> dict[
     else ``messages`` for Ray's chat-template and tokenize stages."""
     if tokenizer_path is None:
         return {"messages": messages}
-    from ctray.llm.vllm_engine import load_tokenizer, prompt_ids
+    from ctray.llm.vllm_requests import load_tokenizer, prompt_ids
 
     return {"tokenized_prompt": prompt_ids(load_tokenizer(tokenizer_path), messages)}
 
