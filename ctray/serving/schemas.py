@@ -168,3 +168,28 @@ class LeavsResponse(BaseModel):
     organs: list[LeavsOrgan]
     #: questions the model could not answer usably (their organs are left out)
     errors: list[ItemError] = Field(default_factory=list)
+
+
+class CxrRequest(LabelRequest):
+    """Chest X-ray reports to label."""
+
+    include_evidence: bool = Field(
+        default=False, description="rules only: the sentence that decided each label")
+
+
+class CxrItem(ItemResult):
+    """One report's 14 CheXpert observations."""
+
+    labels: dict[str, float | None] | None = Field(
+        default=None, description="observation -> 1.0 / 0.0 / -1.0 / null (blank)")
+    positive: list[str] | None = None
+    uncertain: list[str] | None = None
+    evidence: dict[str, str] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class CxrResponse(LabelResponse):
+    """The labels of every report of a request, in order."""
+
+    results: list[CxrItem]

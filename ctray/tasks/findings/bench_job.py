@@ -1,4 +1,4 @@
-"""``ctray serve-bench``: latency and throughput of the findings app under load.
+"""``ctray bench-serve``: latency and throughput of the findings app under load.
 
 An asyncio load generator (httpx) keeps ``concurrency`` requests in flight until
 ``requests_per_level`` have completed, for each concurrency level, and reports
@@ -10,10 +10,9 @@ batching on and off; with ``url`` it measures the app as deployed there.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 from pydantic import Field
@@ -21,9 +20,10 @@ from pydantic import Field
 from ctray.config import JobConfig, sample_path
 from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
+from ctray.serving.loadgen import LevelResult, markdown_table, measure
 
 log = logging.getLogger(__name__)
-APP_NAME = "serve-bench"
+APP_NAME = "bench-serve"
 ROUTE = "/findings"
 
 
@@ -33,7 +33,7 @@ def _sample_corpus() -> CorpusConfig:
 
 
 class ServeBenchConfig(JobConfig):
-    job: str = "serve-bench"
+    job: str = "bench-serve"
     url: str | None = Field(default=None, description="a running server (root URL); "
                                                       "None: deploy the findings app here")
     checkpoint: str | None = Field(default=None, description="model to deploy when url is None")
@@ -55,90 +55,6 @@ class ServeBenchConfig(JobConfig):
     request_timeout_s: float = Field(300.0, description="client timeout per request")
     token_env: str = Field("CTRAY_SERVE_TOKEN", description="environment variable holding the "
                            "bearer token")
-
-
-@dataclass
-class LevelResult:
-    mode: str
-    max_batch_size: int | None
-    concurrency: int
-    requests: int
-    errors: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    mean_ms: float
-    requests_per_s: float
-    reports_per_s: float
-    mean_batch_size: float | None
-
-
-async def _load(url: str, bodies: list[dict], concurrency: int, n: int, headers: dict,
-                timeout: float) -> tuple[list[float], int, list[int], float]:
-    import httpx
-
-    latencies: list[float] = []
-    batch_sizes: list[int] = []
-    errors = 0
-    next_index = 0
-
-    async def worker(client) -> None:
-        nonlocal next_index, errors
-        while next_index < n:
-            body = bodies[next_index % len(bodies)]
-            next_index += 1
-            started = time.perf_counter()
-            try:
-                response = await client.post(url, json=body)
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            latencies.append((time.perf_counter() - started) * 1000)
-            if not ok:
-                errors += 1
-                continue
-            batch_sizes.extend(r["batch_size"] for r in response.json()["results"]
-                               if r.get("batch_size"))
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
-        wall = time.perf_counter() - started
-    return latencies, errors, batch_sizes, wall
-
-
-def measure(url: str, texts: list[str], concurrency: int, n: int, texts_per_request: int = 1,
-            headers: dict | None = None, timeout: float = 300.0, mode: str = "as deployed",
-            max_batch_size: int | None = None, warmup: int = 0) -> LevelResult:
-    """One load level against ``url`` (the app's ``/label`` endpoint)."""
-    k = texts_per_request
-    bodies = [{"texts": [texts[(i * k + j) % len(texts)] for j in range(k)],
-               "include_probabilities": False} for i in range(max(len(texts) // k, 1))]
-    if warmup:
-        asyncio.run(_load(url, bodies, min(concurrency, warmup), warmup, headers or {}, timeout))
-    latencies, errors, sizes, wall = asyncio.run(
-        _load(url, bodies, concurrency, n, headers or {}, timeout))
-    lat = np.array(latencies)
-    done = n - errors
-    return LevelResult(
-        mode=mode, max_batch_size=max_batch_size, concurrency=concurrency, requests=n,
-        errors=errors, p50_ms=round(float(np.percentile(lat, 50)), 1),
-        p95_ms=round(float(np.percentile(lat, 95)), 1),
-        p99_ms=round(float(np.percentile(lat, 99)), 1), mean_ms=round(float(lat.mean()), 1),
-        requests_per_s=round(done / wall, 2), reports_per_s=round(done * k / wall, 2),
-        mean_batch_size=round(float(np.mean(sizes)), 2) if sizes else None)
-
-
-def markdown_table(results: list[LevelResult]) -> str:
-    lines = ["| batching | max_batch_size | concurrency | requests | errors | p50 ms | p95 ms "
-             "| p99 ms | req/s | reports/s | mean batch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r.mode} | {r.max_batch_size or '-'} | {r.concurrency} | {r.requests} "
-                     f"| {r.errors} | {r.p50_ms} | {r.p95_ms} | {r.p99_ms} | {r.requests_per_s} "
-                     f"| {r.reports_per_s} | {r.mean_batch_size or '-'} |")
-    return "\n".join(lines)
 
 
 def _texts(cfg: ServeBenchConfig) -> list[str]:
@@ -164,7 +80,7 @@ def _levels(cfg, url, texts, mode, max_batch_size) -> list[LevelResult]:
         result = measure(url, texts, c, cfg.requests_per_level, cfg.texts_per_request,
                          _headers(cfg), cfg.request_timeout_s, mode, max_batch_size,
                          warmup=cfg.warmup_requests)
-        log.info("serve-bench %s c=%d: p50 %.1f ms, p95 %.1f ms, %.1f req/s", mode, c,
+        log.info("bench-serve %s c=%d: p50 %.1f ms, p95 %.1f ms, %.1f req/s", mode, c,
                  result.p50_ms, result.p95_ms, result.requests_per_s)
         out.append(result)
     return out
@@ -173,10 +89,10 @@ def _levels(cfg, url, texts, mode, max_batch_size) -> list[LevelResult]:
 def _deploy_and_measure(cfg: ServeBenchConfig, texts: list[str]) -> list[LevelResult]:
     from ray import serve
 
-    from ctray.serving.apps import FindingsAppArgs, findings_app
+    from ctray.tasks.findings.serve import FindingsAppArgs, findings_app
 
     if not cfg.checkpoint:
-        raise UserError("serve-bench: set checkpoint (a findings model directory) or url")
+        raise UserError("bench-serve: set checkpoint (a findings model directory) or url")
     from pathlib import Path
 
     # Replicas do not share this process's working directory.
