@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     from ctray.llm.registry import make_backend
     from ctray.pipeline.stage import RowError
     from ctray.tasks.translate.prompts import TranslationPromptConfig
-    from ctray.tasks.translate.task import TranslateTask
+    from ctray.tasks.translate.llm_tasks import TranslateTask
 
     df = pd.read_csv(args.corpus, nrows=args.reports)
     rows = [{"report_id": r["VolumeName"], "section": s, "source_text": r[col]}

@@ -125,7 +125,7 @@ def part_processor_vs_plain(args, engine_holder):
     import ray
 
     from ctray.llm.task import LLMStage
-    from ctray.tasks.demo.demo_job import FindingQuestion
+    from ctray.tasks.demo.llm_tasks import FindingQuestion
 
     df = pd.read_csv(SAMPLE).head(args.choice_rows)
     rows = [{"report_id": r["VolumeName"], "text": r["Findings_EN"]} for _, r in df.iterrows()]

@@ -1,5 +1,5 @@
 """CXR LLM labeler: the answer schema, strict parsing and repair, through LLMStage with
-the fake backend; the sft answer format of train-llm-labeler models."""
+the fake backend; the sft answer format of train-cxr-labeler models."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from cxr_fixtures import FENCED, UNPARSEABLE
 from ctray.llm.config import backend_config
 from ctray.llm.task import LLMStage
-from ctray.tasks.cxr.llm_labeler import CxrLLMTask, LabelParseError, label_schema, parse_labels
+from ctray.tasks.cxr.llm_tasks import CxrLLMTask, LabelParseError, label_schema, parse_labels
 from ctray.tasks.cxr.schema import OBSERVATIONS
 
 FULL = {o: "blank" for o in OBSERVATIONS} | {"Cardiomegaly": "positive",

@@ -18,7 +18,7 @@ from ctray.llm.base import LLMResponse
 from ctray.llm.config import backend_config
 from ctray.llm.task import LLMStage
 from ctray.pipeline.stage import RowError
-from ctray.tasks.grounding import text_prompts as P
+from ctray.tasks.grounding import prompts as P
 from ctray.tasks.grounding.categories import load_categories
 from ctray.tasks.grounding.text_checks import (FINDINGS_SCHEMA, REGIONS, REWRITE_SCHEMA,
                                                CheckError, Measurement, check_categories,
@@ -26,7 +26,7 @@ from ctray.tasks.grounding.text_checks import (FINDINGS_SCHEMA, REGIONS, REWRITE
                                                load_json_object, measurements,
                                                round_measurements, validate_schema)
 from ctray.tasks.grounding.text_job import GroundTextConfig
-from ctray.tasks.grounding.text_tasks import CategoriseTask, ExtractTask, RewriteTask
+from ctray.tasks.grounding.llm_tasks import CategoriseTask, ExtractTask, RewriteTask
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = backend_config(kind="fake", fake_responder="grounding_fake:respond")

@@ -18,7 +18,8 @@ from ctray.tasks.leavs.fanout import (certainty_rows, check_rows, organ_rows, ty
                                       urgency_rows)
 from ctray.tasks.leavs.parsing import (AnswerParseError, parse_choice, parse_sentence_numbers,
                                        parse_types)
-from ctray.tasks.leavs.tasks import (AnswerTask, Certainty, CheckSentence, CotLLMStage,
+from ctray.tasks.leavs.llm_tasks import AnswerTask, Certainty, CheckSentence
+from ctray.tasks.leavs.stages import CotLLMStage
                                      FindingTypes, ListSentences, Urgency, question_stage)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -529,12 +530,12 @@ def test_jobs_are_registered_with_configs_and_entrypoints():
     from ctray.tasks.leavs.leavs_job import LeavsConfig
 
     load_job_modules()
-    assert JOBS["leavs-eval"].needs_ray is False
-    assert set(JOBS["leavs-eval"].flags) == {"--predictions", "--annotations"}
+    assert JOBS["eval-leavs"].needs_ray is False
+    assert set(JOBS["eval-leavs"].flags) == {"--predictions", "--annotations"}
     cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", ["fast=true"])
     assert cfg.organs == list(schema.ORGANS) and cfg.fast and cfg.unselected_types == "ask"
     assert load_config(LeavsEvalConfig, REPO / "configs" / "leavs_eval.yaml").n_bootstrap == 2000
-    for name in ("leavs", "leavs_eval"):
+    for name in ("label_leavs", "eval_leavs"):
         assert f'job_entrypoint("{name.replace("_", "-")}")' in (REPO / "jobs" / f"{name}.py").read_text()
     with pytest.raises(Exception, match="organs"):
         LeavsConfig.model_validate({"organs": ["liver", "Liver"]})
@@ -546,9 +547,9 @@ def test_leavs_eval_job_scores_the_released_outputs(tmp_path):
 
     preds = shared_file("leavs", "parsing_results_llm_test_amos.csv")
     notes = shared_file("leavs", "amos_test_annotations.csv")
-    got = run_job("leavs-eval", ["--predictions", str(preds), "--annotations", str(notes),
+    got = run_job("eval-leavs", ["--predictions", str(preds), "--annotations", str(notes),
                                  "--output", str(tmp_path), "--set", "n_bootstrap=200"])
     assert got["table1_micro"]["f1"] == pytest.approx(0.892, abs=0.005)
     assert (tmp_path / "tables.md").exists()
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["job"] == "leavs-eval" and manifest["n_reports"] == got["n_reports"]
+    assert manifest["job"] == "eval-leavs" and manifest["n_reports"] == got["n_reports"]

@@ -806,7 +806,7 @@ def test_guided_json_reaches_vllm_with_the_schema_key_order_of_the_task():
     import json
 
     from ctray.llm.vllm_requests import sampling_fields
-    from ctray.tasks.cxr.llm_labeler import CxrLLMTask
+    from ctray.tasks.cxr.llm_tasks import CxrLLMTask
     from ctray.tasks.cxr.schema import OBSERVATIONS
 
     sft = CxrLLMTask(answer_format="sft").build_request({"report_id": "r1", "text": "No effusion."})
@@ -823,7 +823,7 @@ def test_guided_regex_reaches_vllm_and_translation_asks_for_its_marker_line():
     from ctray.llm.base import LLMResponse
     from ctray.llm.vllm_requests import sampling_fields
     from ctray.tasks.translate.prompts import TranslationPromptConfig
-    from ctray.tasks.translate.task import TranslateTask
+    from ctray.tasks.translate.llm_tasks import TranslateTask
 
     task = TranslateTask(TranslationPromptConfig())
     request = task.build_request({"report_id": "r1", "section": "findings",

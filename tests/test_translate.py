@@ -1,4 +1,4 @@
-"""translate / translate-eval: marker parsing, BLEU/ROUGE, and end-to-end runs."""
+"""translate / eval-translate: marker parsing, BLEU/ROUGE, and end-to-end runs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 from ctray.config import ConfigError, load_config
 from ctray.metrics.translation import PairScorer, corpus_bleu, sentence_bleu
-from ctray.tasks.translate.eval_job import TranslateEvalConfig, TranslationInput, evaluate
+from ctray.tasks.translate.eval_job import TranslateEvalConfig, TranslationInput
+from ctray.tasks.translate.evaluation import evaluate
 from ctray.tasks.translate.parsing import TranslationParseError, extract_translation
 from ctray.tasks.translate.prompts import TranslationPromptConfig
 from ctray.tasks.translate.translate_job import TranslateConfig, run_translate
@@ -138,7 +139,7 @@ def test_bleu_without_4gram_match_is_zero_unless_smoothed():
     assert sentence_bleu(ref, []) == 0.0
 
 
-# ------------------------------------------------------------------ translate-eval
+# ------------------------------------------------------------------ eval-translate
 
 def _eval_cfg(tmp_path, hyp_path, ref_path, **kw) -> TranslateEvalConfig:
     return TranslateEvalConfig(

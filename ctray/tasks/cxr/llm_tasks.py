@@ -10,22 +10,21 @@ gets one repair request naming the problem; a second failure is a row error that
 keeps the raw answer. ``lenient`` accepts one object inside prose or a code fence.
 
 Answer format ``sft``: the prompt and answer of a model fine-tuned by
-``ctray train-llm-labeler --task cxr`` (``ctray.tasks.cxr.sft_format``), so the
+``ctray train-cxr-labeler --task cxr`` (``ctray.tasks.cxr.sft_format``), so the
 fine-tuned model is asked exactly what it was trained on.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from typing import Any
 
 from ctray.llm.prompts import PromptTemplate
 from ctray.llm.label_task import ReportLabelTask, label_problems
+from ctray.tasks.cxr import sft_format
 from ctray.tasks.cxr.schema import CLASS_WORDS, OBSERVATIONS, observation_for
 
 ANSWER_FORMATS = ("json-4class", "sft")
-SFT_MODULE = "ctray.tasks.cxr.sft_format"
 _WORDS = tuple(CLASS_WORDS)  # positive, negative, uncertain, blank
 
 
@@ -114,16 +113,6 @@ def parse_labels(text: str, lenient: bool = False) -> dict[str, float]:
     return {o: labels[o] for o in OBSERVATIONS}
 
 
-def _sft_module():
-    try:
-        return importlib.import_module(SFT_MODULE)
-    except ModuleNotFoundError as exc:
-        from ctray.errors import UserError
-
-        raise UserError(f"llm.answer_format 'sft' needs {SFT_MODULE} (the prompt of "
-                        "train-llm-labeler); it is not installed") from exc
-
-
 class CxrLLMTask(ReportLabelTask):
     """Label one report with the 14 observations through any configured LLM backend."""
 
@@ -143,20 +132,20 @@ class CxrLLMTask(ReportLabelTask):
 
     def prompt_version(self) -> str:
         if self.answer_format == "sft":
-            return str(_sft_module().PROMPT_VERSION)
+            return str(sft_format.PROMPT_VERSION)
         return super().prompt_version()
 
     def schema(self) -> dict[str, Any] | None:
-        return label_schema() if self.answer_format == "json-4class" else _sft_module().json_schema()
+        return label_schema() if self.answer_format == "json-4class" else sft_format.json_schema()
 
     def messages_for(self, text: str) -> list[dict[str, str]]:
         if self.answer_format == "sft":
-            return _sft_module().build_messages(text)
+            return sft_format.build_messages(text)
         return PROMPT.render(report=text.strip())
 
     def parse_answer(self, text: str) -> dict[str, Any]:
         if self.answer_format == "sft":
-            labels = _sft_module().parse_answer(text)
+            labels = sft_format.parse_answer(text)
             return {o: float(labels.get(o, float("nan"))) for o in OBSERVATIONS}
         return parse_labels(text, self.lenient)
 

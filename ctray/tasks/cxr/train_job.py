@@ -1,4 +1,4 @@
-"""``ctray train-llm-labeler``: fine-tune a causal LM as a CXR labeler (14 CheXpert
+"""``ctray train-cxr-labeler``: fine-tune a causal LM as a CXR labeler (14 CheXpert
 observations x {positive, negative, uncertain, blank}, ``sft_format``); the recipe is
 :mod:`ctray.train.labeler`. The CT-RATE labeler is ``train-findings-labeler``."""
 
@@ -15,7 +15,7 @@ from ctray.train.labeler import LabelerTrainingConfig, train_labeler
 class TrainLlmLabelerConfig(LabelerTrainingConfig):
     """Fine-tune an LLM on CXR reports and their CheXpert labels."""
 
-    job: str = "train-llm-labeler"
+    job: str = "train-cxr-labeler"
     task: Literal["cxr"] = Field("cxr", description="label set: cxr (14 CheXpert observations)")
 
     @field_validator("task", mode="before")

@@ -7,27 +7,17 @@ gold labels. Runs on a laptop: local Ray, CPU, the offline GGUF model by default
 
 from __future__ import annotations
 
-from typing import Any
 
 import pandas as pd
 from pydantic import Field
 
 from ctray.config import LLMJobConfig, offline_backend, sample_path
 from ctray.io.corpus import CorpusConfig
-from ctray.llm.base import LLMRequest, LLMResponse
 from ctray.llm.config import BackendConfig
-from ctray.llm.prompts import PromptTemplate
-from ctray.llm.task import LLMStage, LLMTask
+from ctray.llm.task import LLMStage
 from ctray.pipeline.job import run_corpus_job
-from ctray.pipeline.stage import RowError
-from ctray.tasks.textstats.stage import TextStatsStage
-
-YES_NO = ["yes", "no"]
-QUESTION = PromptTemplate(
-    name="demo-finding-question",
-    system="You are a radiologist reading chest CT reports. Answer with one word: yes or no.",
-    user="Report:\n{text}\n\nDoes this report describe {finding}? Answer yes or no.",
-)
+from ctray.pipeline.text_stats import TextStatsStage
+from ctray.tasks.demo.llm_tasks import FindingQuestion
 
 
 def _default_corpus() -> CorpusConfig:
@@ -38,30 +28,6 @@ def _default_corpus() -> CorpusConfig:
 
 def _default_backend() -> BackendConfig:
     return offline_backend(max_tokens=4, batch_size=8)
-
-
-class FindingQuestion(LLMTask):
-    """"Does the report describe X?" answered as one of yes/no (guided choice)."""
-
-    name = "finding_question"
-    input_columns = ("report_id", "text")
-    output_columns = ("answer",)
-
-    def __init__(self, finding: str):
-        self.finding = finding
-
-    def prompts(self) -> list[PromptTemplate]:
-        return [QUESTION]
-
-    def build_request(self, row: dict[str, Any]) -> LLMRequest:
-        return LLMRequest(QUESTION.render(text=row["text"], finding=self.finding),
-                          max_tokens=4, choices=YES_NO)
-
-    def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
-        answer = response.text.strip().lower().rstrip(".")
-        if answer not in YES_NO:
-            raise RowError(f"row {row['report_id']!r}: answer {answer[:20]!r} is not yes/no")
-        return {"answer": answer}
 
 
 class DemoConfig(LLMJobConfig):

@@ -31,9 +31,8 @@ from ctray.config import JobConfig, sample_path
 from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
 from ctray.tasks.findings.schema import FINDING_COLUMNS, FINDING_NAMES
-from ctray.train.common import (CheckpointParams, ScalingParams, announce_resume,
-                                 check_resume, export_dir, gather, make_trainer, run_locations,
-                                 use_gpu)
+from ctray.train.common import (CheckpointParams, ScalingParams, export_dir, gather,
+                                 prepare_run)
 
 log = logging.getLogger(__name__)
 
@@ -458,22 +457,16 @@ def run_train_findings(cfg: TrainFindingsConfig) -> dict[str, Any]:
     from ctray.io.manifest import write_job_manifest
 
     started = time.time()
-    output, storage, run_dir, export_to = run_locations(cfg)
-
     df, data_stats = load_labeled_reports(cfg.corpus, cfg.labels)
     train_df, val_df = split_reports(df, cfg.training.val_fraction, cfg.training.seed)
-    previous = check_resume(run_dir, _fingerprint(cfg), cfg.checkpoint.allow_config_change,
-                            "model, data or hyperparameters")
-    announce_resume("train-findings", run_dir, previous)
+    run = prepare_run(cfg, _fingerprint(cfg), "model, data or hyperparameters")
+    output, run_dir, export_to, gpu = run.output, run.run_dir, run.export_to, run.gpu
     print(f"[train-findings] {len(train_df)} training / {len(val_df)} held-out reports, "
           f"{cfg.scaling.num_workers} worker(s)")
-
-    gpu = use_gpu(cfg.scaling.use_gpu)
-    trainer = make_trainer(
-        train_loop_per_worker,
-        {"training": cfg.training.model_dump(), "model": cfg.model,
-         "tokenizer": cfg.tokenizer, "data": ray.put((train_df, val_df))},
-        cfg.scaling, cfg.checkpoint, storage, gpu, score=SCORE)
+    trainer = run.trainer(cfg, train_loop_per_worker,
+                          {"training": cfg.training.model_dump(), "model": cfg.model,
+                           "tokenizer": cfg.tokenizer, "data": ray.put((train_df, val_df))},
+                          score=SCORE)
     result = trainer.fit()
     meta = export_best(result, cfg, val_df, export_to)
     run_info = result.return_value or {}

@@ -1,6 +1,6 @@
 """``ctray train-findings-labeler``: fine-tune a causal LM as a CT-RATE labeler (the 18
 findings x {0, 1} as a JSON list of positives, ``sft_format``); the recipe is
-:mod:`ctray.train.labeler`, shared with the CXR labeler (``train-llm-labeler``)."""
+:mod:`ctray.train.labeler`, shared with the CXR labeler (``train-cxr-labeler``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``ctray ground-eval``: ReXGroundingCT's Table 4 and Figure 2 from predicted masks.
+"""``ctray eval-grounding``: ReXGroundingCT's Table 4 and Figure 2 from predicted masks.
 
 Inputs: one or more prediction sets (a ``segment`` output folder, or a CSV/Parquet
 with ``finding_id`` and ``mask_uri``) and the ground truth (a manifest with
@@ -55,7 +55,7 @@ class GroundTruth(BaseModel):
 
 
 class GroundEvalConfig(JobConfig):
-    job: str = "ground-eval"
+    job: str = "eval-grounding"
     predictions: list[PredictionSet] = Field(description="the prediction sets to score")
     ground_truth: GroundTruth = Field(description="the ground-truth manifest")
     missing: Literal["zero", "drop"] = Field(
@@ -286,7 +286,7 @@ def run_ground_eval(cfg: GroundEvalConfig) -> dict[str, Any]:
         "files": files,
     }
     write_job_manifest(cfg, started, **summary)
-    print(f"[ctray ground-eval] {len(gt)} findings; mean Dice "
+    print(f"[ctray eval-grounding] {len(gt)} findings; mean Dice "
           + ", ".join(f"{k} {v:.3f}" for k, v in summary["dice"].items())
           + f"; table {out / 'table4.md'}")
     return summary

@@ -19,7 +19,7 @@ from ctray.llm.base import LLMRequest, LLMResponse
 from ctray.llm.prompts import PromptTemplate
 from ctray.llm.task import LLMTask
 from ctray.pipeline.stage import RowError
-from ctray.tasks.grounding import text_prompts as P
+from ctray.tasks.grounding import prompts as P
 from ctray.tasks.grounding.categories import load_categories
 from ctray.tasks.grounding.text_checks import (FINDINGS_SCHEMA, REWRITE_SCHEMA, CheckError,
                                                categories_schema, check_categories,

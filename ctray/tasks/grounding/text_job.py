@@ -32,7 +32,7 @@ from ctray.pipeline.runner import RunSummary
 from ctray.pipeline.stage import LIGHT_TASK
 from ctray.tasks.grounding.categories import load_categories
 from ctray.tasks.grounding.text_checks import CHECKS_VERSION, IMPRESSION_LETTER, REGIONS
-from ctray.tasks.grounding.text_tasks import (CATEGORIES, CODE_MAP, FINDINGS, N_ABNORMAL,
+from ctray.tasks.grounding.llm_tasks import (CATEGORIES, CODE_MAP, FINDINGS, N_ABNORMAL,
                                               REWRITE, CategoriseTask, ExtractTask,
                                               RewriteTask)
 

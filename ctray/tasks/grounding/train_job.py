@@ -39,9 +39,8 @@ from ctray.config import JobConfig
 from ctray.errors import UserError
 from ctray.tasks.grounding.preprocess import PreprocessConfig
 from ctray.tasks.grounding.segment_job import ManifestInput
-from ctray.train.common import (CheckpointParams, ScalingParams, announce_resume,
-                                 check_resume, export_dir, gather, make_trainer, run_locations,
-                                 use_gpu)
+from ctray.train.common import (CheckpointParams, ScalingParams, export_dir, gather,
+                                 prepare_run)
 
 IMAGE, LABEL, EMB = "image", "label", "text_embedding"
 
@@ -338,22 +337,17 @@ def run_train_grounding(cfg: TrainGroundingConfig) -> dict[str, Any]:
                         "one at least 32 (the U-Net halves the grid four times and instance "
                         "norm needs more than one voxel at the bottleneck)")
     started = time.time()
-    output, storage, run_dir, export_to = run_locations(cfg)
-
     items, text_dim = load_triples(cfg)
-    previous = check_resume(run_dir, _fingerprint(cfg), cfg.checkpoint.allow_config_change,
-                            "data, encoder, preprocessing, model or hyperparameters")
-    announce_resume("train-grounding", run_dir, previous)
+    run = prepare_run(cfg, _fingerprint(cfg),
+                      "data, encoder, preprocessing, model or hyperparameters")
+    output, run_dir, export_to, gpu = run.output, run.run_dir, run.export_to, run.gpu
     print(f"[train-grounding] {len(items)} (volume, finding, mask) triples, "
           f"{cfg.scaling.num_workers} worker(s)")
-
-    gpu = use_gpu(cfg.scaling.use_gpu)
-    trainer = make_trainer(
-        train_loop_per_worker,
-        {"training": cfg.training.model_dump(), "features": list(cfg.model.features),
-         "preprocess": cfg.preprocess.model_dump(), "init_from": cfg.model.init_from,
-         "data": ray.put((items, text_dim))},
-        cfg.scaling, cfg.checkpoint, storage, gpu)
+    trainer = run.trainer(cfg, train_loop_per_worker,
+                          {"training": cfg.training.model_dump(),
+                           "features": list(cfg.model.features),
+                           "preprocess": cfg.preprocess.model_dump(),
+                           "init_from": cfg.model.init_from, "data": ray.put((items, text_dim))})
     result = trainer.fit()
     meta = export_model(result, cfg, text_dim, export_to)
     run_info = result.return_value or {}

@@ -1,10 +1,10 @@
-"""``jcb-generate``: run a model over J-ClinicalBench settings (zero/one-shot).
+"""``generate-jcb``: run a model over J-ClinicalBench settings (zero/one-shot).
 
 Each (setting, shot) is one corpus pass through :class:`LLMStage` (any backend:
 vLLM, OpenAI-compatible, hf, fake) with the runner's resume, per-row errors and
 manifest under ``<output>/runs/<task>/<model>/<shot>/``. Finished rows are then
 written in the release's layout, ``<output>/generated/<group>/<task>/<model>/<shot>.json``
-(same fields per task), so ``jcb-score`` reads released and new outputs alike.
+(same fields per task), so ``score-jcb`` reads released and new outputs alike.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from ctray.config import JobConfig, offline_backend
-from ctray.llm.base import LLMRequest, LLMResponse
 from ctray.llm.config import BackendConfig
-from ctray.llm.task import LLMTask
 from ctray.tasks.jcb.data import load_items
 from ctray.tasks.jcb.parsing import PARSERS
 from ctray.tasks.jcb.registry import SHOTS, Setting, all_settings, get_setting
 from ctray.tasks.jcb.release import JcbInputError, write_records
+from ctray.tasks.jcb.llm_tasks import JcbTask
 
 log = logging.getLogger(__name__)
 KEYS = ("item_key",)
@@ -36,7 +35,7 @@ def _default_backend() -> BackendConfig:
 
 
 class JcbGenerateConfig(JobConfig):
-    job: str = "jcb-generate"
+    job: str = "generate-jcb"
     # The release's data/benchmarks folder (CLG/, CLR/, CLU/).
     benchmarks: str = Field(
         "../shared/data/j-clinicalbench/benchmarks", description="the release's data/benchmarks "
@@ -75,33 +74,6 @@ class JcbGenerateConfig(JobConfig):
     def resolved_model_name(self) -> str:
         name = self.model_name or Path(str(self.backend.model).rstrip("/")).name or "model"
         return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
-
-
-class JcbTask(LLMTask):
-    """One benchmark item: the rendered prompt as a single user turn, the raw answer back.
-
-    Parsing for scoring happens in ``jcb-score``: an odd answer is data, not a row error."""
-
-    name = "jcb"
-    input_columns = ("item_key", "prompt")
-    output_columns = ("generated",)
-
-    def __init__(self, setting: Setting, shot: str, max_tokens: int, temperature: float):
-        self.setting_name = setting.name
-        self.shot = shot
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.name = f"jcb_{setting.name}_{shot}"  # type: ignore[misc]
-
-    def prompt_version(self) -> str:
-        return f"jcb/{self.setting_name}/{self.shot}"
-
-    def build_request(self, row: dict[str, Any]) -> LLMRequest:
-        return LLMRequest([{"role": "user", "content": row["prompt"]}],
-                          max_tokens=self.max_tokens, temperature=self.temperature)
-
-    def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
-        return {"generated": response.text}
 
 
 def _read_results(output: str) -> pd.DataFrame:
@@ -172,7 +144,7 @@ def run_jcb_generate(cfg: JcbGenerateConfig) -> dict[str, Any]:
             summary["passes"][f"{setting.name}/{shot}"] = {
                 "items": len(items), "written": written, "failed": result.failed,
                 "generated": str(path), "run": run_output}
-            print(f"[ctray jcb-generate] {setting.name} {shot}: {written}/{len(items)} answers "
+            print(f"[ctray generate-jcb] {setting.name} {shot}: {written}/{len(items)} answers "
                   f"in {path}")
     write_chain_manifest(cfg, started, cfg.run.output, runs, jcb=summary)
     return summary

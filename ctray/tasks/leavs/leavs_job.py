@@ -1,4 +1,4 @@
-"""The ``leavs`` job: LEAVS labels for a corpus, one Ray Data pass per question stage.
+"""The ``label-leavs`` job: LEAVS labels for a corpus, one Ray Data pass per question stage.
 
 The published implementation walks one report at a time through ~hundreds of
 dependent prompts. Here each question stage is asked for *all* rows of the corpus
@@ -24,7 +24,6 @@ import logging
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -40,7 +39,9 @@ from ctray.tasks.leavs import assemble as A
 from ctray.tasks.leavs import schema
 from ctray.tasks.leavs.fanout import (ORGAN_KEYS, SENTENCE_KEYS, TYPE_KEYS, certainty_rows,
                                       check_rows, organ_rows, type_rows, urgency_rows)
-from ctray.tasks.leavs.tasks import QUESTIONS, question_stage
+from ctray.tasks.leavs.llm_tasks import QUESTIONS
+from ctray.tasks.leavs.stages import question_stage
+from ctray.tasks.leavs.assemble import LeavsRun
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def _default_backend() -> BackendConfig:
 
 
 class LeavsConfig(LLMJobConfig):
-    job: str = "leavs"
+    job: str = "label-leavs"
     corpus: CorpusConfig = Field(
         default_factory=_default_corpus, description="the reports to read (path, columns, limit)")
     backend: BackendConfig = Field(
@@ -109,14 +110,6 @@ class LeavsConfig(LLMJobConfig):
         return cleaned
 
 
-@dataclass
-class LeavsRun:
-    output: str
-    passes: dict[str, RunSummary | None]
-    manifest: dict[str, Any]
-    csv: str
-
-
 def _results(out: str, name: str, columns: list[str] | None = None):
     import ray
 
@@ -146,7 +139,7 @@ UPSTREAM = {"filter_check": ("filter_list",), "finding_types": ("filter_list", "
 
 
 def _run_pass(cfg: LeavsConfig, out: str, name: str, make_ds) -> RunSummary | None:
-    print(f"[ctray leavs] stage {PASSES.index(name) + 1}/{len(PASSES)}: {name}")
+    print(f"[ctray label-leavs] stage {PASSES.index(name) + 1}/{len(PASSES)}: {name}")
     extra = {"leavs": {"pass": name, "keys": list(PASS_KEYS[name]), "cot": not cfg.no_cot,
                        "fast": cfg.fast, "unselected_types": cfg.unselected_types}}
     upstream = [f"{out}/{u}" for u in UPSTREAM.get(name, ())
@@ -288,7 +281,7 @@ def run_leavs(cfg: LeavsConfig) -> LeavsRun:
     with _data_context(cfg):
         for name in passes:
             summaries[name] = _run_pass(cfg, out, name, inputs[name])
-        print("[ctray leavs] assembling labels per (report, organ)")
+        print("[ctray label-leavs] assembling labels per (report, organ)")
         labels = assemble_labels(cfg, out, run_id)
         per_report = usage_per_report(out, cfg.shuffle_partitions)
     by_stage = {p: (summaries[p].manifest["usage"] if summaries[p] else None) for p in passes}
@@ -298,7 +291,7 @@ def run_leavs(cfg: LeavsConfig) -> LeavsRun:
                 "cot": not cfg.no_cot, "fast": cfg.fast,
                 "unselected_types": cfg.unselected_types, "organs": cfg.organs},
         usage_by_stage=by_stage, per_report=per_report, labels=labels)
-    print(f"[ctray leavs] {labels['organs_labelled']} organs labelled, "
+    print(f"[ctray label-leavs] {labels['organs_labelled']} organs labelled, "
           f"{labels['organs_incomplete']} incomplete {labels['incomplete_by_stage'] or ''}; "
           f"{manifest['this_run_usage']['llm_calls']} LLM calls this run; "
           f"labels {labels['parquet']}, CSV {labels['csv']}, manifest {out}/manifest.json")
