@@ -10,7 +10,7 @@ from typing import Any
 
 from ctray.config import describe_fields, load_config
 from ctray.errors import UserError
-from ctray.jobs import JOBS, JobSpec, load_job_modules
+from ctray.jobs import ALIASES, JOBS, JobSpec, load_job_modules, resolve
 from ctray.pipeline.ray_session import init_ray
 
 COMMON_FLAGS = {
@@ -93,12 +93,14 @@ def overrides_from_args(args: argparse.Namespace, spec: JobSpec) -> list[str]:
 
 
 def run_job(name: str, argv: list[str]) -> Any:
-    load_job_modules()
-    if name not in JOBS:
+    """Parse the job's flags, load its config, start Ray if it needs it, run it."""
+    spec = resolve(name)
+    if spec is None:
         raise SystemExit(f"unknown job {name!r}; available: {', '.join(sorted(JOBS))}")
-    spec = JOBS[name]
     args = job_parser(spec).parse_args(argv)
     cfg = load_config(spec.config_class, args.config, overrides_from_args(args, spec))
+    if cfg.job in ALIASES:  # a config file written under the job's former name
+        cfg = cfg.model_copy(update={"job": ALIASES[cfg.job]})
     logging.basicConfig(level=getattr(cfg, "run", None) and cfg.run.log_level or "INFO",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if spec.needs_ray and hasattr(cfg, "run"):

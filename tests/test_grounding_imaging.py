@@ -1,5 +1,5 @@
 """ReXGroundingCT imaging half: preprocessing, mask round trip, metrics, train-grounding
-(Ray Train, resume), segment (Ray Data, a corrupt volume) and ground-eval, on tiny
+(Ray Train, resume), segment (Ray Data, a corrupt volume) and eval-grounding, on tiny
 phantoms (40x40x16, axial resize to 32x32, a narrow U-Net)."""
 
 from __future__ import annotations

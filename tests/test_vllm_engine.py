@@ -117,7 +117,7 @@ def test_llm_findings_labeling_guided_json_every_row_parses(shared_engine, tmp_p
     import jsonschema
 
     from ctray.tasks.findings.label_job import LabelFindingsConfig, run_label_findings
-    from ctray.tasks.findings.llm_labeler import label_schema
+    from ctray.tasks.findings.llm_tasks import label_schema
     from ctray.tasks.findings.schema import FINDING_COLUMNS
 
     cfg = load_config(LabelFindingsConfig, REPO / "configs" / "label_findings.yaml", [
@@ -207,7 +207,7 @@ def test_llm_findings_serve_app_answers_through_vllm(ray_local):
     import httpx
     from ray import serve
 
-    from ctray.serving.apps import LLMFindingsAppArgs, llm_findings_app
+    from ctray.tasks.findings.serve import LLMFindingsAppArgs, llm_findings_app
     from ctray.tasks.findings.schema import FINDING_COLUMNS
     from serve_fixtures import free_port
 
@@ -241,7 +241,7 @@ def test_leavs_serve_app_labels_one_report_on_the_shared_engine(shared_engine):
     import httpx
     from ray import serve
 
-    from ctray.serving.apps import LeavsAppArgs, leavs_app
+    from ctray.tasks.leavs.serve import LeavsAppArgs, leavs_app
     from ctray.tasks.leavs import schema
     from serve_fixtures import free_port
 
@@ -277,9 +277,9 @@ def test_every_guided_json_schema_is_one_vllm_can_enforce():
     from vllm.v1.structured_output.backend_xgrammar import has_xgrammar_unsupported_json_features
 
     from ctray.tasks.cxr import sft_format as cxr_sft
-    from ctray.tasks.cxr.llm_labeler import label_schema as cxr_schema
+    from ctray.tasks.cxr.llm_tasks import label_schema as cxr_schema
     from ctray.tasks.findings import sft_format as ct_sft
-    from ctray.tasks.findings.llm_labeler import label_schema as findings_schema
+    from ctray.tasks.findings.llm_tasks import label_schema as findings_schema
     from ctray.tasks.grounding.categories import load_categories
     from ctray.tasks.grounding.text_checks import (FINDINGS_SCHEMA, REWRITE_SCHEMA,
                                                    categories_schema)
