@@ -38,13 +38,16 @@ class LLMTask:
         return []
 
     def prompt_version(self) -> str:
+        """The versions of the task's prompts (part of the run's fingerprint)."""
         tags = sorted(p.version_tag for p in self.prompts())
         return ",".join(tags)
 
     def build_request(self, row: dict[str, Any]) -> LLMRequest:
+        """The request for one row (raise for a row that cannot be asked)."""
         raise NotImplementedError
 
     def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
+        """The output columns of one answer (raise RowError when it is unusable)."""
         raise NotImplementedError
 
     def repair_request(self, row: dict[str, Any], response: LLMResponse,
@@ -100,6 +103,7 @@ class LLMStage(Stage):
 
     # -- batch path shared by the in-process backends (hf, openai, fake) --
     def process_batch(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Ask the backend for every row, repair once where the task allows, parse."""
         assert self.backend is not None, "setup() was not called"
         rows = batch.to_dict("records")
         requests: dict[int, LLMRequest] = {}
@@ -139,6 +143,7 @@ class LLMStage(Stage):
 
     def finish(self, row: dict[str, Any], response: LLMResponse,
                calls: int = 1) -> dict[str, Any] | RowError:
+        """The output row of one answer, or the RowError that makes it an error row."""
         if not response.ok:
             return RowError(f"{self.name}: backend error: {response.error}")
         try:
@@ -150,6 +155,7 @@ class LLMStage(Stage):
         return {**row, **parsed, **self.accounting(response, calls)}
 
     def accounting(self, response: LLMResponse, calls: int) -> dict[str, Any]:
+        """The bookkeeping columns of one answer (raw text, tokens, calls, prompt, model)."""
         return {
             RAW_COL: response.text,
             PROMPT_TOKENS_COL: response.prompt_tokens,
@@ -162,4 +168,5 @@ class LLMStage(Stage):
     def error_row(self, row, response: LLMResponse, error: RowError,
                   calls: int = 1) -> dict[str, Any]:
         # The raw answer stays with the error so nobody pays for the call twice to see it.
+        """An error row that keeps the raw answer and its usage."""
         return mark_error({**row, **self.accounting(response, calls)}, self.name, error)

@@ -190,6 +190,7 @@ def _complete(stage, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def vllm_response(data: dict[str, Any]) -> LLMResponse:
+    """Ray's engine output for one row as an LLMResponse."""
     error = data.get(INFERENCE_ERROR_KEY) or None
     structured = (data.get("sampling_params") or {}).get("structured_outputs")
     return LLMResponse(

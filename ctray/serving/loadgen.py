@@ -53,6 +53,7 @@ def measure(url: str, texts: list[str], concurrency: int, n: int, texts_per_requ
 
 
 def markdown_table(results: list[LevelResult]) -> str:
+    """The load levels as a markdown table."""
     lines = ["| batching | max_batch_size | concurrency | requests | errors | p50 ms | p95 ms "
              "| p99 ms | req/s | reports/s | mean batch |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
