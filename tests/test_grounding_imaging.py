@@ -185,7 +185,7 @@ def trained(ray_local, phantoms):
 
 def test_train_grounding_lowers_the_loss_and_resumes(trained, phantoms):
     from ctray.errors import UserError
-    from ctray.tasks.grounding.segment_job import load_grounding_model
+    from ctray.tasks.grounding.model_dir import load_grounding_model
     from ctray.tasks.grounding.train_job import run_train_grounding
 
     first, second = trained
@@ -220,8 +220,8 @@ def segmented(trained, phantoms):
     from ctray.tasks.grounding.inference import mask_to_original, predict_logits, segment_volume
     from ctray.tasks.grounding.model import TextEncoder
     from ctray.tasks.grounding.preprocess import build_preprocess, preprocess_volume
-    from ctray.tasks.grounding.segment_job import (SegmentConfig, load_grounding_model,
-                                                   resolve_encoder, run_segment)
+    from ctray.tasks.grounding.model_dir import load_grounding_model, resolve_encoder
+    from ctray.tasks.grounding.segment_job import SegmentConfig, run_segment
 
     root, manifest = phantoms["root"], phantoms["manifest"]
     good = Path(manifest.volume_uri[0])

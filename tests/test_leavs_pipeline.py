@@ -18,9 +18,9 @@ from ctray.tasks.leavs.fanout import (certainty_rows, check_rows, organ_rows, ty
                                       urgency_rows)
 from ctray.tasks.leavs.parsing import (AnswerParseError, parse_choice, parse_sentence_numbers,
                                        parse_types)
-from ctray.tasks.leavs.llm_tasks import AnswerTask, Certainty, CheckSentence
-from ctray.tasks.leavs.stages import CotLLMStage
-                                     FindingTypes, ListSentences, Urgency, question_stage)
+from ctray.tasks.leavs.llm_tasks import (AnswerTask, Certainty, CheckSentence, FindingTypes,
+                                         ListSentences, Urgency)
+from ctray.tasks.leavs.stages import CotLLMStage, question_stage
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "ctray" / "data" / "sample_abdominal_reports.jsonl"

@@ -223,7 +223,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                                weights_only=False)
         start_epoch = int(state["epoch"])
     elif config.get("init_from"):
-        from ctray.tasks.grounding.segment_job import load_grounding_model
+        from ctray.tasks.grounding.model_dir import load_grounding_model
 
         model.load_state_dict(load_grounding_model(config["init_from"])[0].state_dict())
     model = ray.train.torch.prepare_model(model)
