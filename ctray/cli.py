@@ -11,7 +11,7 @@ from typing import Any
 from ctray.config import describe_fields, load_config
 from ctray.errors import UserError
 from ctray.jobs import ALIASES, JOBS, JobSpec, load_job_modules, resolve
-from ctray.pipeline.ray_session import init_ray
+from ctray.pipeline.ray_session import check_submitted_output, init_ray
 
 COMMON_FLAGS = {
     "--output": ("run.output", str, "output folder or s3:// / gs:// URI"),
@@ -33,9 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag like every other input error: one ``ctray:``
+    line and exit code 2 (not a usage block)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def job_parser(spec: JobSpec) -> argparse.ArgumentParser:
     """``ctray <job>``'s parser; its --help ends with the config fields (self-documented)."""
-    parser = argparse.ArgumentParser(prog=f"ctray {spec.name}", description=spec.help,
+    parser = _Parser(prog=f"ctray {spec.name}", description=spec.help,
                                      epilog=config_help(spec.config_class),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_job_arguments(parser, spec)
@@ -63,7 +71,23 @@ def add_job_arguments(p: argparse.ArgumentParser, spec: JobSpec) -> None:
         p.add_argument("--no-resume", action="store_true",
                        help="do not skip rows finished by an earlier run (= run.resume=false)")
     for flag, path in spec.flags.items():
-        p.add_argument(flag, help=f"= {path}")
+        if _field_type(spec.config_class, path) is bool:
+            # `--allow-partial` alone means true; `--strict true|false` still works.
+            p.add_argument(flag, nargs="?", const="true", help=f"= {path} (true when given alone)")
+        else:
+            p.add_argument(flag, help=f"= {path}")
+
+
+def _field_type(cls, path: str):
+    """The annotation of a dotted config field (None when it is not a plain field)."""
+    from pydantic import BaseModel
+
+    for part in path.split("."):
+        info = getattr(cls, "model_fields", {}).get(part)
+        if info is None:
+            return None
+        cls = info.annotation
+    return cls if not (isinstance(cls, type) and issubclass(cls, BaseModel)) else None
 
 
 def offered_common_flags(spec: JobSpec) -> dict[str, tuple[str, type, str]]:
@@ -96,16 +120,46 @@ def run_job(name: str, argv: list[str]) -> Any:
     """Parse the job's flags, load its config, start Ray if it needs it, run it."""
     spec = resolve(name)
     if spec is None:
-        raise SystemExit(f"unknown job {name!r}; available: {', '.join(sorted(JOBS))}")
+        raise UserError(f"unknown job {name!r}; available: {', '.join(sorted(JOBS))}")
     args = job_parser(spec).parse_args(argv)
+    # The whole config is validated (types, ranges, enums) before Ray starts.
     cfg = load_config(spec.config_class, args.config, overrides_from_args(args, spec))
     if cfg.job in ALIASES:  # a config file written under the job's former name
         cfg = cfg.model_copy(update={"job": ALIASES[cfg.job]})
     logging.basicConfig(level=getattr(cfg, "run", None) and cfg.run.log_level or "INFO",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if spec.needs_ray and hasattr(cfg, "run"):
+    if hasattr(cfg, "run"):
+        check_submitted_output(cfg.run.output)
+    if not (spec.needs_ray and hasattr(cfg, "run")) or ray_is_running():
+        return spec.run_function(cfg)
+    try:
         init_ray(cfg.run)
-    return spec.run_function(cfg)
+    except (ConnectionError, TimeoutError) as exc:
+        raise UserError(f"cannot join Ray at {cfg.run.ray_address!r} ({exc})") from None
+    try:
+        return spec.run_function(cfg)
+    finally:
+        end_ray_session()
+
+
+def ray_is_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def end_ray_session() -> None:
+    """Close the engines this driver started, then leave Ray, before the interpreter
+    exits: engines torn down by the exit itself printed tracebacks (EngineDeadError,
+    resource_tracker) after successful runs."""
+    import ray
+
+    from ctray.llm.vllm_shared import stop_shared_engines
+
+    try:
+        stop_shared_engines()
+    finally:
+        ray.shutdown()
 
 
 def job_entrypoint(name: str, argv: list[str] | None = None) -> int:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
@@ -38,11 +38,17 @@ class RunConfig(BaseModel):
                                       "came from other prompts, model or task options")
     ray_address: str | None = Field(None, description="Ray cluster address; 'auto' inside a "
                                     "cluster; unset: start (or join) a local Ray")
-    num_cpus: int | None = Field(None, description="CPUs of a local Ray (unset: all)")
-    writer_batch_size: int = Field(256, description="rows per written Parquet shard")
-    rows_per_block: int | None = Field(None, description="rows per block entering the stages "
-                                       "(unset: writer_batch_size): what a kill can lose")
-    log_level: str = Field("INFO", description="Python logging level")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (unset: all)")
+    writer_batch_size: int = Field(256, ge=1, description="rows per written Parquet shard")
+    rows_per_block: int | None = Field(None, ge=1, description="rows per block entering the "
+                                       "stages (unset: writer_batch_size): what a kill can lose")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Python logging level")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value):
+        return value.upper() if isinstance(value, str) else value
 
 
 class JobConfig(BaseModel):
@@ -52,6 +58,11 @@ class JobConfig(BaseModel):
 
     job: str = Field("", description="the job's name (informational; set by each config)")
     run: RunConfig = Field(default_factory=RunConfig, description="output, resume, Ray")
+
+    #: Dotted paths of this job's fields that cannot change a row's result (beyond the
+    #: common allowlist in ``ctray.pipeline.job``): everything else is in the run
+    #: fingerprint, and resuming under another value is refused.
+    result_neutral_fields: ClassVar[frozenset[str]] = frozenset()
 
 
 class CorpusJobConfig(JobConfig):
@@ -63,7 +74,7 @@ class CorpusJobConfig(JobConfig):
 class LLMJobConfig(CorpusJobConfig):
     """A corpus job that asks an LLM."""
 
-    backend: BackendConfig = Field(default_factory=BackendConfig,
+    backend: BackendConfig = Field(default_factory=FakeConfig,
                                    description="the LLM backend (kind, model, batching)")
 
 
@@ -84,11 +95,23 @@ def offline_backend(**options: Any) -> BackendConfig:
     return default_backend(**options)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (getattr(exc, "problem", None) or str(exc).splitlines()[0])
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.path=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    if not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML "
+                          f"({_yaml_problem(exc)}); quote it, e.g. key='[a, b]'") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -99,6 +122,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {path[-2]!r} is not a section")
         node[path[-1]] = value
     return data
 
@@ -110,7 +135,12 @@ def load_config(cls: type[T], path: str | Path | None = None,
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({_yaml_problem(exc)})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: cannot read the config file ({exc})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p}: a config file must be a mapping")
         data = loaded or {}

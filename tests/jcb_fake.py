@@ -14,7 +14,8 @@ def respond(request) -> str:
         return "1" if ok else "3"
     if "### 要約" in prompt:  # IRS: echo the summary marker or something else
         m = re.search(r"SUMMARY=(\S+)", prompt.split("### 入力")[-1])
-        return (m.group(1) if ok and m else "転倒事故") + "\n### 入力\n余計な続き"
+        # Then the next input, as models continuing the one-shot pattern write it.
+        return (m.group(1) if ok and m else "転倒事故") + "\n### 入力:\n余計な続き"
     if "### TNM" in prompt:
         return "T因子: T1a\nN因子: N0\nM因子: M0" if ok else "T因子: T4\nN因子: N3\nM因子: M1c"
     if "### NER" in prompt:

@@ -162,6 +162,18 @@ def test_job_submission_to_a_local_head(tmp_path):
         logs = client.get_job_logs(job_id)
         assert status == JobStatus.SUCCEEDED, logs[-3000:]
         assert "12 rows done, 0 failed" in logs
+        # docs/cluster.md's command as written (the CLI, token auth through RAY_AUTH_MODE),
+        # without --output: refused, since runs/ would land in Ray's temporary working dir.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(RAY_ADDRESS=head.url, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=head.token)
+        proc = subprocess.run(
+            ["ray", "job", "submit", "--working-dir", ".", "--", "python", "jobs/stats_text.py",
+             "--config", "configs/stats_text.yaml", "--limit", "3"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        printed = proc.stdout + proc.stderr
+        assert "AuthenticationError" not in printed, printed[-3000:]
+        assert "would be written into Ray's temporary working directory" in printed, printed[-3000:]
+        assert "working_dir_files/_ray_pkg_" in printed
     finally:
         head.stop()
 

@@ -112,10 +112,11 @@ def test_cxr_eval_job_three_labelers(tmp_path):
     cfg = CxrEvalConfig.model_validate({
         "run": {"output": str(tmp_path / "eval")}, "gold": {"path": paths["gold"]},
         "labelers": [{"path": paths["perfect"], "label": "perfect"}, paths["noisy"],
-                     {"path": paths["blank"], "label": "none"}]})
+                     {"path": paths["blank"], "label": "none"}], "allow_partial": True})
     summary = run_cxr_eval(cfg)
     assert summary["labelers"] == ["perfect", "noisy", "none"]
-    assert summary["reports"] == 30  # the ids every labeler has
+    assert summary["reports"] == 30  # the ids every labeler has (allow_partial)
+    assert summary["coverage"]["per_labeler"] == {"perfect": 40, "noisy": 40, "none": 30}
     assert summary["mean_weighted_f1"]["perfect"] == pytest.approx(1.0)
     assert summary["mean_weighted_f1"]["none"] == 0.0
     ids = [f"r{i}" for i in range(30)]

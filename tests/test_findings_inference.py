@@ -10,15 +10,8 @@ import pytest
 import torch
 
 from ctray.tasks.findings.stages import PROB_COLUMNS, WINDOWS_COL
-from ctray.tasks.findings.model import (
-    META_FILE,
-    FindingsClassifier,
-    FindingsModelMeta,
-    encode_reports,
-    max_pool,
-    save_findings_model,
-    window_token_ids,
-)
+from ctray.tasks.findings.model import (META_FILE, FindingsClassifier, FindingsModelMeta, save_findings_model)
+from ctray.models.windows import encode_reports, max_pool, window_token_ids
 from ctray.tasks.findings.schema import FINDING_COLUMNS, FINDING_NAMES
 from tiny_bert import SAMPLE_DIR, build_en_tokenizer, build_ja_tokenizer, build_tiny_bert, sample_texts
 
@@ -189,8 +182,9 @@ def test_label_findings_model_writes_labels_probs_and_windows(ray_local, tmp_pat
     result = run_job("eval-findings", [
         "--predictions", str(out), "--compare-to", str(rules), "--output", str(ev),
         "--set", "predictions.label=model", "--set", "compare_to.label=rules",
-        "--set", "threshold_search=true"])
+        "--set", "threshold_search=true", "--allow-partial"])  # 16 of the 240 gold reports
     assert result["reports_joined"] == 16 and result["reports_evaluated"] == 8
+    assert result["coverage"]["partial"] and result["coverage"]["gold"] == 240
     assert result["threshold_split"] == {"validation_reports": 8, "test_reports": 8, "seed": 42}
     thresholds = pd.read_csv(ev / "thresholds_model.csv", index_col=0)["threshold"]
     assert len(thresholds) == 18

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ctray.tasks.jcb.metrics import bootstrap_ci, rouge_l_pair, score_records, set_prf
+from ctray.tasks.jcb.metrics import (bootstrap_ci, lcs_length, rouge_l_pair, score_records,
+                                     set_prf)
 from ctray.tasks.jcb.parsing import (ade_label, first_int, generation_text, leading_digit,
                                      python_list, tagged_entities, tnm_factors)
 from ctray.tasks.jcb.registry import all_settings, get_setting, split_source
@@ -33,6 +34,20 @@ def test_unknown_setting_is_a_user_error():
 def test_generation_text_cuts_at_the_next_input():
     assert generation_text("要約です\n\n### 入力:\n次の文") == "要約です\n\n"
     assert generation_text(None) == ""
+    # The one-shot example's heading "### 入力例:" is not the next input: no cut.
+    assert generation_text("### 入力例:\nS：\n本文") == "### 入力例:\nS：\n本文"
+    # A Python code block after the answer is not part of it; a leading fence is kept.
+    assert generation_text("```markdown\n## 経過\n全身状態良好\n\n```python\n# 以下") == \
+        "```markdown\n## 経過\n全身状態良好\n\n"
+    assert generation_text("## 退院時状況\n安定\n\npython\npython\n") == "## 退院時状況\n安定\n\n"
+
+
+def test_rouge_l_mean_leaves_out_empty_answers_except_in_strict_mode():
+    cts = get_setting("CTS")
+    rows = [{"gold": "同じ文です", "generated": "同じ文です"}, {"gold": "別の文", "generated": ""},
+            {"gold": "別の文", "generated": "### 入力:\n続き"}]
+    assert score_records(rows, cts)[0]["f1"] == pytest.approx(1.0)
+    assert score_records(rows, cts, strict=True)[0]["f1"] == pytest.approx(1 / 3)
 
 
 def test_python_list_json_literal_fences_and_truncation():
@@ -65,6 +80,10 @@ def test_tagged_entities_offsets_ignore_all_tags_and_stop_at_eos():
     assert tagged_entities(out, types=("d",)) == {(0, 2, "d"), (3, 5, "d")}
     # Non-greedy: two tags on one line are two entities.
     assert len(tagged_entities("<d>a</d>b<d>c</d>", types=("d",))) == 2
+    # A stray (unclosed) tag is not removed: it shifts the spans after it (the release's
+    # offsets; llm-jp's NER-Med one-shot file has one such answer).
+    stray = "<m-key>A</m-key><m-val>を、<m-key>BC</m-key>"
+    assert tagged_entities(stray, types=("m-key", "m-val")) == {(0, 1, "m-key"), (10, 12, "m-key")}
 
 
 def test_set_prf_per_document():
@@ -78,6 +97,22 @@ def test_rouge_l_uses_mecab_ipadic_tokens():
     p, r, f = rouge_l_pair("高カルシウム血症", "低カルシウム血症")
     assert (p, r) == pytest.approx((0.75, 0.75))
     assert rouge_l_pair("同じ文です", "同じ文です")[2] == pytest.approx(1.0)
+    assert rouge_l_pair("", "文") == (0.0, 0.0, 0.0)
+
+
+def test_bit_parallel_lcs_equals_rouge_score_on_random_token_lists():
+    import random
+
+    from rouge_score.rouge_scorer import _score_lcs
+
+    rng = random.Random(0)
+    for _ in range(60):
+        a = [rng.choice("abcde") for _ in range(rng.randint(1, 70))]
+        b = [rng.choice("abcdef") for _ in range(rng.randint(1, 70))]
+        expected = _score_lcs(a, b)
+        lcs = lcs_length(a, b)
+        assert lcs == lcs_length(b, a)
+        assert (lcs / len(b), lcs / len(a)) == (expected.precision, expected.recall)
 
 
 def test_metrics_keys_and_values_on_hand_made_records():
@@ -116,6 +151,14 @@ def test_metrics_keys_and_values_on_hand_made_records():
     assert result["t"]["precision"] == 0.5 and result["t"]["recall"] == 1.0
     assert result["m"]["precision"] == 0.5 and result["m"]["recall"] == 1.0
     assert score_records(rows, tmn, strict=True)[0]["t"]["recall"] == 0.5
+    # A gold that is not an option (T2) scores nothing even when the answer repeats it
+    # (all five open models answer "T2" for such a row; the release counts it wrong).
+    rows.append({"t": "T2", "n": "N0", "m": "M0", "generated": "T因子: T2\nN因子: N0\nM因子: M0"})
+    result, _ = score_records(rows, tmn)
+    assert result["t"]["precision"] == pytest.approx(1 / 3) and result["t"]["recall"] == 1.0
+    assert result["n"]["precision"] == pytest.approx(2 / 3)
+    assert score_records(rows, tmn, strict=True)[0]["t"]["precision"] == pytest.approx(2 / 3)
+    rows.pop()
     assert tmn.headline_value(result) == pytest.approx(
         (result["t"]["f1"] + result["n"]["f1"] + result["m"]["f1"]) / 3)
 

@@ -532,9 +532,9 @@ def test_jobs_are_registered_with_configs_and_entrypoints():
     load_job_modules()
     assert JOBS["eval-leavs"].needs_ray is False
     assert set(JOBS["eval-leavs"].flags) == {"--predictions", "--annotations"}
-    cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", ["fast=true"])
+    cfg = load_config(LeavsConfig, REPO / "configs" / "label_leavs.yaml", ["fast=true"])
     assert cfg.organs == list(schema.ORGANS) and cfg.fast and cfg.unselected_types == "ask"
-    assert load_config(LeavsEvalConfig, REPO / "configs" / "leavs_eval.yaml").n_bootstrap == 2000
+    assert load_config(LeavsEvalConfig, REPO / "configs" / "eval_leavs.yaml").n_bootstrap == 2000
     for name in ("label_leavs", "eval_leavs"):
         assert f'job_entrypoint("{name.replace("_", "-")}")' in (REPO / "jobs" / f"{name}.py").read_text()
     with pytest.raises(Exception, match="organs"):

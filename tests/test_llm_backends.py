@@ -575,7 +575,9 @@ def test_build_vllm_config_on_cpu_uses_a_cpu_bundle_and_the_cpu_engine_settings(
     assert not any(b.get("GPU") for b in config.placement_group_config["bundles"])
     assert config.runtime_env["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "2"}
     kw = config.engine_kwargs
-    assert kw["dtype"] == "bfloat16" and kw["enforce_eager"] is True
+    from ctray.hardware import cpu_dtype
+
+    assert kw["dtype"] == cpu_dtype("auto").dtype and kw["enforce_eager"] is True
     assert "gpu_memory_utilization" not in kw
     assert config.accelerator_type is None  # a GPU type means nothing on CPU
     # A local model: prompts arrive templated and tokenized, Ray's CPU stages are off.
@@ -592,6 +594,11 @@ def test_backend_config_is_one_class_per_kind_and_refuses_other_kinds_fields(tmp
     from ctray.tasks.demo.demo_job import DemoConfig
 
     assert type(backend_config(kind="hf", model="m")) is HFConfig
+    # A job config without a backend section gets the test backend.
+    from ctray.config import LLMJobConfig
+    from ctray.llm.config import FakeConfig
+
+    assert type(LLMJobConfig.model_validate({"corpus": {"path": "x"}}).backend) is FakeConfig
     cfg = backend_config({"kind": "vllm", "model": "m", "kv_cache_gib": 2})
     assert type(cfg) is VLLMConfig and cfg.kv_cache_gib == 2
     # A field of another kind is refused, naming the kind it belongs to...

@@ -197,3 +197,24 @@ def test_kill_and_resume_without_duplicates_or_recomputation(ray_local, tmp_path
     assert all(n == 1 for n in recomputed.values())
     runs = json.loads((out / "manifest.json").read_text())["runs"]
     assert [r["status"] for r in runs] == ["unfinished", "finished"]
+
+
+def test_duplicate_id_check_shuffles_into_one_partition_per_cluster_cpu(ray_local, monkeypatch):
+    """Ray Data's default 200 hash partitions are 200 one-CPU reduce tasks: on a 4-CPU
+    cluster they held a 266-row translate job for minutes before its first row."""
+    import ray.data
+
+    from ctray.io.corpus import find_duplicate_ids
+
+    seen = []
+    groupby = ray.data.Dataset.groupby
+
+    def spy(self, key, *args, **kwargs):
+        seen.append(kwargs.get("num_partitions"))
+        return groupby(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "groupby", spy)
+    ds = ray.data.from_pandas(pd.DataFrame({"report_id": ["a", "b", "a", "c"]}))
+    dups = find_duplicate_ids(ds)
+    assert [(d["report_id"], d["count()"]) for d in dups] == [("a", 2)]
+    assert seen == [int(ray_local.cluster_resources()["CPU"])]

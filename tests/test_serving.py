@@ -438,7 +438,7 @@ def test_serve_bench_job_against_running_app(server, tmp_path):
     from ctray.cli import run_job
 
     report = run_job("bench-serve", [
-        "--config", str(REPO / "configs" / "serve_bench.yaml"), "--url", server["base"],
+        "--config", str(REPO / "configs" / "bench_serve.yaml"), "--url", server["base"],
         "--output", str(tmp_path), "--limit", "16", "--set", "concurrency=[1,4]",
         "--set", "requests_per_level=12", "--set", "warmup_requests=2",
         "--set", f"corpus.path={REPO / 'ctray' / 'data' / 'sample_reports_ja.csv'}",

@@ -182,11 +182,12 @@ def test_every_config_field_has_a_description():
 # ------------------------------------------------------------------------ layers
 
 # Rank of each top-level part of ctray: a module may import its own part or a part of
-# lower rank. Task packages and the CLI sit on top; the registry (jobs.py), the Serve
-# framework (serving/) and the trainer plumbing (train/) sit below the task packages,
-# which build on them.
-RANK = {"errors": 0, "__init__": 0, "_api": 0, "io": 1, "text": 1, "metrics": 2, "pipeline": 2,
-        "llm": 3, "config": 4, "train": 5, "jobs": 5, "serving": 5, "tasks": 6, "cli": 7}
+# lower rank. Task packages, the review page (it knows every task's labels) and the CLI
+# sit on top; the registry (jobs.py), the Serve framework (serving/) and the trainer
+# plumbing (train/) sit below the task packages, which build on them.
+RANK = {"errors": 0, "hardware": 0, "__init__": 0, "_api": 0, "io": 1, "text": 1, "models": 1,
+        "metrics": 2, "pipeline": 2, "llm": 3, "config": 4, "train": 5, "jobs": 5, "serving": 5,
+        "tasks": 6, "review": 7, "cli": 8}
 
 
 def _part(module: str) -> str:

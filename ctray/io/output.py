@@ -93,9 +93,24 @@ class OutputLayout:
 
 
 def read_output_table(path: str, kind: str, columns: list[str] | None = None,
-                      allow_empty: bool = False) -> pd.DataFrame:
+                      allow_empty: bool = False,
+                      text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     """A job output folder's ``results`` Parquet files (only ``columns`` that exist,
-    when given), or one CSV/Parquet file; ``kind`` names the folder in errors."""
+    when given), or one CSV/Parquet file; ``kind`` names the folder in errors.
+    ``text_columns`` of a CSV are read as written (ids: "0012" is not 12)."""
+    from ctray.errors import UserError
+
+    try:
+        return _read_output_table(path, kind, columns, allow_empty, text_columns)
+    except UserError:
+        raise
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        # An empty, truncated or unreadable file: one line naming it, not a traceback.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable {kind}, .csv or .parquet file ({reason})") from None
+
+
+def _read_output_table(path, kind, columns, allow_empty, text_columns) -> pd.DataFrame:
     from ctray.errors import UserError
 
     root = path.rstrip("/")
@@ -117,7 +132,7 @@ def read_output_table(path: str, kind: str, columns: list[str] | None = None,
     if root.endswith(".parquet"):
         return pd.read_parquet(root)
     if root.endswith(".csv"):
-        return pd.read_csv(root)
+        return pd.read_csv(root, dtype={c: str for c in text_columns})
     raise UserError(f"{path}: not a {kind}, .csv or .parquet file")
 
 

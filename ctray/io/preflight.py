@@ -5,7 +5,9 @@ nothing written, not in a traceback from a Ray read task after some shards were
 already written. For local CSV and Parquet files this module also checks that ids
 are unique, reading only the id column (pyarrow, multi-threaded), which replaces
 the runner's cluster-side groupby: that pass cost seconds of start-up per job.
-Remote corpora (``s3://``, ``gs://``) and JSONL keep the runner's groupby.
+Local JSONL files are parsed line by line here too (a malformed line is named by its
+line number before Ray reads anything). Remote corpora (``s3://``, ``gs://``) keep the
+runner's groupby.
 """
 
 from __future__ import annotations
@@ -56,11 +58,8 @@ def check_corpus_files(cfg: "CorpusConfig", fmt: str, wanted: list[str]) -> bool
     for f in files:
         if Path(f).stat().st_size == 0:
             raise CorpusError(f"{f}: empty file (0 bytes); expected a header and rows")
-    if fmt not in ("csv", "parquet"):
-        return False
-    ids = []
-    for f in files:
-        ids.append(_check_csv(f, cfg, wanted) if fmt == "csv" else _check_parquet(f, cfg, wanted))
+    checks = {"csv": _check_csv, "parquet": _check_parquet, "jsonl": _check_jsonl}
+    ids = [checks[fmt](f, cfg, wanted) for f in files]
     if not cfg.id_column or not cfg.check_duplicate_ids:
         return False
     _check_unique(pd.concat(ids, ignore_index=True), cfg.id_column)
@@ -88,7 +87,8 @@ def _check_csv(path: str, cfg: "CorpusConfig", wanted: list[str]) -> pd.DataFram
     from ctray.io.corpus import CorpusError
 
     with open(path, "rb") as fh:
-        text = io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline="")
+        # utf-8-sig: a BOM (Excel's CSV export) is not part of the first column's name.
+        text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace", newline="")
         header = next(csv.reader(text), [])
     _missing(path, header, wanted)
     key = cfg.id_column or next(iter(wanted), header[0])
@@ -102,7 +102,8 @@ def _check_csv(path: str, cfg: "CorpusConfig", wanted: list[str]) -> pd.DataFram
     def read(threads: bool):
         return pacsv.read_csv(
             path, read_options=pacsv.ReadOptions(use_threads=threads),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid,
+                                             newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(include_columns=[key],
                                                  column_types={key: pa.binary()}))
 
@@ -144,16 +145,44 @@ def _check_parquet(path: str, cfg: "CorpusConfig", wanted: list[str]) -> pd.Data
     return _id_frame(path, pf.read(columns=[cfg.id_column]).column(0).to_pylist(), offset=0)
 
 
-def _id_frame(path: str, values: list, offset: int = 1) -> pd.DataFrame:
-    """Ids as the reader will produce them (decoded, stripped), with their row number
-    (CSV: the header is row 1; Parquet: rows counted from 0)."""
-    ids = []
-    for v in values:
-        if isinstance(v, bytes):
-            v = v.decode("utf-8", "backslashreplace")
-        ids.append(None if v is None or (isinstance(v, float) and v != v) else str(v).strip())
-    return pd.DataFrame({"file": path, "id": ids,
-                         "row": range(1 + offset, len(ids) + 1 + offset)})
+def _check_jsonl(path: str, cfg: "CorpusConfig", wanted: list[str]) -> pd.DataFrame:
+    """Every line must be a JSON object; a wanted key must occur in at least one line
+    (a line without it is a row error, all lines without it a missing column)."""
+    from ctray.io.corpus import CorpusError, jsonl_lines, parse_jsonl_line
+
+    data = Path(path).read_bytes()
+    ids, numbers, seen = [], [], set()
+    for number, line in jsonl_lines(data):
+        try:
+            raw, _ = parse_jsonl_line(line)
+        except ValueError as exc:
+            raise CorpusError(f"{path}: line {number} is not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise CorpusError(f"{path}: line {number} is not a JSON object "
+                              f"(got {type(raw).__name__})")
+        seen.update(raw)
+        if cfg.id_column:
+            ids.append(raw.get(cfg.id_column))
+            numbers.append(number)
+    if not numbers and not seen:
+        raise CorpusError(f"{path}: no JSON lines (only blank lines)")
+    missing = [c for c in dict.fromkeys(wanted) if c not in seen]
+    if missing:
+        raise CorpusError(f"{path}: missing key(s) {missing} in every line; the lines have "
+                          f"{sorted(seen)}")
+    return _id_frame(path, ids, rows=numbers)
+
+
+def _id_frame(path: str, values: list, offset: int = 1,
+              rows: list[int] | None = None) -> pd.DataFrame:
+    """Ids as the reader will produce them (``id_text``), with their row number
+    (CSV: the header is row 1; Parquet: rows counted from 0; JSONL: line numbers)."""
+    from ctray.io.corpus import id_text
+
+    ids = [id_text(v)[0] for v in values]
+    if rows is None:
+        rows = list(range(1 + offset, len(ids) + 1 + offset))
+    return pd.DataFrame({"file": path, "id": ids, "row": rows})
 
 
 def _check_unique(ids: pd.DataFrame, column: str) -> None:
@@ -165,7 +194,8 @@ def _check_unique(ids: pd.DataFrame, column: str) -> None:
         return
     shown = []
     for value, g in list(dup.groupby("id", sort=False))[:SHOWN]:
-        places = ", ".join(f"{Path(f).name} row {r}" for f, r in zip(g["file"], g["row"]))
+        unit = "line" if str(g["file"].iloc[0]).lower().endswith((".jsonl", ".json")) else "row"
+        places = ", ".join(f"{Path(f).name} {unit} {r}" for f, r in zip(g["file"], g["row"]))
         shown.append(f"{value!r} ({places})")
     n = dup["id"].nunique()
     more = f" and {n - SHOWN} more" if n > SHOWN else ""

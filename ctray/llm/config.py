@@ -152,8 +152,9 @@ class HFConfig(BaseBackendConfig):
     kind: Literal["hf"] = Field("hf", description="LLM backend: hf (local transformers)")
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder/repo")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
-    dtype: str = Field(
-        "float32", description="torch dtype of the weights (float32, bfloat16, float16)")
+    dtype: str = Field("auto", description="auto: on CPU bfloat16 where the CPU computes it "
+                       "natively (AVX-512 BF16 / AMX / Arm bf16), else float32; on GPU the "
+                       "model's dtype")
     cache_dir: str | None = Field(None, description="where converted GGUF models are cached")
     max_context: int | None = Field(
         None, description="longest prompt + answer in tokens (None: the model's)")
@@ -198,7 +199,9 @@ class VLLMConfig(BaseBackendConfig):
         "vllm", description="LLM backend: vllm (ray.data.llm in jobs, in-process in Serve)")
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="auto: gpu when the Ray cluster has GPUs, else cpu")
-    dtype: str = Field("auto", description="auto: bfloat16 on CPU, the model's dtype on GPU")
+    dtype: str = Field("auto", description="auto: on CPU bfloat16 where the CPU computes it "
+                       "natively (AVX-512 BF16 / AMX / Arm bf16), else float32 (ctray.hardware); "
+                       "on GPU the model's dtype")
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder")
     cache_dir: str | None = Field(None, description="where converted GGUF models are cached")
     engine_mode: Literal["processor", "shared"] = Field(
@@ -213,6 +216,10 @@ class VLLMConfig(BaseBackendConfig):
         0.9, description="GPU only: share of GPU memory vLLM may take")
     kv_cache_gib: int = Field(1, description="CPU only: KV cache GiB (VLLM_CPU_KVCACHE_SPACE)")
     cpus_per_engine: float = Field(1.0, description="CPU only: the engine's placement-group bundle")
+    cpu_reserved_cores: int | None = Field(
+        None, ge=0, description="CPU only: cores vLLM keeps free of its compute threads "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU); None: vLLM's default, one per engine worker, which on "
+        "a 2-core machine leaves one core computing")
     enforce_eager: bool | None = Field(None, description="None: True on CPU (no graph compile)")
     enable_prefix_caching: bool = Field(
         True, description="reuse the KV of shared prompt prefixes (every row's instructions)")

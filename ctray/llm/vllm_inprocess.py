@@ -38,7 +38,7 @@ class VLLMBackend(LLMBackend):
 
         started = time.perf_counter()
         self.model_id = cfg.model
-        self.path = model_path(cfg)
+        self.path = model_path(cfg, self.device)
         self.llm = LLM(model=self.path, **self.args)
         self.tokenizer = load_tokenizer(self.path)
         self.max_context = self.llm.llm_engine.model_config.max_model_len
@@ -90,6 +90,17 @@ class VLLMBackend(LLMBackend):
     def check_fits(self, request: LLMRequest) -> None:
         """Raise ``PromptTooLongError`` when prompt + answer exceed max_model_len."""
         self._check(request, prompt_ids(self.tokenizer, request.messages))
+
+    def close(self) -> None:
+        """Stop the engine's processes and threads now, while the owner is still
+        alive: killed from outside, vLLM's teardown prints EngineDeadError tracebacks
+        after runs that succeeded."""
+        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            try:
+                engine_core.shutdown()
+            except Exception as exc:  # noqa: BLE001 - best effort at the end of a run
+                log.debug("vllm backend: engine shutdown: %s", exc)
 
     def describe(self) -> dict[str, Any]:
         """Engine, version, device, model and context length (for manifests and /version)."""

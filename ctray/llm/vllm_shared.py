@@ -3,12 +3,15 @@ stage's workers call it, so a multi-pass job on one machine starts the engine on
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ctray.llm.base import LLMBackend, LLMRequest, LLMResponse
 from ctray.llm.vllm_engine import (check_vllm_importable, engine_args, engine_env, model_path,
                                    resolved_device)
 from ctray.llm.vllm_inprocess import VLLMBackend
+
+log = logging.getLogger(__name__)
 
 
 class VLLMEngineActor:
@@ -24,6 +27,10 @@ class VLLMEngineActor:
     def describe(self) -> dict[str, Any]:
         """The resident engine's description (waiting on it waits for the start)."""
         return self.backend.describe()
+
+    def close(self) -> None:
+        """Stop the engine (before the actor is killed)."""
+        self.backend.close()
 
 
 #: one namespace for the engines: jobs, stage workers and Serve replicas (which run in
@@ -54,7 +61,7 @@ def shared_engine(cfg, create: bool = False):
     if not create:
         return ray.get_actor(name, namespace=ENGINE_NAMESPACE)
     check_vllm_importable()
-    model_path(cfg)  # convert a GGUF once, here, before the engine needs it
+    model_path(cfg, device)  # convert a GGUF once, here, before the engine needs it
     options: dict[str, Any] = {"name": name, "namespace": ENGINE_NAMESPACE, "get_if_exists": True,
                                "runtime_env": {"env_vars": engine_env(cfg, device)},
                                # vLLM runs its own processes; the actor only holds them.
@@ -76,6 +83,10 @@ def stop_shared_engines() -> None:
 
     while _KEEP_ALIVE:
         _, actor = _KEEP_ALIVE.popitem()
+        try:
+            ray.get(actor.close.remote(), timeout=60)
+        except Exception as exc:  # noqa: BLE001 - the kill below ends it either way
+            log.debug("shared engine: close: %s", exc)
         ray.kill(actor)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from ctray.io.manifest import config_hash
 from ctray.io.output import USAGE_COLS, OutputLayout
-from ctray.pipeline.job import print_summary, run_spec
+from ctray.pipeline.job import job_fingerprint, print_summary, run_spec
 from ctray.pipeline.runner import AfterRun, RunSummary, run_pipeline
 from ctray.pipeline.stage import Stage
 
@@ -73,7 +73,9 @@ def run_pass(cfg, name: str, stages: Sequence[Stage], make_ds: Callable[[], Any]
     fingerprint = fingerprint or {}
     extra = dict(extra_manifest or {})
     if upstream:
-        signature = input_signature(upstream, fingerprint, stages, signature_extra)
+        # The whole fingerprint (config included): a changed setting is not "unchanged".
+        signature = input_signature(upstream, job_fingerprint(cfg, fingerprint), stages,
+                                    signature_extra)
         same = _unchanged(cfg, where, output, signature)
         if same is not None:
             return same

@@ -192,17 +192,54 @@ def _small_blocks(ds, rows: int):
     return ds
 
 
+def code_digest(stages: Sequence[Stage]) -> str:
+    """Digest of the source of the modules that compute the stages' results (the stage
+    class and, for LLM stages, the task class): an edited stage is a new experiment."""
+    import inspect
+    import sys
+
+    digest = hashlib.sha256()
+    names = sorted({type(obj).__module__ for s in stages
+                    for obj in (s, getattr(s, "task", None)) if obj is not None})
+    for name in names:
+        try:
+            digest.update(inspect.getsource(sys.modules[name]).encode("utf-8"))
+        except (KeyError, OSError, TypeError):
+            digest.update(name.encode("utf-8"))
+    return digest.hexdigest()[:12]
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(value, sort_keys=True, default=str)}
+
+
+def changed_fields(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """Dotted paths whose value differs between two fingerprints (the manifest keeps
+    the previous one, secrets redacted)."""
+    a, b = _flat(old or {}), _flat(scrub_secrets(new))
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def _check_fingerprint(layout: OutputLayout, spec: RunSpec, digest: str,
-                       has_rows: bool = True) -> dict[str, Any] | None:
+                       has_rows: bool = True,
+                       fingerprint: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The manifest is written before a run's first row (see ``_start``), so a killed
     run's configuration is known too. A folder without rows holds nothing to mix."""
     previous = layout.read_json()
     if previous and has_rows and previous.get("fingerprint_hash") not in (None, digest) \
             and not spec.allow_config_change:
+        changed = changed_fields(previous.get("fingerprint"), fingerprint or {})
+        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
         raise ConfigChangedError(
             f"{layout.root} holds results of a different configuration "
-            f"(fingerprint {previous.get('fingerprint_hash')} != {digest}: prompts, model or task "
-            "options changed). Use a new output folder, or set run.allow_config_change to mix them."
+            f"(fingerprint {previous.get('fingerprint_hash')} != {digest}; changed: "
+            f"{shown or 'prompts, model, code or task options'}). Use a new output folder, "
+            "or set run.allow_config_change to mix them."
         )
     return previous
 
@@ -225,12 +262,13 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     layout = OutputLayout(spec.output)
     fingerprint = {"job": spec.job, **spec.fingerprint,
-                   "stages": [s.describe() for s in stages]}
+                   "stages": [s.describe() for s in stages], "code": code_digest(stages)}
     digest = config_hash(fingerprint)
     keys = list(spec.key_columns)
     prior_ok = layout.row_count("results")
     prior_failed = layout.row_count("errors")
-    previous = _check_fingerprint(layout, spec, digest, bool(prior_ok + prior_failed))
+    previous = _check_fingerprint(layout, spec, digest, bool(prior_ok + prior_failed),
+                                  fingerprint)
 
     if spec.retry_failed:
         # Rows are re-read from the source, not replayed from the errors table, so

@@ -72,6 +72,13 @@ class LLMService(Service):
         if self.stage.backend is None:
             raise RuntimeError("backend not loaded")
 
+    def __del__(self) -> None:
+        # Serve calls __del__ when it stops a replica gracefully: the engine stops
+        # with it instead of printing tracebacks when its process is killed.
+        backend = getattr(getattr(self, "stage", None), "backend", None)
+        if backend is not None:
+            backend.close()
+
     def _process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | ItemError]:
         with self.model_lock:
             out = self.stage.process_batch(pd.DataFrame(rows))

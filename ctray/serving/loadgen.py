@@ -32,11 +32,13 @@ class LevelResult:
 
 def measure(url: str, texts: list[str], concurrency: int, n: int, texts_per_request: int = 1,
             headers: dict | None = None, timeout: float = 300.0, mode: str = "as deployed",
-            max_batch_size: int | None = None, warmup: int = 0) -> LevelResult:
+            max_batch_size: int | None = None, warmup: int = 0,
+            request_fields: dict | None = None) -> LevelResult:
     """One load level against ``url`` (the app's ``/label`` endpoint)."""
     k = texts_per_request
-    bodies = [{"texts": [texts[(i * k + j) % len(texts)] for j in range(k)],
-               "include_probabilities": False} for i in range(max(len(texts) // k, 1))]
+    extra = {"include_probabilities": False} if request_fields is None else request_fields
+    bodies = [{"texts": [texts[(i * k + j) % len(texts)] for j in range(k)], **extra}
+              for i in range(max(len(texts) // k, 1))]
     if warmup:
         asyncio.run(_load(url, bodies, min(concurrency, warmup), warmup, headers or {}, timeout))
     latencies, errors, sizes, wall = asyncio.run(

@@ -8,10 +8,11 @@ text body) into ``{"detail": "..."}`` like FastAPI's ``HTTPException`` responses
 gives every 503 a ``Retry-After`` header (``RETRY_AFTER_S`` unless one is set), so
 clients can handle every error one way.
 
-Enable it on the proxy (it runs in the proxy actor, not in the replicas) with
-``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=ctray.serving.proxy:middlewares`` in the
-environment of ``ray start`` (every node) or of ``serve run``: the proxy reads it when it
-starts. (Ray 2.60 removed ``http_options.middlewares``; this variable is the proxy's one hook.)
+It runs in the proxy actor, not in the replicas, and is enabled by
+``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=ctray.serving.proxy:middlewares`` in the proxy's
+environment, read when the proxy starts. Every shipped ``serve/*.yaml`` sets it in
+``controller_options.runtime_env.env_vars``: the proxies the Serve controller starts inherit
+it. (Ray 2.60 removed ``http_options.middlewares``; this variable is the proxy's one hook.)
 """
 
 from __future__ import annotations

@@ -230,3 +230,9 @@ class CxrResponse(LabelResponse):
     """The labels of every report of a request, in order."""
 
     results: list[CxrItem]
+
+
+class CxrEncoderResponse(CxrResponse):
+    """The CXR encoder labeler's answer: the labels and the checkpoint that gave them."""
+
+    checkpoint: str | None = None

@@ -190,9 +190,24 @@ class Service:
                            if batching else None, **extra)
 
 
+def check_local_path(checkpoint: str) -> None:
+    """A path-like checkpoint that is missing fails here, not as a confusing hub lookup."""
+    import os
+
+    if checkpoint.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(checkpoint)):
+        raise ValueError(f"checkpoint {checkpoint!r} is not a directory on this node; use an "
+                         "absolute path that exists on every node, an s3:// URI or a Hugging "
+                         "Face model id (relative paths resolve against the replica's working "
+                         "directory, not yours)")
+
+
 def service_api(title: str, description: str) -> FastAPI:
-    """The FastAPI app of one Serve app (OpenAPI at ``/docs``)."""
-    return FastAPI(title=title, version=ctray.__version__, description=description)
+    """The FastAPI app of one Serve app (OpenAPI at ``/docs``, served without a CDN)."""
+    from ctray.serving.offline_docs import use_offline_docs
+
+    api = FastAPI(title=title, version=ctray.__version__, description=description)
+    use_offline_docs(api)
+    return api
 
 
 def ingress(api: FastAPI, request_model: type[BaseModel], response_model: type[BaseModel],

@@ -143,7 +143,8 @@ def read_labels(fmt: ModuleType, table: LabelTable) -> pd.DataFrame:
     return out
 
 
-def _read_ids(item: IdList) -> set[str]:
+def read_ids(item: IdList) -> set[str]:
+    """The report ids an id list names."""
     from ctray.io.output import read_output_table
 
     df = read_output_table(item.path, "id list")
@@ -165,7 +166,7 @@ def build_examples(cfg: LabelerTrainingConfig,
     labels = read_labels(fmt, cfg.labels)
     excluded: set[str] = set()
     for item in cfg.data.exclude:
-        excluded |= _read_ids(item)
+        excluded |= read_ids(item)
     df = reports.merge(labels, left_on="report_id", right_index=True, how="inner")
     n_joined = len(df)
     df = df[~df["report_id"].isin(excluded)]

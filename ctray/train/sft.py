@@ -281,18 +281,11 @@ def amp_flags(mode: str) -> dict[str, bool]:
         return {"bf16": True}
     if mode == "fp16":
         return {}
-    if mode == "bf16" or _cpu_has_bf16():
+    from ctray.hardware import cpu_dtype
+
+    if mode == "bf16" or cpu_dtype("auto").dtype == "bfloat16":
         return {"bf16": True}
     return {}
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def load_base(source: str, params: SftParams):

@@ -46,6 +46,9 @@ class CxrEvalConfig(JobConfig):
         default_factory=list, min_length=0, description="the labelers' outputs to score (folders "
         "or files)")
     title: str = Field("CXR labelers vs gold", description="title of the figures and the report")
+    allow_partial: bool = Field(False, description="score labelers that cover only part of the "
+                                "gold reports (on the covered part; coverage is printed next to "
+                                "every figure) instead of stopping")
 
     @field_validator("labelers", mode="before")
     @classmethod
@@ -65,7 +68,9 @@ def read_labels(inp: LabelsInput, kind: str) -> pd.DataFrame:
 
     if "://" not in inp.path and not Path(inp.path).exists():
         raise UserError(f"{inp.path}: no such file or folder ({kind})")
-    table = read_output_table(inp.path, f"{kind} (label-cxr output folder)")
+    id_names = tuple(c for c in (inp.id_column, *_ID_CANDIDATES) if c)
+    table = read_output_table(inp.path, f"{kind} (label-cxr output folder)",
+                              text_columns=id_names)
     table = table.rename(columns={c: observation_for(c) for c in table.columns
                                   if observation_for(c) is not None})
     id_col = inp.id_column or next((c for c in _ID_CANDIDATES if c in table.columns), None)
@@ -116,6 +121,13 @@ def run_cxr_eval(cfg: CxrEvalConfig) -> dict[str, Any]:
     if len(ids) == 0:
         raise UserError(f"no report id is in the gold labels ({cfg.gold.path}) and every "
                         "labeler's output; check the id columns")
+    coverage = {n: int(len(gold.index.intersection(p.index))) for n, p in preds.items()}
+    short = {n: c for n, c in coverage.items() if c < len(gold)}
+    if short and not cfg.allow_partial:
+        shown = ", ".join(f"{n} has {c} of {len(gold)}" for n, c in short.items())
+        raise UserError(f"labelers do not cover the gold reports ({cfg.gold.path}): {shown}. "
+                        "Scores on a part are not comparable; label the missing reports (or "
+                        "fix the id columns), or pass --allow-partial to score the covered part")
     ids = pd.Index(sorted(ids), name="report_id")
     g = gold.loc[ids]
     aligned = {n: p.loc[ids] for n, p in preds.items()}
@@ -157,7 +169,9 @@ def run_cxr_eval(cfg: CxrEvalConfig) -> dict[str, Any]:
     report = [
         f"# {cfg.title}", "",
         f"{len(ids)} reports in the gold labels and every labeler's output "
-        f"(gold: {len(gold)}; " + ", ".join(f"{n}: {len(p)}" for n, p in preds.items()) + ").",
+        f"(gold: {len(gold)}; " + ", ".join(f"{n}: {len(p)}" for n, p in preds.items()) + "); "
+        f"coverage {len(ids)}/{len(gold)} gold reports"
+        + (" (PARTIAL, scored with allow_partial)" if len(ids) < len(gold) else "") + ".",
         "Weighted F1 = support-weighted mean of the positive / negative / uncertain extraction F1 "
         "(blank is never scored but counts as 'other'); see ctray/tasks/cxr/evaluation.py.",
         (f"No gold support (F1 undefined, left out of the average): {undefined}." if undefined else ""),
@@ -175,6 +189,8 @@ def run_cxr_eval(cfg: CxrEvalConfig) -> dict[str, Any]:
         "labeler_reports": {n: len(p) for n, p in preds.items()},
         "gold_without_prediction": {n: int(len(gold.index.difference(p.index)))
                                     for n, p in preds.items()},
+        "coverage": {"scored": len(ids), "gold": len(gold), "per_labeler": coverage,
+                     "partial": len(ids) < len(gold)},
         "mean_weighted_f1": {n: float(table1.loc["Average", n]) for n in names},
         "mean_weighted_f1_pos_neg": {n: float(table2.loc["Average", n]) for n in names},
         "undefined_observations": undefined,
@@ -182,7 +198,8 @@ def run_cxr_eval(cfg: CxrEvalConfig) -> dict[str, Any]:
         "files": {k: str(v) for k, v in files.items()},
     }
     write_job_manifest(cfg, started, **summary)
+    cov = f"(coverage {len(ids)}/{len(gold)} gold reports)"
     print(f"[ctray eval-cxr] {len(ids)} reports; mean weighted F1 "
-          + ", ".join(f"{n} {v:.4f}" for n, v in summary["mean_weighted_f1"].items())
+          + ", ".join(f"{n} {v:.4f} {cov}" for n, v in summary["mean_weighted_f1"].items())
           + f"; report {files['report']}")
     return summary

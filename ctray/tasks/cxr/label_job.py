@@ -20,7 +20,7 @@ import csv
 import io
 import math
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,7 +29,7 @@ from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
 from ctray.pipeline.stage import Resources, Stage
 from ctray.tasks.cxr.schema import OBSERVATIONS
-from ctray.tasks.cxr.stages import FLOAT_TYPES, CxrRuleStage
+from ctray.tasks.cxr.stages import FLOAT_TYPES, WINDOWS_COL, CxrEncoderStage, CxrRuleStage
 
 OPENI_SECTIONS = {"findings": "findings", "impression": "impression"}
 LABELS_CSV = "labels.csv"
@@ -44,6 +44,18 @@ def openi_corpus(path: str | None = None, **extra: Any) -> dict[str, Any]:
     return {"path": path or _sample("sample_cxr_reports.csv"), "id_column": "uid",
             "sections": dict(OPENI_SECTIONS), "text_sections": ["findings", "impression"],
             **extra}
+
+
+class EncoderOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: str | None = Field(None, description="folder exported by train-cxr-encoder (local or "
+                              "s3://); used by --labeler encoder")
+    device: str | None = Field(None, description="cpu / cuda; default: cuda when available")
+    batch_size: int = Field(32, description="reports per forward pass")
+    num_cpus: float = Field(1.0, description="CPUs per encoder actor")
+    num_gpus: float = Field(0.0, description="GPUs per encoder actor")
+    rows_per_batch: int = Field(64, description="rows per Ray Data batch")
+    concurrency: int | tuple[int, int] = Field(1, description="encoder actors")
 
 
 class LLMOptions(BaseModel):
@@ -75,13 +87,17 @@ class ExportOptions(BaseModel):
 
 
 class LabelCxrConfig(LLMJobConfig):
+    #: the labels.csv export is written from the results after the run
+    result_neutral_fields: ClassVar[frozenset[str]] = frozenset({"export"})
     job: str = "label-cxr"
     corpus: CorpusConfig = Field(
         default_factory=lambda: CorpusConfig(**openi_corpus()), description="the reports to read "
         "(path, columns, limit)")
-    labeler: Literal["rules", "llm"] = Field(
-        "rules", description="rules (CheXpert-style, evidence sentence per label) or llm "
-                             "(any backend, guided JSON)")
+    labeler: Literal["rules", "llm", "encoder"] = Field(
+        "rules", description="rules (CheXpert-style, evidence sentence per label), llm "
+                             "(any backend, guided JSON) or encoder (train-cxr-encoder model)")
+    encoder: EncoderOptions = Field(default_factory=EncoderOptions,
+                                    description="the trained encoder labeler (--labeler encoder)")
     llm: LLMOptions = Field(default_factory=LLMOptions, description="options of the llm labeler")
     rules: RuleOptions = Field(
         default_factory=RuleOptions, description="resources of the rules labeler")
@@ -124,6 +140,15 @@ def resolve_answer_format(answer_format: str, model: str | None) -> str:
 
 
 def build_stage(cfg: LabelCxrConfig) -> Stage:
+    if cfg.labeler == "encoder":
+        e = cfg.encoder
+        if not e.model:
+            raise UserError("--labeler encoder needs encoder.model: a folder exported by "
+                            "ctray train-cxr-encoder (e.g. --set encoder.model=runs/train_cxr_encoder/model)")
+        return CxrEncoderStage(e.model, device=e.device, batch_size=e.batch_size,
+                               resources=Resources(num_cpus=e.num_cpus, num_gpus=e.num_gpus,
+                                                   batch_size=e.rows_per_batch,
+                                                   concurrency=e.concurrency))
     if cfg.labeler == "rules":
         r = cfg.rules
         return CxrRuleStage(resources=Resources(num_cpus=r.num_cpus, batch_size=r.batch_size,
@@ -145,7 +170,9 @@ def _fingerprint(cfg: LabelCxrConfig) -> dict[str, Any]:
     import hashlib
 
     out: dict[str, Any] = {"labeler": cfg.labeler}
-    if cfg.labeler == "llm":
+    if cfg.labeler == "encoder":
+        out["encoder"] = {"model": cfg.encoder.model, "meta_sha": _encoder_digest(cfg.encoder.model)}
+    elif cfg.labeler == "llm":
         out["llm"] = {**cfg.llm.model_dump(), "answer_format": resolve_answer_format(
             cfg.llm.answer_format, cfg.backend.model)}
     else:
@@ -160,6 +187,24 @@ def _fingerprint(cfg: LabelCxrConfig) -> dict[str, Any]:
             digest.update(Path(module.__file__).read_bytes())
         out["rules_version"] = digest.hexdigest()[:12]
     return out
+
+
+def _encoder_digest(model: str | None) -> str | None:
+    """Hash of the exported weights' meta and heads: labels of a retrained model must not
+    mix into a resumed run under the same folder name."""
+    import hashlib
+    from pathlib import Path
+
+    from ctray.tasks.cxr.encoder_model import HEADS_FILE, META_FILE
+
+    if not model or "://" in model:
+        return None
+    digest = hashlib.sha256()
+    for name in (META_FILE, HEADS_FILE):
+        file = Path(model) / name
+        if file.is_file():
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _cell(value: Any) -> str:

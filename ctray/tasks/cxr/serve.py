@@ -9,6 +9,10 @@ Same HTTP contract, limits, auth and logging as every labeling app
 
 - ``CxrRulesService``: ``CxrRuleLabeler`` (with ``include_evidence``).
 - ``CxrLLMLabeler``: ``CxrLLMTask`` through an LLM backend, with server-side batching.
+- ``CxrEncoderService``: the CheXbert-style encoder labeler (``train-cxr-encoder``),
+  batched with ``@serve.batch``; ``user_config.checkpoint`` (a folder or ``s3://`` /
+  ``gs://`` URI) is hot-swapped by ``reconfigure`` like the findings classifier's
+  (``serve/encoders.yaml``).
   A model fine-tuned by ``train-cxr-labeler`` is served by a vLLM OpenAI-compatible
   server (``vllm serve runs/train_llm_labeler/model``) with ``backend.kind: openai``
   and ``answer_format: sft`` (its training prompt); ``kind: hf`` runs it in-process.
@@ -30,8 +34,10 @@ from ray.serve import Application
 from ctray.llm.task import COMPLETION_TOKENS_COL, PROMPT_TOKENS_COL
 from ctray.serving.batching import Outcome, run_isolated
 from ctray.serving.llm_service import LLMAppArgs, LLMService, LLMUserConfig
-from ctray.serving.schemas import CxrItem, CxrRequest, CxrResponse, LabelRequest
-from ctray.serving.service import Limits, Service, coerce, ingress, service_api, user_config
+from ctray.serving.schemas import (CxrEncoderResponse, CxrItem, CxrRequest, CxrResponse,
+                                   LabelRequest)
+from ctray.serving.service import (BatchingConfig, Limits, Service, check_local_path, coerce,
+                                   ingress, log, service_api, user_config)
 from ctray.tasks.cxr.schema import OBSERVATIONS
 
 DOCS = ("Labels chest X-ray reports with the 14 CheXpert observations: 1.0 positive, 0.0 "
@@ -131,6 +137,105 @@ class CxrLLMLabeler(LLMService):
         """``POST /label``: the 14 observations from the LLM's JSON answer."""
         return CxrResponse(**await self.label_texts(body, request))
 
+# ------------------------------------------------------------------------------ encoder
+
+VALID_VALUES = (1.0, 0.0, -1.0)
+
+
+class CxrEncoderUserConfig(BatchingConfig):
+    """``user_config`` of :class:`CxrEncoderService` (everything here is hot-swappable)."""
+
+    checkpoint: str | None = Field(
+        default=None, description="train-cxr-encoder export: a folder or an s3:// / gs:// URI")
+    device: str | None = Field(default=None, description="None: CUDA when available")
+    batch_size: int = Field(default=32, ge=1, description="windows per forward pass")
+    cache_dir: str | None = Field(default=None, description="local copy of an s3:// checkpoint")
+
+    def model_key(self) -> tuple:
+        """The fields whose change needs a model reload."""
+        return (self.checkpoint, self.device, self.batch_size, self.cache_dir)
+
+
+@serve.deployment(max_ongoing_requests=32, max_queued_requests=256,
+                  ray_actor_options={"num_cpus": 1})
+@ingress(service_api("ctray CXR encoder labeler",
+                     DOCS + " A BERT-architecture encoder with one head per observation "
+                     "(CheXbert design)."), LabelRequest, CxrEncoderResponse)
+class CxrEncoderService(Service):
+    """The encoder labeler exported by train-cxr-encoder, with server-side batching."""
+
+    app_label = "cxr-encoder"
+
+    def __init__(self) -> None:
+        self._init_service()
+        self.labeler = None
+        self.config: CxrEncoderUserConfig | None = None
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Load a new checkpoint beside the old one and swap; apply batching and limits."""
+        cfg = CxrEncoderUserConfig.model_validate(user_config or {})
+        if not cfg.checkpoint:
+            raise ValueError("CxrEncoderService needs user_config.checkpoint (a train-cxr-encoder "
+                             "export folder or s3:// URI)")
+        if self.config is None or cfg.model_key() != self.config.model_key():
+            from ctray.tasks.cxr.encoder_model import CXREncoderLabeler
+
+            check_local_path(cfg.checkpoint)
+            # Loaded beside the old model, then swapped: requests in flight finish on it.
+            self.labeler = await asyncio.to_thread(
+                CXREncoderLabeler.load, cfg.checkpoint, device=cfg.device,
+                batch_size=cfg.batch_size, cache_dir=cfg.cache_dir)
+            log.info("cxr-encoder: loaded checkpoint %s on %s", cfg.checkpoint,
+                     self.labeler.device)
+        self.predict_batch.set_max_batch_size(cfg.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.limits = Limits(max_chars=cfg.max_chars, max_items=cfg.max_items)
+        self.config = cfg
+
+    def _label(self, labeler, texts: list[str]) -> list[dict[str, float]]:
+        with self.model_lock:
+            return labeler.label(texts)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def predict_batch(self, texts: list[str]) -> list[Outcome]:
+        """One server-side batch through the encoder (items fail alone)."""
+        labeler = self.labeler
+        outcomes = await asyncio.to_thread(run_isolated, lambda b: self._label(labeler, b), texts)
+        self.counter.record_batch(outcomes)
+        return outcomes
+
+    def _item(self, item_id: str, outcome: Outcome) -> CxrItem:
+        if outcome.error is not None:
+            return CxrItem(id=item_id, error=outcome.error, batch_size=outcome.batch_size)
+        return _labels_item(item_id, outcome.value, batch_size=outcome.batch_size)
+
+    def model_name(self) -> str:
+        """``cxr-encoder:<base model>[:<stage>]``."""
+        meta = self.labeler.meta
+        return f"cxr-encoder:{meta.base_model or 'encoder'}" + (f":{meta.stage}" if meta.stage
+                                                                 else "")
+
+    async def label(self, body: LabelRequest, request: Request) -> CxrEncoderResponse:
+        """``POST /label``: the 14 observations per report."""
+        async def run(positions: list[int], texts: list[str]) -> list[Outcome]:
+            return list(await asyncio.gather(*[self.predict_batch(t) for t in texts]))
+
+        outcomes = await self.run_texts(body.texts, request, run, batched=True)
+        return CxrEncoderResponse(model=self.model_name(), checkpoint=self.config.checkpoint,
+                                  results=[self._item(body.item_id(i), o)
+                                           for i, o in enumerate(outcomes)])
+
+    def probe(self) -> bool:
+        """Every observation gets a CheXpert value or blank (a trained model's answer
+        cannot be asserted here: a fresh export may be poor)."""
+        labels = self._label(self.labeler, [HEALTH_TEXT])[0]
+        return len(labels) == len(self.labeler.observations) and all(
+            math.isnan(v) or v in VALID_VALUES for v in labels.values())
+
+    def version_extra(self) -> dict[str, Any]:
+        """The checkpoint and the batching settings."""
+        return {"checkpoint": self.config.checkpoint, "batching": self.config}
+
 
 # ------------------------------------------------------------------------------ builders
 
@@ -176,3 +281,19 @@ def cxr_llm_app(args: CxrLLMAppArgs, **options: Any) -> Application:
 def build_cxr_llm_app(args: CxrLLMAppArgs) -> Application:
     """``import_path`` of serve/cxr.yaml's LLM app."""
     return cxr_llm_app(args)
+
+
+class CxrEncoderAppArgs(CxrEncoderUserConfig):
+    """All fields are the deployment's initial ``user_config`` (hot-swappable)."""
+
+
+def cxr_encoder_app(args: CxrEncoderAppArgs, **options: Any) -> Application:
+    """The CXR encoder labeler app; ``options`` are Serve deployment options."""
+    args = coerce(CxrEncoderAppArgs, args)
+    return CxrEncoderService.options(user_config=user_config(args, CxrEncoderUserConfig),
+                                     **options).bind()
+
+
+def build_cxr_encoder_app(args: CxrEncoderAppArgs) -> Application:
+    """``import_path`` of serve/encoders.yaml's CXR app."""
+    return cxr_encoder_app(args)

@@ -7,12 +7,14 @@ gold labels. Runs on a laptop: local Ray, CPU, the offline GGUF model by default
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
 
 import pandas as pd
 from pydantic import Field
 
 from ctray.config import LLMJobConfig, offline_backend, sample_path
 from ctray.io.corpus import CorpusConfig
+from ctray.llm import registry
 from ctray.llm.config import BackendConfig
 from ctray.llm.task import LLMStage
 from ctray.pipeline.job import run_corpus_job
@@ -31,6 +33,8 @@ def _default_backend() -> BackendConfig:
 
 
 class DemoConfig(LLMJobConfig):
+    #: the agreement with gold labels is computed after the run
+    result_neutral_fields: ClassVar[frozenset[str]] = frozenset({"gold_labels", "gold_column"})
     job: str = "demo"
     corpus: CorpusConfig = Field(
         default_factory=_default_corpus, description="the reports to read (path, columns, limit)")
@@ -46,12 +50,26 @@ class DemoConfig(LLMJobConfig):
 
 def run_demo(cfg: DemoConfig):
     stages = [TextStatsStage(), LLMStage(FindingQuestion(cfg.finding), cfg.backend)]
+    print(describe_compute(cfg.backend), flush=True)
     summary = run_corpus_job(cfg, stages, fingerprint={"finding": cfg.finding})
     if cfg.gold_labels:
         report = compare_with_gold(summary.output, cfg.gold_labels, cfg.gold_column)
         if report:
             print(report)
     return summary
+
+
+def describe_compute(backend) -> str:
+    """Which CPU the demo runs on and the dtype that follows from it (a first run on
+    a laptop should say why it is as fast or slow as it is)."""
+    from ctray.hardware import machine_info
+
+    machine, engine = machine_info(), registry.engine(backend)
+    flags = ", ".join(machine["cpu_flags"]) or "none of note"
+    line = f"[ctray demo] CPU: {machine['cpu_model']} ({machine['cpus']} cores; flags: {flags})"
+    if "dtype" in engine:
+        line += f"; engine dtype {engine['dtype']} ({engine['dtype_reason']})"
+    return line
 
 
 def compare_with_gold(output: str, gold_csv: str, gold_column: str) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -36,7 +37,13 @@ class ServeBenchConfig(JobConfig):
     job: str = "bench-serve"
     url: str | None = Field(default=None, description="a running server (root URL); "
                                                       "None: deploy the findings app here")
+    route: str = Field(default=ROUTE, description="the app's route prefix under url (e.g. "
+                       "/cxr-encoder, /findings-encoder, /rules); its POST /label is measured")
     checkpoint: str | None = Field(default=None, description="model to deploy when url is None")
+    request_fields: dict[str, Any] = Field(
+        default_factory=lambda: {"include_probabilities": False}, description="extra fields of "
+        "every request body (the findings apps' include_probabilities; {} for the CXR and rules "
+        "apps, whose requests refuse unknown fields)")
     corpus: CorpusConfig = Field(default_factory=_sample_corpus,
                                  description="the reports the load generator sends")
     concurrency: list[int] = Field(
@@ -79,7 +86,7 @@ def _levels(cfg, url, texts, mode, max_batch_size) -> list[LevelResult]:
     for c in cfg.concurrency:
         result = measure(url, texts, c, cfg.requests_per_level, cfg.texts_per_request,
                          _headers(cfg), cfg.request_timeout_s, mode, max_batch_size,
-                         warmup=cfg.warmup_requests)
+                         warmup=cfg.warmup_requests, request_fields=cfg.request_fields)
         log.info("bench-serve %s c=%d: p50 %.1f ms, p95 %.1f ms, %.1f req/s", mode, c,
                  result.p50_ms, result.p95_ms, result.requests_per_s)
         out.append(result)
@@ -134,7 +141,8 @@ def run_serve_bench(cfg: ServeBenchConfig) -> dict:
     started = time.time()
     texts = _texts(cfg)
     if cfg.url:
-        results = _levels(cfg, cfg.url.rstrip("/") + f"{ROUTE}/label", texts, "as deployed", None)
+        route = "/" + cfg.route.strip("/")
+        results = _levels(cfg, cfg.url.rstrip("/") + f"{route}/label", texts, "as deployed", None)
     else:
         results = _deploy_and_measure(cfg, texts)
     table = markdown_table(results)

@@ -56,18 +56,23 @@ class FindingsEvalConfig(JobConfig):
                                    "validation part of the gold set (inputs with prob_ columns)")
     threshold_metric: Literal["f1", "youden", "accuracy"] = Field(
         "f1", description="what the threshold search maximises")
-    validation_fraction: float = Field(0.5, description="share of reports used for the threshold "
+    validation_fraction: float = Field(0.5, gt=0, lt=1, description="share of reports used for the threshold "
                                        "search")
     seed: int = Field(42, description="seed of the validation split")
     title: str = Field("Findings classification", description="title of report.md")
+    allow_partial: bool = Field(False, description="score predictions that cover only part of "
+                                "the gold reports (on the covered part; coverage is printed next "
+                                "to every figure) instead of stopping")
 
 
 # ----------------------------------------------------------------------------- reading
 
-def _read_table(path: str, columns: list[str] | None = None) -> pd.DataFrame:
+def _read_table(path: str, columns: list[str] | None = None,
+                id_column: str | None = None) -> pd.DataFrame:
     from ctray.io.output import read_output_table
 
-    return read_output_table(path, "label-findings output folder", columns)
+    return read_output_table(path, "label-findings output folder", columns,
+                             text_columns=(id_column,) if id_column else ())
 
 
 def read_predictions(inp: PredictionsInput) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -76,7 +81,7 @@ def read_predictions(inp: PredictionsInput) -> tuple[pd.DataFrame, pd.DataFrame 
     from ctray.tasks.findings.schema import FINDING_COLUMNS, to_columns
 
     wanted = [inp.id_column, *FINDING_COLUMNS, *(PROB_PREFIX + c for c in FINDING_COLUMNS)]
-    df = to_columns(_read_table(inp.path, wanted))
+    df = to_columns(_read_table(inp.path, wanted, inp.id_column))
     missing = [c for c in [inp.id_column, *FINDING_COLUMNS] if c not in df.columns]
     if missing:
         raise UserError(f"{inp.path}: missing prediction column(s) {missing}")
@@ -94,7 +99,7 @@ def read_predictions(inp: PredictionsInput) -> tuple[pd.DataFrame, pd.DataFrame 
 def read_gold(gold: GoldInput) -> tuple[pd.DataFrame, int]:
     from ctray.tasks.findings.schema import FINDING_COLUMNS, to_columns
 
-    df = to_columns(_read_table(gold.path))
+    df = to_columns(_read_table(gold.path, id_column=gold.id_column))
     missing = [c for c in [gold.id_column, *FINDING_COLUMNS] if c not in df.columns]
     if missing:
         raise UserError(f"{gold.path}: missing gold column(s) {missing}")
@@ -157,6 +162,13 @@ def run_findings_eval(cfg: FindingsEvalConfig) -> dict[str, Any]:
     if len(ids) == 0:
         raise UserError("no report id is in both the predictions and the gold labels "
                         f"({cfg.gold.path}, id column {cfg.gold.id_column!r}); set gold.id_pattern?")
+    covered = [int(len(gold.index.intersection(p.index))) for p, _ in loaded]
+    short = [(lab, c) for lab, c in zip(labels, covered) if c < len(gold)]
+    if short and not cfg.allow_partial:
+        shown = ", ".join(f"{lab} has {c} of {len(gold)}" for lab, c in short)
+        raise UserError(f"predictions do not cover the gold reports ({cfg.gold.path}): {shown}. "
+                        "Scores on a part are not comparable; label the missing reports (or "
+                        "set gold.id_pattern), or pass --allow-partial to score the covered part")
     ids = pd.Index(sorted(ids))
     tables: dict[str, pd.DataFrame] = {}
     split_info: dict[str, Any] = {}
@@ -175,19 +187,24 @@ def run_findings_eval(cfg: FindingsEvalConfig) -> dict[str, Any]:
         tables[f"delta_{labels[0]}_minus_{labels[1]}"] = format_delta(compare(results[0], results[1]))
         out.mkdir(parents=True, exist_ok=True)
         written["f1_bars"] = str(plot_f1_bars(results[0], results[1], labels, out / "f1_bars.png"))
-    written.update({k: str(v) for k, v in write_report(tables, out, cfg.title).items()})
+    title = f"{cfg.title} (coverage {len(ids)}/{len(gold)} gold reports" + (
+        ", PARTIAL: scored with allow_partial)" if len(ids) < len(gold) else ")")
+    written.update({k: str(v) for k, v in write_report(tables, out, title).items()})
     summary = {
         "job": cfg.job, "output": str(out), "labels": labels,
         "reports_joined": len(ids), "reports_evaluated": len(test), "gold_reports": len(gold),
         "gold_duplicate_ids": gold_duplicates,
         "predictions_without_gold": [int(len(p.index.difference(gold.index))) for p, _ in loaded],
         "gold_without_predictions": [int(len(gold.index.difference(p.index))) for p, _ in loaded],
+        "coverage": {"scored": len(ids), "gold": len(gold), "per_input": dict(zip(labels, covered)),
+                     "partial": len(ids) < len(gold)},
         "macro_f1": {lab: float(r.loc["macro", "f1"]) for lab, r in zip(labels, results)},
         "macro_auc": {lab: float(r.loc["macro", "auc_roc"]) for lab, r in zip(labels, results)},
         "threshold_split": split_info, "files": written,
     }
     write_job_manifest(cfg, started, **summary)
+    cov = f"(coverage {len(ids)}/{len(gold)} gold reports)"
     print(f"[ctray eval-findings] {len(ids)} reports; macro F1 "
-          + ", ".join(f"{k} {v:.3f}" for k, v in summary["macro_f1"].items())
+          + ", ".join(f"{k} {v:.3f} {cov}" for k, v in summary["macro_f1"].items())
           + f"; report {out / 'report.md'}")
     return summary

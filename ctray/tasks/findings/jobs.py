@@ -5,11 +5,13 @@ from ctray.jobs import JobSpec, register
 register(JobSpec(
     "train-findings",
     "fine-tune a BERT-style classifier on the 18 CT-RATE findings with Ray Train "
-    "(CT-BERT-JPN recipe; resumes from the last checkpoint)",
+    "(CT-BERT-JPN recipe; English: the packaged all-minilm-l6-v2 encoder, offline; gold or "
+    "rule labels; split by patient; resumes from the last checkpoint)",
     "ctray.tasks.findings.train_job:TrainFindingsConfig",
     "ctray.tasks.findings.train_job:run_train_findings",
     flags={"--model": "model", "--epochs": "training.epochs",
-           "--num-workers": "scaling.num_workers", "--labels": "labels.path"},
+           "--num-workers": "scaling.num_workers", "--labels": "labels.path",
+           "--label-source": "labels.source", "--lang": "lang"},
     resumable=False,  # resumes from its checkpoints, not row-wise
 ))
 register(JobSpec(
@@ -26,6 +28,7 @@ register(JobSpec(
     "ctray.tasks.findings.eval_job:FindingsEvalConfig",
     "ctray.tasks.findings.eval_job:run_findings_eval",
     flags={"--predictions": "predictions.path", "--compare-to": "compare_to.path",
+           "--allow-partial": "allow_partial",
            "--gold": "gold.path"},
     needs_ray=False,
     aliases=("findings-eval",),

@@ -25,8 +25,8 @@ from ctray.serving.llm_service import LLMAppArgs, LLMService, LLMUserConfig
 from ctray.serving.schemas import (FindingsItem, FindingsRequest, FindingsResponse, LabelRequest,
                                    LLMFindingsItem, LLMFindingsResponse, RulesItem, RulesRequest,
                                    RulesResponse)
-from ctray.serving.service import (BatchingConfig, Limits, Service, coerce, ingress, log,
-                                   service_api, user_config)
+from ctray.serving.service import (BatchingConfig, Limits, Service, check_local_path, coerce,
+                                   ingress, log, service_api, user_config)
 from ctray.tasks.findings.schema import COLUMN_TO_NAME, FINDING_COLUMNS
 
 DOCS = "Labels the 18 CT-RATE findings in radiology report text. Report text is never logged."
@@ -52,17 +52,6 @@ class FindingsUserConfig(BatchingConfig):
         return (self.checkpoint, self.device, self.dtype, self.chunk_batch_size, self.cache_dir)
 
 
-def _check_local_path(checkpoint: str) -> None:
-    """A path-like checkpoint that is missing fails here, not as a confusing hub lookup."""
-    import os
-
-    if checkpoint.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(checkpoint)):
-        raise ValueError(f"checkpoint {checkpoint!r} is not a directory on this node; use an "
-                         "absolute path that exists on every node, an s3:// URI or a Hugging "
-                         "Face model id (relative paths resolve against the replica's working "
-                         "directory, not yours)")
-
-
 @serve.deployment(max_ongoing_requests=32, max_queued_requests=256,
                   ray_actor_options={"num_cpus": 1})
 @ingress(service_api("ctray findings classifier", DOCS), FindingsRequest, FindingsResponse)
@@ -85,7 +74,7 @@ class FindingsLabeler(Service):
         if self.config is None or cfg.model_key() != self.config.model_key():
             from ctray.tasks.findings.model import FindingsClassifier
 
-            _check_local_path(cfg.checkpoint)
+            check_local_path(cfg.checkpoint)
             # Load beside the old model and swap the reference: requests in flight
             # finish on the old weights, none sees a half-loaded model.
             loaded = await asyncio.to_thread(

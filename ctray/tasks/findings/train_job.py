@@ -2,6 +2,13 @@
 with Ray Train (CT-BERT-JPN recipe: BCE, AdamW lr 2e-5, batch 8, weight decay 0.01,
 4 epochs, 80/20 split, best epoch kept).
 
+The encoder defaults by language (``ctray.models.encoders.default_encoder``): English
+reports train the packaged all-MiniLM-L6-v2 (offline), Japanese ones tohoku BERT (a
+Hugging Face download). Labels are gold labels (CT-RATE's multi-abnormality CSV) or
+the rule labeler's output on the same reports (``labels.source: rules``; distillation
+when no gold labels exist). The held-out split is seeded and grouped by patient
+(CT-RATE's ``valid_<patient>_<scan>`` ids), so no patient's scans sit on both sides.
+
 Ray Train V2 (the default in Ray 2.60) has no ``Trainer.restore``: a run resumes when
 it is started again with the same ``RunConfig(name, storage_path)``; the controller
 reloads its checkpoint list from storage and ``ray.train.get_checkpoint()`` hands the
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from typing import Any, Literal
@@ -30,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ctray.config import JobConfig, sample_path
 from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
+from ctray.models.encoders import default_encoder, resolve_encoder_source
 from ctray.tasks.findings.schema import FINDING_COLUMNS, FINDING_NAMES
 from ctray.train.common import (CheckpointParams, ScalingParams, export_dir, gather,
                                  prepare_run)
@@ -37,12 +46,13 @@ from ctray.train.common import (CheckpointParams, ScalingParams, export_dir, gat
 log = logging.getLogger(__name__)
 
 SCORE = "val_macro_f1"
-DEFAULT_MODEL = "tohoku-nlp/bert-base-japanese-v3"
+# CT-RATE ids: <split>_<patient>_<scan>[_<reconstruction>] ("valid_12_a" -> "valid_12")
+PATIENT_ID = re.compile(r"^(.+?_\d+)_[a-z]+(?:_\d+)?$")
 
 
 def _default_corpus() -> CorpusConfig:
-    return CorpusConfig(path=sample_path("sample_reports_ja.csv"),
-                        sections={"findings": "Findings_JA", "impressions": "Impressions_JA"})
+    return CorpusConfig(path=sample_path("sample_reports_en.csv"),
+                        sections={"findings": "Findings_EN", "impressions": "Impressions_EN"})
 
 
 class LabelsConfig(BaseModel):
@@ -50,9 +60,12 @@ class LabelsConfig(BaseModel):
     columns by display name, or ctray's snake_case names)."""
 
     model_config = ConfigDict(extra="forbid")
+    source: Literal["gold", "rules"] = Field(
+        "gold", description='"gold": the labels CSV below; "rules": the rule labeler\'s output on '
+        "the training text itself (no labels file needed)")
     path: str = Field(
         default_factory=lambda: sample_path("sample_labels.csv"), description="gold labels CSV in "
-        "CT-RATE's multi-abnormality layout")
+        "CT-RATE's multi-abnormality layout (source: gold)")
     id_column: str = Field("VolumeName", description="the report id column of the labels")
 
 
@@ -65,7 +78,7 @@ class TrainingParams(BaseModel):
     epochs: int = Field(4, description="training epochs")
     warmup_ratio: float = Field(0.0, description="transformers.Trainer's default linear schedule")
     max_grad_norm: float = Field(1.0, description="gradient clipping norm")
-    val_fraction: float = Field(0.2, description="share of reports held out for validation")
+    val_fraction: float = Field(0.2, description="share of patients held out for validation")
     seed: int = Field(42, description="seed of the split and the training")
     max_length: int = Field(512, description="tokens per window")
     stride: int = Field(128, description="overlap of consecutive windows of a long report (tokens)")
@@ -86,7 +99,13 @@ class TrainFindingsConfig(JobConfig):
     labels: LabelsConfig = Field(
         default_factory=LabelsConfig, description="the gold labels joined to the corpus by report "
         "id")
-    model: str = Field(DEFAULT_MODEL, description="HF id, local path or s3:// directory")
+    lang: Literal["auto", "en", "ja"] = Field(
+        "auto", description="report language: picks the default encoder and the rule labeler; "
+        "auto: detected from the reports")
+    model: str | None = Field(
+        None, description="packaged encoder name (all-minilm-l6-v2), HF id, local path or s3:// "
+        "directory; default: all-minilm-l6-v2 for English, tohoku-nlp/bert-base-japanese-v3 "
+        "(a download) for Japanese")
     tokenizer: str | None = Field(None, description="default: the model's own")
     training: TrainingParams = Field(
         default_factory=TrainingParams, description="optimisation hyperparameters")
@@ -111,7 +130,33 @@ class TrainFindingsConfig(JobConfig):
 
 # ----------------------------------------------------------------------------- data
 
-def load_labeled_reports(corpus: CorpusConfig, labels: LabelsConfig) -> tuple[pd.DataFrame, dict]:
+def detect_language(texts: list[str]) -> str:
+    """The majority language of (up to 200 of) the reports."""
+    from ctray.text.sentences import detect_lang
+
+    sample = [detect_lang(t) for t in texts[:200]]
+    return "ja" if sample.count("ja") * 2 > len(sample) else "en"
+
+
+def rule_labels(df: pd.DataFrame, lang: str) -> pd.DataFrame:
+    """``df`` with the 18 finding columns from the rule labeler (distillation targets)."""
+    from ctray.tasks.findings.rules import RuleLabeler
+
+    labeler = RuleLabeler(lang)
+    rows = [labeler.label(t).labels for t in df["text"]]
+    out = df[["report_id", "text"]].reset_index(drop=True)
+    return pd.concat([out, pd.DataFrame(rows, columns=list(FINDING_COLUMNS)).astype(int)], axis=1)
+
+
+def choose_model(cfg: TrainFindingsConfig, texts: list[str]) -> str:
+    """``cfg.model``, or the default encoder of the reports' language."""
+    if cfg.model:
+        return cfg.model
+    return default_encoder(cfg.lang if cfg.lang != "auto" else detect_language(texts))
+
+
+def load_labeled_reports(corpus: CorpusConfig, labels: LabelsConfig,
+                         lang: str = "auto") -> tuple[pd.DataFrame, dict]:
     """(report_id, text, 18 label columns) for every readable, labelled report."""
     from ctray.io.corpus import read_corpus
     from ctray.pipeline.stage import ERROR_COL
@@ -119,6 +164,17 @@ def load_labeled_reports(corpus: CorpusConfig, labels: LabelsConfig) -> tuple[pd
 
     reports = read_corpus(corpus).to_pandas()
     bad = reports[ERROR_COL].notna() if ERROR_COL in reports else pd.Series(False, reports.index)
+    if labels.source == "rules":
+        ok = reports.loc[~bad, ["report_id", "text"]]
+        ok = ok[ok["text"].fillna("").str.strip() != ""]
+        if ok.empty:
+            raise UserError(f"{corpus.path}: no readable report to label")
+        lang = lang if lang != "auto" else detect_language(ok["text"].tolist())
+        df = rule_labels(ok.sort_values("report_id", ignore_index=True), lang)
+        return df, {"reports_read": len(reports), "unreadable_reports": int(bad.sum()),
+                    "unreadable_ids": reports.loc[bad, "report_id"].astype(str).head(20).tolist(),
+                    "labelled_reports": len(df), "label_source": f"rules ({lang})",
+                    "positives": {c: int(df[c].sum()) for c in FINDING_COLUMNS}}
     gold = to_columns(pd.read_csv(labels.path))
     missing = [c for c in FINDING_COLUMNS if c not in gold.columns]
     if labels.id_column not in gold.columns or missing:
@@ -140,18 +196,54 @@ def load_labeled_reports(corpus: CorpusConfig, labels: LabelsConfig) -> tuple[pd
     return df, stats
 
 
+def split_groups(df: pd.DataFrame) -> np.ndarray:
+    """One group per patient: rows sharing a CT-RATE patient id (``valid_12_a`` and
+    ``valid_12_b``) or an identical report text (reconstructions of one scan) are
+    linked, and each connected set is one group. Ids outside CT-RATE's pattern are
+    their own patient."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ids = df["report_id"].astype(str)
+    patient = ids.str.extract(PATIENT_ID, expand=False).fillna(ids)
+    n = len(df)
+    p_codes = patient.factorize()[0]
+    t_codes = df["text"].factorize()[0]
+    # Bipartite graph rows -- (patients, texts): components are the groups.
+    cols = np.concatenate([n + p_codes, n + p_codes.max(initial=-1) + 1 + t_codes])
+    rows = np.concatenate([np.arange(n), np.arange(n)])
+    size = n + p_codes.max(initial=-1) + 1 + t_codes.max(initial=-1) + 1
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(size, size))
+    return connected_components(graph, directed=False)[1][:n]
+
+
 def split_reports(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Seeded held-out split; identical report texts (CT-RATE reconstructions of one
-    scan share a report) stay on one side so validation never sees training text."""
+    """Seeded held-out split by patient (``split_groups``): a patient's scans, and
+    identical report texts, stay on one side so validation never sees training text."""
     from sklearn.model_selection import GroupShuffleSplit
 
     # Sorted first: the split must not depend on the order the corpus was read in.
     df = df.sort_values("report_id", ignore_index=True)
-    groups = df["text"].factorize()[0]
+    groups = split_groups(df)
     splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train_idx, val_idx = next(splitter.split(df, groups=groups))
     return (df.iloc[np.sort(train_idx)].reset_index(drop=True),
             df.iloc[np.sort(val_idx)].reset_index(drop=True))
+
+
+def write_split(output: str, train_df: pd.DataFrame, val_df: pd.DataFrame) -> str:
+    """``<output>/split.csv``: report_id -> train / val, so the held-out reports can be
+    labelled and scored later (``label-findings`` + ``eval-findings``) without leakage."""
+    import fsspec
+
+    path = f"{output.rstrip('/')}/split.csv"
+    frame = pd.concat([train_df[["report_id"]].assign(split="train"),
+                       val_df[["report_id"]].assign(split="val")], ignore_index=True)
+    fs, where = fsspec.core.url_to_fs(path)
+    fs.makedirs(where.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(where, "w") as fh:
+        frame.to_csv(fh, index=False)
+    return path
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -220,7 +312,7 @@ class _Collate:
     def __call__(self, items):
         import torch
 
-        from ctray.tasks.findings.model import encode_reports, pad_chunks
+        from ctray.models.windows import encode_reports, pad_chunks
 
         texts = [t for t, _ in items]
         enc = encode_reports(self.tokenizer, texts, self.max_length, self.stride)
@@ -233,11 +325,10 @@ class _Collate:
 def _load_model(source: str, ckpt_dir: str | None, tokenizer_source: str | None):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ctray.tasks.findings.model import local_model_dir
-
-    where = os.path.join(ckpt_dir, "model") if ckpt_dir else local_model_dir(source)
+    # Workers resolve again: on a multi-node cluster each node unzips / copies its own.
+    where = os.path.join(ckpt_dir, "model") if ckpt_dir else resolve_encoder_source(source)
     tokenizer = AutoTokenizer.from_pretrained(
-        where if ckpt_dir else local_model_dir(tokenizer_source or source))
+        where if ckpt_dir else resolve_encoder_source(tokenizer_source or source))
     model = AutoModelForSequenceClassification.from_pretrained(
         where, num_labels=len(FINDING_COLUMNS), problem_type="multi_label_classification",
         id2label=dict(enumerate(FINDING_NAMES)), label2id={n: i for i, n in enumerate(FINDING_NAMES)})
@@ -283,7 +374,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from ctray.tasks.findings.model import max_pool
+    from ctray.models.windows import max_pool
 
     params = TrainingParams(**config["training"])
     ctx = ray.train.get_context()
@@ -399,7 +490,8 @@ def _fingerprint(cfg: TrainFindingsConfig) -> dict[str, Any]:
     training = cfg.training.model_dump(exclude={"epochs", "log_every_steps", "eval_batch_size",
                                                 "chunk_batch_size"})
     return {"model": cfg.model, "tokenizer": cfg.tokenizer, "corpus": cfg.corpus.model_dump(),
-            "labels": cfg.labels.model_dump(), "training": training}
+            "labels": cfg.labels.model_dump(), "lang": cfg.lang, "training": training,
+            "split": "patient"}
 
 
 def _best(result) -> tuple[Any, dict]:
@@ -457,10 +549,17 @@ def run_train_findings(cfg: TrainFindingsConfig) -> dict[str, Any]:
     from ctray.io.manifest import write_job_manifest
 
     started = time.time()
-    df, data_stats = load_labeled_reports(cfg.corpus, cfg.labels)
+    df, data_stats = load_labeled_reports(cfg.corpus, cfg.labels, cfg.lang)
+    cfg = cfg.model_copy(update={"model": choose_model(cfg, df["text"].tolist())})
+    # Resolved once on the driver: the packaged encoder is unzipped (or a bucket copied)
+    # before the workers start, and a bad name fails here as one `ctray:` line.
+    resolve_encoder_source(cfg.model)
+    if cfg.tokenizer:
+        resolve_encoder_source(cfg.tokenizer)
     train_df, val_df = split_reports(df, cfg.training.val_fraction, cfg.training.seed)
     run = prepare_run(cfg, _fingerprint(cfg), "model, data or hyperparameters")
     output, run_dir, export_to, gpu = run.output, run.run_dir, run.export_to, run.gpu
+    split_file = write_split(output, train_df, val_df)
     print(f"[train-findings] {len(train_df)} training / {len(val_df)} held-out reports, "
           f"{cfg.scaling.num_workers} worker(s)")
     trainer = run.trainer(cfg, train_loop_per_worker,
@@ -478,7 +577,7 @@ def run_train_findings(cfg: TrainFindingsConfig) -> dict[str, Any]:
         "history": meta["metrics"]["history"], "thresholds": meta["thresholds"],
         "data": {**data_stats, "train_reports": len(train_df), "val_reports": len(val_df)},
         "n_chunked_val": meta["metrics"].get("n_chunked_val"),
-        "use_gpu": gpu, "num_workers": cfg.scaling.num_workers,
+        "use_gpu": gpu, "num_workers": cfg.scaling.num_workers, "split_file": split_file,
     }
     write_job_manifest(cfg, started, **summary, fingerprint=_fingerprint(cfg))
     print(f"[train-findings] best epoch {summary['best_epoch']} (val macro F1 "

@@ -114,8 +114,12 @@ class TextEncoder:
                  max_length: int = 128, normalize: bool = False):
         from transformers import AutoModel, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_name_or_path))
-        self.model = AutoModel.from_pretrained(str(model_name_or_path)).to(device).eval()
+        from ctray.models.encoders import resolve_encoder_source
+
+        # Packaged short names (all-minilm-l6-v2), hub ids, folders, s3:// folders.
+        source = resolve_encoder_source(str(model_name_or_path))
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.model = AutoModel.from_pretrained(source).to(device).eval()
         self.device = torch.device(device)
         self.max_length = max_length
         self.normalize = normalize

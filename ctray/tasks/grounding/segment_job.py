@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -95,6 +95,10 @@ class StageResources(BaseModel):
 
 
 class SegmentConfig(JobConfig):
+    #: which rows are read and how inference is batched and placed
+    result_neutral_fields: ClassVar[frozenset[str]] = frozenset({
+        "manifest.limit", "inference.sw_batch_size", "inference.prompts_per_pass",
+        "inference.sw_device", "inference.torch_threads"})
     job: str = "segment"
     manifest: ManifestInput = Field(description="the findings to segment (volume, id, text)")
     model: str = Field(description="train-grounding export directory (local or s3://)")

@@ -88,7 +88,9 @@ class TrainGroundingConfig(JobConfig):
     job: str = "train-grounding"
     manifest: TrainManifestInput = Field(
         description="the (volume, finding text, mask) triples to train on")
-    text_encoder: str = Field(description="HF id or local directory of the sentence encoder")
+    text_encoder: str = Field(
+        "all-minilm-l6-v2", description="sentence encoder: packaged name (all-minilm-l6-v2, the "
+        "offline default), HF id, local or s3:// directory")
     text_max_length: int = Field(128, description="tokens per finding text")
     text_normalize: bool = Field(False, description="L2-normalise the text embedding")
     preprocess: PreprocessConfig = Field(
@@ -313,7 +315,10 @@ def export_model(result, cfg: TrainGroundingConfig, text_dim: int, export_to: st
         state = torch.load(os.path.join(d, "model.pt"), map_location="cpu", weights_only=True)
         with open(os.path.join(d, "history.json"), encoding="utf-8") as f:
             history = json.load(f)
-    encoder = cfg.text_encoder
+    from ctray.models.encoders import resolve_encoder_source
+
+    # A packaged encoder resolves to its unzipped folder, which the export then copies.
+    encoder = resolve_encoder_source(cfg.text_encoder)
     if Path(encoder).exists():
         encoder = str(Path(encoder).resolve())
     meta = GroundingModelMeta(

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 from pydantic import Field, field_validator
@@ -35,6 +35,9 @@ def _default_backend() -> BackendConfig:
 
 
 class JcbGenerateConfig(JobConfig):
+    #: each setting and shot has its own run folder (named by model_name); limit picks items
+    result_neutral_fields: ClassVar[frozenset[str]] = frozenset(
+        {"settings", "shots", "limit", "model_name"})
     job: str = "generate-jcb"
     # The release's data/benchmarks folder (CLG/, CLR/, CLU/).
     benchmarks: str = Field(

@@ -16,6 +16,7 @@ register(JobSpec(
     "ctray.tasks.jcb.score_job:JcbScoreConfig",
     "ctray.tasks.jcb.score_job:run_jcb_score",
     flags={"--generated": "generated", "--strict": "strict",
+           "--allow-incomplete": "allow_incomplete", "--benchmarks": "benchmarks",
            "--reference": "reference"},
     needs_ray=False,
     aliases=("jcb-score",),

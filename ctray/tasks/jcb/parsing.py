@@ -13,7 +13,11 @@ import json
 import re
 from typing import Any, Callable
 
-GENERATION_CUT = "### 入力"
+# Where a generated summary/simplification ends: the next input heading of the one-shot
+# pattern ("### 入力:"; the example's "### 入力例:" does not cut) or the word "python"
+# (with its code fence, if any): Swallow appends Python code blocks or degenerates into
+# "python" lines after its answer. Evidence per file: docs/jclinicalbench.md.
+GENERATION_CUT = re.compile(r"### 入力:|(?:```)?python")
 EOS = "[EOS]"
 _FENCE_OPEN = re.compile(r"^```[A-Za-z]*\s*")
 _FENCE_CLOSE = re.compile(r"\s*```\s*$")
@@ -24,9 +28,9 @@ _ANY_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
 
 
 def generation_text(value: Any, strict: bool = False) -> str:
-    """Summaries/simplifications: the output up to the first ``### 入力`` (models that
-    continue the few-shot pattern write the next input there)."""
-    return "" if value is None else str(value).split(GENERATION_CUT)[0]
+    """Summaries/simplifications: the output up to the first ``### 入力:`` (models that
+    continue the few-shot pattern write the next input there) or ``python``."""
+    return "" if value is None else GENERATION_CUT.split(str(value), maxsplit=1)[0]
 
 
 def _strip_fences(text: str) -> str:
@@ -84,15 +88,20 @@ def tnm_factors(value: Any, strict: bool = False) -> dict[str, str | None]:
 
 def tagged_entities(value: Any, strict: bool = False,
                     types: tuple[str, ...] | list[str] = ("d",)) -> set[tuple[int, int, str]]:
-    """NER: (start, end, type) spans of inline tags, offsets counted in the text with
-    every tag removed, after cutting at ``[EOS]``. Used for gold and prediction alike."""
+    """NER: (start, end, type) spans of inline tags, after cutting at ``[EOS]``. Offsets
+    are counted in the text with every *complete* tag pair replaced by its content; a
+    stray tag (an unclosed ``<m-val>``) stays and shifts the spans after it, as in the
+    release. Used for gold (always balanced) and prediction alike."""
     text = ("" if value is None else str(value)).split(EOS)[0]
     found = set()
+    offset, pos = 0, 0  # offset: length of the de-tagged text up to ``pos`` in ``text``
     for m in _TAG.finditer(text):
-        if m.group(1) not in types:
-            continue
-        start = len(_ANY_TAG.sub("", text[:m.start()]))
-        found.add((start, start + len(_ANY_TAG.sub("", m.group(2))), m.group(1)))
+        offset += m.start() - pos
+        content = _ANY_TAG.sub("", m.group(2))
+        if m.group(1) in types:
+            found.add((offset, offset + len(content), m.group(1)))
+        offset += len(content)
+        pos = m.end()
     return found
 
 

@@ -15,6 +15,7 @@ import csv
 import json
 import logging
 import math
+import sys
 import time
 import unicodedata
 from collections import Counter, defaultdict
@@ -48,6 +49,14 @@ class JcbScoreConfig(JobConfig):
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples per Table 4 cell (0: no CIs)")
     seed: int = Field(0, description="bootstrap random seed")
     chart: bool = Field(True, description="write table4.png (one bar panel per setting)")
+    benchmarks: str | None = Field(
+        None, description="the release's data/benchmarks folder: every file must hold all of "
+                          "its setting's items (unset: as many as the fullest file of the same "
+                          "setting and shot)")
+    allow_incomplete: bool = Field(
+        False, description="score files with missing items or records without the required "
+                           "fields (those records left out) and mark their Table 4 cells with "
+                           "'*' instead of stopping")
 
 
 def _record_key_fields(setting: Setting) -> list[str]:
@@ -88,18 +97,37 @@ def _common_sample(files: list[tuple[GeneratedFile, list[dict]]],
     return out
 
 
-def _check_fields(f: GeneratedFile, records: list[dict], setting: Setting) -> None:
-    if not records:
-        raise JcbInputError(f"{f.path}: no records")
+def _needed(setting: Setting) -> set[str]:
     needed = {setting.generated_field}
     if setting.metric == "tnm":
         needed |= {"t", "n", "m"}
     else:
         needed.add(setting.gold_field)
+    return needed
+
+
+def _check_fields(f: GeneratedFile, records: list[dict], setting: Setting) -> list[dict]:
+    """The records holding every required field. A file whose first record lacks one
+    is not of this setting's layout (stop); a few incomplete records are reported by
+    ``score_tree`` with the other completeness problems."""
+    if not records:
+        raise JcbInputError(f"{f.path}: no records")
+    needed = _needed(setting)
     missing = sorted(k for k in needed if k not in records[0])
     if missing:
         raise JcbInputError(f"{f.path}: records lack {missing} (fields of the release's "
                             f"generated/{setting.path}/ files: {sorted(setting.record)})")
+    return [r for r in records if isinstance(r, dict) and needed <= set(r)]
+
+
+def _expected_items(cfg: "JcbScoreConfig", setting: Setting, shot: str,
+                    counts: list[int]) -> int:
+    """Items a complete file holds: the benchmark's count, or the fullest sibling file."""
+    if cfg.benchmarks is None:
+        return max(counts)
+    from ctray.tasks.jcb.data import load_items
+
+    return len(load_items(cfg.benchmarks, setting, shot))
 
 
 def score_tree(cfg: JcbScoreConfig) -> dict[str, Any]:
@@ -107,18 +135,47 @@ def score_tree(cfg: JcbScoreConfig) -> dict[str, Any]:
     files = find_generated(root)
     grouped: dict[str, list[tuple[GeneratedFile, list[dict]]]] = defaultdict(list)
     settings: dict[str, Setting] = {}
+    read_counts: dict[str, tuple[int, int]] = {}
     for f in files:
         setting = setting_for_task_dir(f.task)
         if setting is None:
             log.warning("score-jcb: %s: no setting for task folder %r; skipped", f.relative, f.task)
             continue
         records = read_records(f.path)
-        _check_fields(f, records, setting)
-        grouped[f.task].append((f, records))
+        usable = _check_fields(f, records, setting)
+        grouped[f.task].append((f, usable))
         settings[f.task] = setting
+        read_counts[f.relative] = (len(records), len(records) - len(usable))
     if not grouped:
         raise JcbInputError(f"{root}: no task folder matches a J-ClinicalBench setting "
                             f"({', '.join(all_settings())})")
+    if cfg.benchmarks is not None and not Path(cfg.benchmarks).is_dir():
+        raise JcbInputError(f"benchmarks {cfg.benchmarks}: no such folder (the release's "
+                            "data/benchmarks, holding CLG/, CLR/, CLU/)")
+    coverage: dict[str, tuple[int, int]] = {}
+    problems = []
+    for task, entries in grouped.items():
+        for shot in sorted({f.shot for f, _ in entries}):
+            files = [f for f, _ in entries if f.shot == shot]
+            expected = _expected_items(cfg, settings[task], shot,
+                                       [read_counts[f.relative][0] for f in files])
+            for f in files:
+                total, lacking = read_counts[f.relative]
+                coverage[f.relative] = (total - lacking, expected)
+                if total != expected:
+                    problems.append(f"{f.relative}: {total} of {expected} items")
+                if lacking:
+                    problems.append(f"{f.relative}: {lacking} record(s) lack one of "
+                                    f"{sorted(_needed(settings[task]))}")
+    if problems and not cfg.allow_incomplete:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more"
+                                            if len(problems) > 5 else "")
+        raise JcbInputError(f"incomplete outputs in {root}: {shown}. Scores of incomplete files "
+                            "are not comparable; regenerate them, or pass --allow-incomplete "
+                            "to score them with their Table 4 cells marked '*'")
+    for problem in problems:
+        print(f"ctray: warning: {problem} (scored; its Table 4 cell is marked '*')",
+              file=sys.stderr)
     modes = ["paper"] + (["strict"] if cfg.strict else [])
     rows: list[dict[str, Any]] = []
     for task, entries in grouped.items():
@@ -132,9 +189,11 @@ def score_tree(cfg: JcbScoreConfig) -> dict[str, Any]:
                 ci = (bootstrap_ci(stats, setting, strict, cfg.bootstrap, cfg.seed)
                       if cfg.bootstrap and f.shot == HEADLINE_SHOT and task == setting.name
                       else None)
+                scored_n, expected = coverage[f.relative]
                 rows.append({"file": f, "setting": setting, "mode": mode, "result": result,
                              "n": len(use), "headline": setting.headline_value(result),
-                             "ci": ci})
+                             "ci": ci, "expected": expected,
+                             "complete": scored_n == expected})
     return {"root": root, "rows": rows}
 
 
@@ -179,7 +238,8 @@ def _table(rows: list[dict], mode: str, released: dict[str, dict[str, float]]):
         line = [model]
         for s in settings:
             r = cells[model].get(s.name)
-            line += [_cell(r["headline"]) if r else "", _ci_cell(r["ci"]) if r else ""]
+            mark = "*" if r and not r["complete"] else ""
+            line += [_cell(r["headline"]) + mark if r else "", _ci_cell(r["ci"]) if r else ""]
         body.append(line)
     if mode == "paper":
         for model in sorted(m for m in released if m not in cells):
@@ -188,6 +248,14 @@ def _table(rows: list[dict], mode: str, released: dict[str, dict[str, float]]):
                 line += [_cell(released[model].get(s.name)), ""]
             body.append(line)
     return header, body
+
+
+def _incomplete_note(rows: list[dict], mode: str) -> str:
+    marked = [f"{r['file'].model} {r['setting'].label}: {r['n']} of {r['expected']} items"
+              for r in rows if r["mode"] == mode and not r["complete"]
+              and r["file"].shot == HEADLINE_SHOT and r["file"].task == r["setting"].name]
+    return ("\n\\* incomplete (scored with --allow-incomplete): " + "; ".join(marked) + "\n"
+            if marked else "")
 
 
 def _markdown(header: list[str], body: list[list[str]]) -> str:
@@ -268,19 +336,20 @@ def run_jcb_score(cfg: JcbScoreConfig) -> dict[str, Any]:
                                "released_headline": r["setting"].headline_value(ref)})
     with open(out / "scores.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["setting", "group", "task", "model", "shot", "mode", "n", "headline",
-                    "ci_low", "ci_high", "result"])
+        w.writerow(["setting", "group", "task", "model", "shot", "mode", "n", "expected_n",
+                    "complete", "headline", "ci_low", "ci_high", "result"])
         for r in rows:
             f = r["file"]
             ci = r["ci"] or (None, None)
             w.writerow([r["setting"].name, f.group, f.task, f.model, f.shot, r["mode"], r["n"],
-                        r["headline"], ci[0], ci[1], json.dumps(r["result"], ensure_ascii=False)])
+                        r["expected"], r["complete"], r["headline"], ci[0], ci[1],
+                        json.dumps(r["result"], ensure_ascii=False)])
     released = _released_headlines(reference) if reference is not None else {}
     printed = []
     for mode in ["paper"] + (["strict"] if cfg.strict else []):
         header, body = _table(rows, mode, released)
         suffix = "" if mode == "paper" else "_strict"
-        md = _markdown(header, body)
+        md = _markdown(header, body) + _incomplete_note(rows, mode)
         (out / f"table4{suffix}.md").write_text(md, encoding="utf-8")
         with open(out / f"table4{suffix}.csv", "w", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerows([header] + body)

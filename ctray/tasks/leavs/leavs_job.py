@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -63,6 +63,9 @@ def _default_backend() -> BackendConfig:
 
 
 class LeavsConfig(LLMJobConfig):
+    #: the release CSV's name and how Ray shuffles decide no answer
+    result_neutral_fields: ClassVar[frozenset[str]] = frozenset(
+        {"csv_name", "shuffle_partitions", "shuffle_strategy"})
     job: str = "label-leavs"
     corpus: CorpusConfig = Field(
         default_factory=_default_corpus, description="the reports to read (path, columns, limit)")

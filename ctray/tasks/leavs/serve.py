@@ -43,6 +43,10 @@ class LeavsReportService(Service):
         registry.preflight(self.cfg.backend)
         self.backend = registry.make_backend(self.cfg.backend)
 
+    def __del__(self) -> None:  # graceful replica stop: the engine goes with it
+        if getattr(self, "backend", None) is not None:
+            self.backend.close()
+
     def _label(self, report_id: str, text: str) -> LeavsResponse:
         from ctray.tasks.leavs import schema
         from ctray.tasks.leavs.one_report import label_reports

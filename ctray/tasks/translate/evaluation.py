@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from ctray.errors import UserError
 from ctray.io.manifest import write_job_manifest
 from ctray.metrics.translation import ROUGE_TYPES, PairScorer, corpus_bleu
 from ctray.pipeline.stage import LIGHT_TASK
@@ -22,7 +23,7 @@ METRICS = ("bleu",) + ROUGE_TYPES
 METRIC_LABELS = {"bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError, ValueError):
     """A hypothesis or reference table that cannot be paired (names the file)."""
 
 
@@ -58,11 +59,15 @@ def _read_table(spec: TranslationInput) -> pd.DataFrame:
         fmt = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}.get(suffix, "")
         if not fmt:
             raise EvalInputError(f"{spec.path}: cannot tell the format; set format")
-    if fmt == "csv":
-        return pd.read_csv(spec.path, dtype=str, keep_default_na=False, na_values=[""])
-    if fmt == "parquet":
-        return pd.read_parquet(spec.path)
-    return pd.read_json(spec.path, lines=True, dtype=False)
+    try:
+        if fmt == "csv":
+            return pd.read_csv(spec.path, dtype=str, keep_default_na=False, na_values=[""])
+        if fmt == "parquet":
+            return pd.read_parquet(spec.path)
+        return pd.read_json(spec.path, lines=True, dtype=False)
+    except (OSError, ValueError) as exc:  # empty, truncated, malformed or unreadable
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EvalInputError(f"{spec.path}: not a readable {fmt} file ({reason})") from None
 
 
 def load_side(spec: TranslationInput) -> pd.DataFrame:

@@ -1,0 +1,341 @@
+"""The CheXbert-style CXR encoder labeler: a BERT-architecture encoder with one head per
+observation (4-way blank / positive / negative / uncertain for the 13 pathologies and
+Support Devices, 2-way blank / positive for No Finding, as CheXbert).
+
+Pooling. The default (``attention``) gives every observation its own learned query over
+the report's token states (label-wise attention): a head reads the tokens that mention
+its observation instead of one [CLS] vector shared by all 14 heads, which is what let the
+frequent observations drown the rare ones in a first try (Lung Lesion, Pleural Other,
+Fracture and Support Devices never predicted). ``mean`` (sentence-transformers' pooling,
+what all-MiniLM-L6-v2 was trained with) and ``cls`` are kept for comparison.
+
+Long reports. A report longer than the encoder's window is cut into overlapping windows
+(``ctray.tasks.findings.model.window_token_ids``, shared with train-findings) and the
+pooling runs over the tokens of all its windows together (mean / attention) or over its
+windows' [CLS] vectors (cls), so no report is ever truncated; ``last_windows`` counts
+them. Training and inference share :func:`report_logits`.
+
+An exported folder holds the encoder and tokenizer (``save_pretrained``, so the folder
+also loads as a plain HF encoder), ``cxr_heads.safetensors`` (queries and heads) and
+``ctray_cxr_encoder.json`` (observations, classes, pooling, window settings, training
+metrics). :class:`CXREncoderLabeler` loads it for ``label-cxr --labeler encoder`` and
+Ray Serve; keep ``load`` / ``label`` stable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from ctray.tasks.cxr.schema import BLANK, NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
+
+META_FILE = "ctray_cxr_encoder.json"
+HEADS_FILE = "cxr_heads.safetensors"
+META_FORMAT = "ctray-cxr-encoder/1"
+# Class index -> CheXpert value, CheXbert's order (blank first).
+CLASS_VALUES: tuple[float, ...] = (BLANK, POSITIVE, NEGATIVE, UNCERTAIN)
+NO_FINDING = "No Finding"
+PATHOLOGIES = tuple(o for o in OBSERVATIONS if o not in (NO_FINDING, "Support Devices"))
+LUNG_OPACITY_CHILDREN = ("Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis")
+Pooling = Literal["attention", "mean", "cls"]
+
+
+def n_classes(observation: str) -> int:
+    return 2 if observation == NO_FINDING else 4
+
+
+def class_index(value: Any) -> int:
+    """CheXpert value (1.0 / 0.0 / -1.0 / NaN) -> class index of its head."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return 0
+    return {POSITIVE: 1, NEGATIVE: 2, UNCERTAIN: 3}[float(value)]
+
+
+def targets(frame, observations: Sequence[str] = OBSERVATIONS) -> np.ndarray:
+    """[n_reports, 14] class indices from a frame of CheXpert values. No Finding's 0 / -1
+    (which the conventions never use) count as blank, so its head stays 2-way."""
+    out = np.zeros((len(frame), len(observations)), dtype=np.int64)
+    for j, obs in enumerate(observations):
+        idx = np.array([class_index(v) for v in frame[obs].tolist()], dtype=np.int64)
+        if n_classes(obs) == 2:
+            idx = np.where(idx == 1, 1, 0)
+        out[:, j] = idx
+    return out
+
+
+@dataclass
+class EncoderMeta:
+    """What ``ctray_cxr_encoder.json`` records next to the weights."""
+
+    observations: list[str] = field(default_factory=lambda: list(OBSERVATIONS))
+    pooling: str = "attention"
+    max_length: int = 256
+    stride: int = 64
+    head_dropout: float = 0.1
+    # Apply the two structural conventions of docs/cxr_labeling.md to the predictions
+    # (Lung Opacity takes a positive child; No Finding only without a positive or
+    # uncertain pathology), as the rules and the gold set do.
+    consistency: bool = True
+    base_model: str | None = None
+    stage: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format: str = META_FORMAT
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EncoderMeta":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        meta = cls(**known)
+        if meta.format != META_FORMAT:
+            raise ValueError(f"{META_FILE}: format {meta.format!r}, expected {META_FORMAT!r}")
+        unknown = [o for o in meta.observations if o not in OBSERVATIONS]
+        if unknown:
+            raise ValueError(f"{META_FILE}: unknown observations {unknown}")
+        return meta
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _torch_module():
+    import torch
+
+    class CXREncoderNet(torch.nn.Module):
+        """Encoder + per-observation pooling + heads; ``forward`` returns one logits
+        tensor [n_reports, classes] per observation."""
+
+        def __init__(self, encoder, meta: EncoderMeta):
+            super().__init__()
+            hidden = encoder.config.hidden_size
+            self.encoder = encoder
+            self.meta = meta
+            self.pooling = meta.pooling
+            n_obs = len(meta.observations)
+            generator = torch.Generator().manual_seed(0)
+            # Zero queries start as mean pooling (uniform attention), the encoder's own
+            # pretraining pooling; each head then learns where to look.
+            self.queries = (torch.nn.Parameter(torch.zeros(n_obs, hidden))
+                            if self.pooling == "attention" else None)
+            self.dropout = torch.nn.Dropout(meta.head_dropout)
+            self.heads = torch.nn.ModuleList(
+                torch.nn.Linear(hidden, n_classes(o)) for o in meta.observations)
+            for head in self.heads:
+                torch.nn.init.normal_(head.weight, std=0.02, generator=generator)
+                torch.nn.init.zeros_(head.bias)
+
+        def head_parameters(self):
+            return [p for p in (self.queries, *self.heads.parameters()) if p is not None]
+
+        def pooled(self, input_ids, attention_mask, owner, n_reports: int):
+            """[n_reports, n_obs, hidden] (attention) or [n_reports, 1, hidden]."""
+            states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = states.shape[-1]
+            if self.pooling == "cls":
+                cls = states[:, 0]
+                out = torch.zeros((n_reports, hidden), dtype=cls.dtype, device=cls.device)
+                out.index_add_(0, owner, cls)
+                count = torch.bincount(owner, minlength=n_reports).clamp(min=1).to(cls.dtype)
+                return (out / count[:, None])[:, None, :]
+            mask = attention_mask.bool().reshape(-1)
+            flat = states.reshape(-1, hidden)[mask]  # every real token of every window
+            token_owner = owner[:, None].expand_as(attention_mask).reshape(-1)[mask]
+            if self.pooling == "mean":
+                out = torch.zeros((n_reports, hidden), dtype=flat.dtype, device=flat.device)
+                out.index_add_(0, token_owner, flat)
+                count = torch.bincount(token_owner, minlength=n_reports).clamp(min=1).to(flat.dtype)
+                return (out / count[:, None])[:, None, :]
+            # Label-wise attention: softmax over all tokens of a report (all its windows).
+            scores = flat @ self.queries.t() / math.sqrt(hidden)  # [tokens, n_obs]
+            index = token_owner[:, None].expand_as(scores)
+            top = torch.full((n_reports, scores.shape[1]), float("-inf"), dtype=scores.dtype,
+                             device=scores.device)
+            top = top.scatter_reduce(0, index, scores, reduce="amax", include_self=True)
+            weights = torch.exp(scores - top[token_owner])
+            total = torch.zeros_like(top).index_add_(0, token_owner, weights)
+            weights = weights / total[token_owner]
+            out = torch.zeros((n_reports, scores.shape[1], hidden), dtype=flat.dtype,
+                              device=flat.device)
+            out.index_add_(0, token_owner, weights[:, :, None] * flat[:, None, :])
+            return out
+
+        def forward(self, input_ids, attention_mask, owner, n_reports: int):
+            pooled = self.dropout(self.pooled(input_ids, attention_mask, owner, n_reports))
+            k = pooled.shape[1]
+            return [head(pooled[:, j if k > 1 else 0]) for j, head in enumerate(self.heads)]
+
+    return CXREncoderNet
+
+
+def build_net(encoder, meta: EncoderMeta):
+    return _torch_module()(encoder, meta)
+
+
+def encode_batch(tokenizer, texts: Sequence[str], max_length: int, stride: int):
+    """(input_ids, attention_mask, owner, windows per report) for a list of reports."""
+    import torch
+
+    from ctray.models.windows import encode_reports, pad_chunks
+
+    enc = encode_reports(tokenizer, texts, max_length, stride)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, mask = pad_chunks(enc.chunks, pad)
+    return ids, mask, torch.as_tensor(enc.owner, dtype=torch.long), enc.windows()
+
+
+def report_logits(net, tokenizer, texts: Sequence[str], device, batch_size: int = 32):
+    """Per observation, logits [n_reports, classes], and windows per report. Reports go
+    through in length-sorted batches (little padding); gradient mode is the caller's."""
+    import torch
+
+    texts = list(texts)
+    lengths = [len(t or "") for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    parts: list[list] = [[] for _ in net.meta.observations]
+    windows = np.zeros(len(texts), dtype=np.int64)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        ids, mask, owner, win = encode_batch(tokenizer, [texts[i] for i in idx],
+                                             net.meta.max_length, net.meta.stride)
+        windows[idx] = win
+        logits = net(ids.to(device), mask.to(device), owner.to(device), len(idx))
+        for j, lg in enumerate(logits):
+            parts[j].append(lg.float())
+    inverse = torch.as_tensor(np.argsort(order), dtype=torch.long)
+    out = [torch.cat(p)[inverse.to(p[0].device)] for p in parts]
+    return out, windows
+
+
+def decode(logits: Sequence, observations: Sequence[str], consistency: bool) -> np.ndarray:
+    """Per-head argmax -> [n_reports, 14] CheXpert values (NaN = blank)."""
+    cols = [np.asarray([CLASS_VALUES[k] for k in lg.argmax(dim=1).tolist()], dtype=float)
+            for lg in logits]
+    values = np.stack(cols, axis=1) if cols else np.zeros((0, len(observations)))
+    return apply_conventions(values, observations) if consistency else values
+
+
+def apply_conventions(values: np.ndarray, observations: Sequence[str]) -> np.ndarray:
+    """docs/cxr_labeling.md's structural rules: Lung Opacity = aggregate(own, positive
+    child) (§5), No Finding is 1 only when no pathology is 1 or -1 (§6 (a))."""
+    out = values.copy()
+    col = {o: j for j, o in enumerate(observations)}
+    if "Lung Opacity" in col:
+        children = [col[c] for c in LUNG_OPACITY_CHILDREN if c in col]
+        any_child = (out[:, children] == POSITIVE).any(axis=1) if children else False
+        out[any_child, col["Lung Opacity"]] = POSITIVE
+    if NO_FINDING in col:
+        path = [col[p] for p in PATHOLOGIES if p in col]
+        blocked = np.isin(out[:, path], (POSITIVE, UNCERTAIN)).any(axis=1)
+        out[blocked, col[NO_FINDING]] = BLANK
+    return out
+
+
+# -- storage ---------------------------------------------------------------------------
+
+def save_encoder_labeler(out_dir: str | Path, net, tokenizer, meta: EncoderMeta) -> Path:
+    """Export the encoder + tokenizer (HF folder), the heads and the meta file."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net = getattr(net, "module", net)  # unwrap DDP
+    net.encoder.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    heads = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()
+             if not k.startswith("encoder.")}
+    save_file(heads, str(out / HEADS_FILE))
+    (out / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2, ensure_ascii=False),
+                                 encoding="utf-8")
+    return out
+
+
+def is_encoder_labeler(path: str | Path) -> bool:
+    return (Path(path) / META_FILE).is_file()
+
+
+def load_net(local_dir: str | Path, device: str = "cpu"):
+    """(net, tokenizer) from an exported folder on local disk."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    local = Path(local_dir)
+    if not is_encoder_labeler(local):
+        raise FileNotFoundError(f"{local} has no {META_FILE}: not a train-cxr-encoder export")
+    meta = EncoderMeta.from_dict(json.loads((local / META_FILE).read_text(encoding="utf-8")))
+    encoder = AutoModel.from_pretrained(local, add_pooling_layer=False) \
+        if _is_bert(local) else AutoModel.from_pretrained(local)
+    net = build_net(encoder, meta)
+    state = load_file(str(local / HEADS_FILE))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("encoder.")]
+    if missing or unexpected:
+        raise ValueError(f"{local}/{HEADS_FILE}: missing {missing}, unexpected {unexpected}")
+    return net.to(device).eval(), AutoTokenizer.from_pretrained(local)
+
+
+def _is_bert(local: Path) -> bool:
+    try:
+        config = json.loads((local / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return config.get("model_type") == "bert"
+
+
+class CXREncoderLabeler:
+    """Labels CXR reports with the 14 CheXpert observations from an exported folder.
+
+    >>> labeler = CXREncoderLabeler.load("runs/train_cxr_encoder/model")
+    >>> labeler.label(["Small right pleural effusion. No pneumothorax."])[0]["Pleural Effusion"]
+    1.0
+    """
+
+    def __init__(self, net, tokenizer, device: str = "cpu", batch_size: int = 32):
+        self.net = net.eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.batch_size = batch_size
+        # Windows per report in the last call (>1: the report was longer than max_length).
+        self.last_windows = np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def load(cls, path_or_uri: str, device: str | None = None, batch_size: int = 32,
+             cache_dir: str | None = None) -> "CXREncoderLabeler":
+        """An exported folder, local or ``s3://`` / ``gs://`` (copied to a local cache)."""
+        from ctray.io.storage import local_model_dir
+
+        local = local_model_dir(path_or_uri, cache_dir)
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        net, tokenizer = load_net(local, device)
+        return cls(net, tokenizer, device, batch_size)
+
+    @property
+    def meta(self) -> EncoderMeta:
+        return self.net.meta
+
+    @property
+    def observations(self) -> list[str]:
+        return list(self.net.meta.observations)
+
+    def predict_values(self, texts: Sequence[str]) -> np.ndarray:
+        """[n_reports, 14] CheXpert values (1.0 / 0.0 / -1.0, NaN = blank)."""
+        import torch
+
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(self.observations)))
+        with torch.inference_mode():
+            logits, self.last_windows = report_logits(self.net, self.tokenizer, texts,
+                                                      self.device, self.batch_size)
+        return decode(logits, self.observations, self.meta.consistency)
+
+    def label(self, texts: list[str]) -> list[dict[str, float]]:
+        """One ``{observation: 1.0 / 0.0 / -1.0 / NaN}`` per report, in the 14 CheXpert
+        columns' order (NaN = blank, written empty by label-cxr)."""
+        values = self.predict_values(texts)
+        return [{o: float(v) for o, v in zip(self.observations, row)} for row in values]

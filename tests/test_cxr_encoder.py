@@ -1,0 +1,249 @@
+"""train-cxr-encoder and the CXR encoder labeler on a tiny random BERT: windows pooling of a
+long report, class weights, cross-validation folds, a 2-worker Ray Train run that resumes,
+gold fine-tuning scored out of fold, and label-cxr --labeler encoder end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctray.tasks.cxr.schema import OBSERVATIONS
+from tiny_bert import build_en_tokenizer, build_tiny_bert
+
+# Sentences of the shipped CXR sample, recombined into a corpus the rules label.
+SENTENCES = [
+    "Heart size is normal.", "The mediastinal contours are unremarkable.", "The lungs are clear.",
+    "No pleural effusion or pneumothorax.", "No acute cardiopulmonary disease.",
+    "The heart is mildly enlarged.", "There is patchy consolidation in the right lower lobe.",
+    "Small right pleural effusion.", "No pneumothorax.", "Cardiomegaly.",
+    "Findings may represent mild pulmonary edema.", "No new focal consolidation.",
+    "Left basilar linear opacity, likely scarring or atelectasis.",
+    "A dual-chamber pacemaker is present.", "Acute fractures of the left 5th and 6th ribs.",
+    "There is a 2.5 cm spiculated mass in the right upper lobe.", "Possible pneumonia.",
+    "Endotracheal tube 4 cm above the carina.", "Bibasilar atelectasis.", "No pleural effusion.",
+    "Biapical pleural thickening.", "Pneumothorax cannot be excluded at the apex.",
+]
+
+
+def _corpus(tmp_path, n: int = 150, seed: int = 0) -> tuple[str, pd.DataFrame]:
+    from ctray.tasks.cxr.rules import CxrRuleLabeler
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        picked = rng.sample(SENTENCES, rng.randint(2, 5))
+        rows.append({"uid": f"r{i:03d}", "findings": " ".join(picked[:-1]),
+                     "impression": picked[-1]})
+    reports = pd.DataFrame(rows)
+    path = tmp_path / "reports.csv"
+    reports.to_csv(path, index=False)
+    labeler = CxrRuleLabeler()
+    text = (reports["findings"] + "\n\n" + reports["impression"]).tolist()
+    labels = pd.DataFrame([labeler.label(t).row() for t in text])[list(OBSERVATIONS)]
+    labels.insert(0, "uid", reports["uid"])
+    return str(path), labels
+
+
+def _write_labels(labels: pd.DataFrame, path) -> str:
+    out = labels.copy()
+    for c in OBSERVATIONS:
+        out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{float(v):.1f}")
+    out.to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny_cxr_bert")
+    texts = SENTENCES * 3
+    tok = build_en_tokenizer(tmp / "tok", texts=texts, min_freq=1)
+    return build_tiny_bert(tmp / "bert", tok, hidden=32, layers=1, heads=2, max_position=64,
+                           dropout=0.0, init_range=0.2, zero_positions=True)
+
+
+# ----------------------------------------------------------------------------- no Ray
+
+
+def test_long_report_is_windowed_and_pooled_over_all_windows(tiny_encoder):
+    import torch
+
+    from ctray.tasks.cxr.encoder_model import encode_batch
+    from ctray.tasks.cxr.encoder_train_job import load_base
+
+    filler = "The lungs are clear. " * 12
+    texts = [filler + "Small right pleural effusion.", filler + "A dual-chamber pacemaker is present.",
+             "No pneumothorax."]
+    for pooling in ("attention", "mean", "cls"):
+        net, tok = load_base(tiny_encoder, {"pooling": pooling, "max_length": 24, "stride": 4})
+        net.eval()
+        if net.queries is not None:  # trained queries: attention is not uniform
+            torch.nn.init.normal_(net.queries, std=1.0)
+        ids, mask, owner, windows = encode_batch(tok, texts, 24, 4)
+        n_tokens = len(tok(texts[0], add_special_tokens=False)["input_ids"])
+        # Every token is in some window: windows of 22 body tokens advancing by 18.
+        assert windows[0] == 1 + math.ceil((n_tokens - 22) / 18) and windows[0] > 2
+        assert windows[2] == 1
+        with torch.no_grad():
+            pooled = net.pooled(ids, mask, owner, len(texts))
+        # The two long reports differ only after the first window: pooling sees the tail.
+        assert not torch.allclose(pooled[0], pooled[1], atol=1e-6), pooling
+        if pooling == "mean":
+            states = net.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            rows = owner == 0
+            expect = states[rows][mask[rows].bool()].mean(dim=0)
+            assert torch.allclose(pooled[0, 0], expect, atol=1e-5)
+    # Batch composition does not change a report's logits (pooling is per report).
+    net, tok = load_base(tiny_encoder, {"pooling": "attention", "max_length": 24, "stride": 4})
+    net.eval()
+    from ctray.tasks.cxr.encoder_model import report_logits
+
+    with torch.no_grad():
+        together, win = report_logits(net, tok, texts, "cpu", batch_size=3)
+        alone, _ = report_logits(net, tok, texts[:1], "cpu", batch_size=1)
+    assert win[0] > 2
+    for a, b in zip(together, alone):
+        assert torch.allclose(a[0], b[0], atol=1e-5)
+
+
+def test_class_weights_favour_rare_classes_and_keep_the_loss_scale():
+    from ctray.tasks.cxr.encoder_train_job import class_weights
+
+    y = np.array([0] * 90 + [1] * 8 + [2] * 2)
+    w = class_weights(y, 4, 0.5, 10.0)
+    assert w[2] > w[1] > w[0]
+    assert np.mean(w[y]) == pytest.approx(1.0)
+    assert np.allclose(class_weights(y, 4, 0.0, 10.0), 1.0)
+    capped = class_weights(np.array([0] * 999 + [1]), 2, 1.0, 10.0)
+    assert capped[1] / capped[0] <= 10.0 + 1e-9
+
+
+def test_folds_score_every_gold_report_once_with_a_model_not_trained_on_it():
+    from ctray.tasks.cxr.encoder_train_job import fold_units
+
+    units = fold_units(23, 5, 7, 3)
+    folds, full = units[:-1], units[-1]
+    scored = sorted(i for u in folds for i in u["predict"])
+    assert scored == list(range(23))
+    for u in folds:
+        assert not set(u["train"]) & set(u["predict"])
+        assert sorted(u["train"] + u["predict"]) == list(range(23))
+        assert not u["export"]
+    assert full["export"] and full["train"] == list(range(23)) and not full["predict"]
+
+
+def test_conventions_on_predictions():
+    from ctray.tasks.cxr.encoder_model import apply_conventions
+
+    col = {o: j for j, o in enumerate(OBSERVATIONS)}
+    row = np.full((2, 14), np.nan)
+    row[0, col["No Finding"]] = 1.0
+    row[0, col["Atelectasis"]] = 1.0  # positive child: Lung Opacity 1, No Finding blocked
+    row[1, col["No Finding"]] = 1.0
+    row[1, col["Support Devices"]] = 1.0  # devices do not block No Finding
+    out = apply_conventions(row, OBSERVATIONS)
+    assert out[0, col["Lung Opacity"]] == 1.0 and math.isnan(out[0, col["No Finding"]])
+    assert out[1, col["No Finding"]] == 1.0
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def _config(tmp_path, model, corpus, labels, epochs, gold=None, lr=3e-3):
+    from ctray.tasks.cxr.encoder_train_job import TrainCxrEncoderConfig
+    from ctray.tasks.cxr.label_job import openi_corpus
+
+    return TrainCxrEncoderConfig.model_validate({
+        "run": {"output": str(tmp_path / "run")},
+        "model": model,
+        "corpus": openi_corpus(corpus),
+        "labels": {"path": labels, "id_column": "uid"},
+        "exclude": [{"path": str(tmp_path / "gold.csv"), "id_column": "uid"}],
+        "val_fraction": 0.15,
+        # A random tiny model needs a far higher learning rate than a pretrained one;
+        # windows of 24 tokens make most reports span several windows.
+        "training": {"epochs": epochs, "encoder_lr": lr, "head_lr": lr, "batch_size": 8,
+                     "max_length": 24, "stride": 4, "log_every_steps": 0,
+                     "freeze_embeddings": False},
+        "gold": gold,
+        "scaling": {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1},
+    })
+
+
+def test_train_resume_gold_cv_and_label_cxr_with_the_encoder(ray_local, tmp_path, tiny_encoder):
+    from ctray.tasks.cxr.encoder_model import CXREncoderLabeler, targets
+    from ctray.tasks.cxr.encoder_train_job import run_train_cxr_encoder
+    from ctray.tasks.cxr.evaluation import f1_table
+    from ctray.tasks.cxr.label_job import LabelCxrConfig, run_label_cxr
+
+    corpus, labels = _corpus(tmp_path)
+    labels_path = _write_labels(labels, tmp_path / "rules.csv")
+    gold = labels.iloc[:24]  # stands in for expert labels: excluded from stage 1
+    _write_labels(gold, tmp_path / "gold.csv")
+    gold_cfg = {"labels": {"path": str(tmp_path / "gold.csv"), "id_column": "uid"}, "folds": 3,
+                "epochs": 2, "encoder_lr": 1e-3, "head_lr": 1e-3, "batch_size": 4}
+
+    first = run_train_cxr_encoder(_config(tmp_path, tiny_encoder, corpus, labels_path, 1,
+                                          gold=gold_cfg | {"labels": None}))
+    assert first["data"]["excluded_labelled"] == 24
+    assert first["data"]["train_reports"] + first["data"]["val_reports"] == 126
+
+    epochs = 8
+    second = run_train_cxr_encoder(_config(tmp_path, tiny_encoder, corpus, labels_path, epochs,
+                                           gold=gold_cfg))
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    rules_log = [h for h in log if h["stage"] == "rules"]
+    # Resumed: epoch 1 came from the first run's checkpoint, epochs 2-8 from this one.
+    assert [h["epoch"] for h in rules_log] == list(range(1, epochs + 1))
+    assert all(h["resumed_from"] == {"unit": 0, "epoch": 1} for h in rules_log[1:])
+    assert rules_log[-1]["train_loss"] < rules_log[0]["train_loss"] * 0.7
+    assert rules_log[-1]["train_tokens_per_s"] > 0
+
+    # Learned the rules: better than the majority class of each head on held-out reports.
+    held = labels.set_index("uid")
+    train_y = targets(held.drop(index=gold["uid"]))
+    majority = {o: [np.nan, 1.0, 0.0, -1.0][int(np.bincount(train_y[:, j]).argmax())]
+                for j, o in enumerate(OBSERVATIONS)}
+    baseline = pd.DataFrame([majority] * len(held), index=held.index)
+    assert second["val_weighted_f1_vs_rules"] > 0.5
+    assert second["val_weighted_f1_vs_rules"] > f1_table(held, {"m": baseline}).loc["Average", "m"]
+
+    # Gold stage: 3 folds, every gold report scored once, by the fold that left it out.
+    folds = pd.read_csv(tmp_path / "run" / "cv_folds.csv", dtype={"uid": str})
+    assert sorted(folds["uid"]) == sorted(gold["uid"]) and folds["fold"].nunique() == 3
+    cv = pd.read_csv(tmp_path / "run" / "cv_predictions.csv", dtype={"uid": str})
+    assert sorted(cv["uid"]) == sorted(gold["uid"]) and list(cv.columns[1:]) == list(OBSERVATIONS)
+    gold_log = [h for h in log if h["stage"] == "gold"]
+    assert [h["unit"] for h in gold_log] == ["fold0"] * 2 + ["fold1"] * 2 + ["fold2"] * 2 + ["full"] * 2
+    assert {"encoder_rules_only", "rules", "encoder_rules_gold_cv"} <= set(second["gold_mean_weighted_f1"])
+    assert second["gold_mean_weighted_f1"]["rules"] == pytest.approx(1.0)  # gold = rule labels here
+
+    # The exported rules-stage model reproduces the predictions made inside training.
+    dev = pd.read_csv(tmp_path / "run" / "rules_stage_predictions.csv", dtype={"uid": str})
+    reports = pd.read_csv(corpus).set_index("uid")
+    dev_text = (reports.loc[dev["uid"], "findings"] + "\n\n" + reports.loc[dev["uid"], "impression"]).tolist()
+    rules_model = CXREncoderLabeler.load(second["rules_model_dir"], device="cpu")
+    again = rules_model.predict_values(dev_text)
+    assert np.array_equal(np.nan_to_num(again, nan=9), np.nan_to_num(dev[list(OBSERVATIONS)].to_numpy(), nan=9))
+    assert (rules_model.last_windows > 1).sum() > 0
+
+    # label-cxr --labeler encoder: the exported gold-stage model through Ray Data.
+    cfg = LabelCxrConfig.model_validate({
+        "run": {"output": str(tmp_path / "labels")}, "labeler": "encoder",
+        "corpus": {"path": corpus}, "encoder": {"model": second["model_dir"], "num_cpus": 0.5}})
+    run_label_cxr(cfg)
+    out = pd.read_csv(tmp_path / "labels" / "labels.csv", dtype={"uid": str}).set_index("uid")
+    assert len(out) == 150 and list(out.columns) == list(OBSERVATIONS)
+    final = CXREncoderLabeler.load(second["model_dir"], device="cpu")
+    texts = (reports["findings"] + "\n\n" + reports["impression"]).tolist()
+    direct = final.label(texts)
+    assert set(direct[0]) == set(OBSERVATIONS)
+    expect = np.array([[d[o] for o in OBSERVATIONS] for d in direct])
+    assert np.array_equal(np.nan_to_num(out.loc[reports.index].to_numpy(), nan=9),
+                          np.nan_to_num(expect, nan=9))
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["job"] == "train-cxr-encoder" and manifest["model_dir"] == second["model_dir"]
