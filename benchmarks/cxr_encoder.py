@@ -82,7 +82,7 @@ def bench_training(labeler, texts: list[str], steps: int, batch_size: int) -> No
     from ctray.tasks.cxr.encoder_train_job import (_optimizer, class_weights, freeze,
                                                    length_batches)
     from ctray.tasks.cxr.rules import CxrRuleLabeler
-    from ctray.tasks.findings.model import pad_chunks, window_token_ids
+    from ctray.models.windows import pad_chunks, window_token_ids
     from ctray.tasks.cxr.encoder_model import targets
 
     net, tok = labeler.net.train(), labeler.tokenizer
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=0)
     parser.add_argument("--run", help="a train-cxr-encoder output folder: print its epochs")
-    parser.add_argument("--lm-model", help="fine-tuned LM folder (train-llm-labeler)")
+    parser.add_argument("--lm-model", help="fine-tuned LM folder (train-cxr-labeler)")
     args = parser.parse_args()
 
     import torch

@@ -10,7 +10,7 @@
 2. The label-cxr job end to end on a local Ray (read CSV, rules actor, Parquet writer,
    manifest, labels.csv): reports/s of wall time including Ray start-up and overhead.
 3. ``--llm-model``: the label-cxr job with ``--labeler llm`` on that model through vLLM
-   (a train-llm-labeler folder answers in its training format, guided JSON), over the
+   (a train-cxr-labeler folder answers in its training format, guided JSON), over the
    first ``--llm-reports`` reports: reports/s and completion tokens/s of the job's wall
    time (engine start included) and of the manifest's engine time.
 """

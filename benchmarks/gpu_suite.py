@@ -50,7 +50,7 @@ def plan(out: str) -> list[Step]:
     return [
         Step("demo-vllm", "demo", ["--config", "configs/demo.yaml", "--output", f"{out}/demo",
                                    *gpu_llm], writes=["demo"]),
-        Step("leavs-vllm", "leavs", ["--config", "configs/leavs.yaml",
+        Step("leavs-vllm", "label-leavs", ["--config", "configs/label_leavs.yaml",
                                      "--output", f"{out}/leavs", *gpu_llm], writes=["leavs"]),
         Step("train-findings", "train-findings",
              ["--config", "configs/train_findings.yaml", "--output", f"{out}/train_findings",

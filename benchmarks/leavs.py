@@ -10,7 +10,7 @@ laterality) up to ``--reports``. Three executions of the same questions:
 * ``naive``: the paper's way, one report at a time and one request at a time;
 * ``staged (in process)``: stage by stage over all reports, ``--batch-size``
   requests per engine call (the batching effect alone, no Ray);
-* ``staged (Ray job)``: the real ``ctray leavs`` job (adds Ray scheduling, one model
+* ``staged (Ray job)``: the real ``ctray label-leavs`` job (adds Ray scheduling, one model
   load per stage actor, Parquet I/O, resume bookkeeping).
 
 Printed per stage: rows, LLM calls, prompt and completion tokens per report, and

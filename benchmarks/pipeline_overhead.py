@@ -45,7 +45,7 @@ def plain_loop(texts: list[str]) -> float:
 
 def _stage_class():
     try:
-        from ctray.tasks.textstats.stage import TextStatsStage
+        from ctray.pipeline.text_stats import TextStatsStage
     except ImportError:  # older layout (to benchmark an earlier checkout)
         from ctray.tasks.textstats import TextStatsStage
     return TextStatsStage

@@ -5,7 +5,7 @@ shape of tohoku-nlp/bert-base-japanese-v3 that CT-BERT-JPN fine-tunes, 12 layers
 hidden; ``small``: 4 x 256; ``tiny``: the test model) with the tohoku-style MeCab +
 WordPiece tokenizer of ``tests/tiny_bert.py`` (its vocabulary is built from the sample
 reports, so the embedding table is small, but the compute per token is the real model's),
-then runs ``ctray serve-bench`` on the Japanese sample reports on a local Ray instance.
+then runs ``ctray bench-serve`` on the Japanese sample reports on a local Ray instance.
 
     python benchmarks/serve.py --size base --concurrency 1 8 --requests 48
 """
@@ -39,20 +39,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48, help="requests per level")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--replica-cpus", type=float, default=1.0)
-    parser.add_argument("--output", default="runs/serve-bench")
+    parser.add_argument("--output", default="runs/bench-serve")
     args = parser.parse_args()
 
     import ray
 
     from ctray.config import load_config
-    from ctray.serving.bench_job import ServeBenchConfig, run_serve_bench
+    from ctray.tasks.findings.bench_job import ServeBenchConfig, run_serve_bench
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         checkpoint = build_checkpoint(Path(tmp) / f"bert-{args.size}", args.size)
         print(f"built random-bert-{args.size} in {time.perf_counter() - started:.1f}s")
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
-        cfg = load_config(ServeBenchConfig, REPO / "configs" / "serve_bench.yaml", [
+        cfg = load_config(ServeBenchConfig, REPO / "configs" / "bench_serve.yaml", [
             f"checkpoint={checkpoint}", f"run.output={args.output}",
             f"concurrency={args.concurrency}", f"requests_per_level={args.requests}",
             f"max_batch_sizes={args.batch_sizes}", f"replica_num_cpus={args.replica_cpus}",

@@ -1,6 +1,6 @@
-"""serve-bench of the encoder apps next to the rule apps: one local Serve instance, the apps
+"""bench-serve of the encoder apps next to the rule apps: one local Serve instance, the apps
 of ``serve/encoders.yaml`` plus ``/rules`` and ``/cxr-rules``, each measured by ``ctray
-serve-bench --url ... --route ...`` (one report per request) on its own sample reports.
+bench-serve --url ... --route ...`` (one report per request) on its own sample reports.
 
     python benchmarks/serve_encoders.py --concurrency 1 8 --requests 32 \\
         [--cxr-checkpoint runs/train_cxr_encoder/model] [--findings-checkpoint runs/train_findings/model]
@@ -8,7 +8,7 @@ serve-bench --url ... --route ...`` (one report per request) on its own sample r
 Without checkpoints the encoder apps serve untrained exports built over the packaged
 all-MiniLM-L6-v2 (a CheXbert-style net with the train-cxr-encoder defaults; an 18-label
 head with 512-token windows): the compute per report is a trained model's, the labels
-are not. Prints one table per app and writes each serve-bench manifest under --output.
+are not. Prints one table per app and writes each bench-serve manifest under --output.
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from ctray.serving.apps import FindingsAppArgs, RulesAppArgs, findings_app, rules_app
-    from ctray.serving.bench_job import ServeBenchConfig, _free_port, run_serve_bench
-    from ctray.serving.cxr_apps import CxrRulesAppArgs, cxr_rules_app
-    from ctray.serving.encoder_apps import CxrEncoderAppArgs, cxr_encoder_app
+    from ctray.tasks.findings.serve import FindingsAppArgs, RulesAppArgs, findings_app, rules_app
+    from ctray.tasks.findings.bench_job import ServeBenchConfig, _free_port, run_serve_bench
+    from ctray.tasks.cxr.serve import CxrRulesAppArgs, cxr_rules_app
+    from ctray.tasks.cxr.serve import CxrEncoderAppArgs, cxr_encoder_app
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-encoders-"))
     batching = dict(max_batch_size=args.max_batch_size, batch_wait_timeout_s=0.01)

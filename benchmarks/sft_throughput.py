@@ -1,4 +1,4 @@
-"""SFT throughput of the train-llm-labeler step (tokens/s, s/step) on this machine.
+"""SFT throughput of the train-cxr-labeler step (tokens/s, s/step) on this machine.
 
 Runs the same forward/backward/AdamW step as ``ctray.train.sft`` (left-padded,
 length-grouped batches of Open-i reports with their CXR answers, embeddings frozen,
@@ -53,7 +53,7 @@ def examples(n: int, labels_path: str | None) -> list[dict]:
 def main() -> None:
     import torch
 
-    from ctray.tasks.cxr.train_job import resolve_model
+    from ctray.train.labeler import resolve_model
     from ctray.train.sft import IGNORE, LeftPadCollator, SftParams, answer_loss, load_base, tokenize_examples
 
     ap = argparse.ArgumentParser()

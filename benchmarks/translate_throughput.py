@@ -62,17 +62,17 @@ def main(argv=None) -> int:
     if not Path(args.corpus).exists():
         print(f"corpus not found: {args.corpus}", file=sys.stderr)
         return 1
-    from ctray.llm.config import BackendConfig
+    from ctray.llm.config import backend_config
     from ctray.llm.registry import make_backend
     from ctray.pipeline.stage import RowError
     from ctray.tasks.translate.prompts import TranslationPromptConfig
-    from ctray.tasks.translate.task import TranslateTask
+    from ctray.tasks.translate.llm_tasks import TranslateTask
 
     df = pd.read_csv(args.corpus, nrows=args.reports)
     rows = [{"report_id": r["VolumeName"], "section": s, "source_text": r[col]}
             for _, r in df.iterrows() for s, col in SECTIONS.items()
             if isinstance(r[col], str) and r[col].strip()]
-    cfg = BackendConfig(kind="hf", model=args.model, max_tokens=args.max_tokens,
+    cfg = backend_config(kind="hf", model=args.model, max_tokens=args.max_tokens,
                         batch_size=args.batch_size)
     t0 = time.perf_counter()
     backend = make_backend(cfg)

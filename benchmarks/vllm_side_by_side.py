@@ -86,9 +86,9 @@ def summary_requests(rows, max_tokens):
 
 
 def vllm_cfg(args, **extra):
-    from ctray.llm.config import BackendConfig
+    from ctray.llm.config import backend_config
 
-    return BackendConfig(kind="vllm", model=args.model, device=args.device, max_model_len=2048,
+    return backend_config(kind="vllm", model=args.model, device=args.device, max_model_len=2048,
                          kv_cache_gib=args.kv_cache_gib, **extra)
 
 
@@ -101,13 +101,14 @@ def rate(responses, seconds, n_rows):
 
 
 def part_hf_vs_vllm(args, rows, engine_holder):
-    from ctray.llm.config import BackendConfig
+    from ctray.llm.config import backend_config
+    from ctray.llm.registry import make_backend
 
     out = {}
     hf_rows = rows[: args.hf_rows or len(rows)]
     started = time.perf_counter()
-    hf = BackendConfig(kind="hf", model=args.model,
-                       device="cuda" if args.device == "gpu" else "cpu").make_backend()
+    hf = make_backend(backend_config(kind="hf", model=args.model,
+                                     device="cuda" if args.device == "gpu" else "cpu"))
     hf.max_batch_size = args.hf_batch
     load = time.perf_counter() - started
     started = time.perf_counter()
@@ -118,7 +119,7 @@ def part_hf_vs_vllm(args, rows, engine_holder):
     del hf
     gc.collect()
 
-    from ctray.llm.vllm_engine import VLLMBackend
+    from ctray.llm.vllm_inprocess import VLLMBackend
 
     started = time.perf_counter()
     engine = VLLMBackend(vllm_cfg(args))
@@ -138,7 +139,7 @@ def part_processor_vs_plain(args, engine_holder):
     import ray
 
     from ctray.llm.task import LLMStage
-    from ctray.tasks.demo.demo_job import FindingQuestion
+    from ctray.tasks.demo.llm_tasks import FindingQuestion
 
     df = pd.read_csv(SAMPLE).head(args.choice_rows)
     rows = [{"report_id": r["VolumeName"], "text": r["Findings_EN"]} for _, r in df.iterrows()]
@@ -151,7 +152,7 @@ def part_processor_vs_plain(args, engine_holder):
         del engine
     engine_holder.clear()
     gc.collect()
-    from ctray.llm.vllm_engine import VLLMBackend
+    from ctray.llm.vllm_inprocess import VLLMBackend
 
     started = time.perf_counter()
     engine = VLLMBackend(vllm_cfg(args, batch_size=args.choice_rows))
@@ -190,7 +191,7 @@ def part_prefix_caching(args):
     from ctray.config import load_config
     from ctray.tasks.leavs.leavs_job import LeavsConfig
     from ctray.tasks.leavs.one_report import label_reports
-    from ctray.llm.vllm_engine import VLLMBackend
+    from ctray.llm.vllm_inprocess import VLLMBackend
 
     path = REPO / "ctray" / "data" / "sample_abdominal_reports.jsonl"
     reports = [_json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -198,7 +199,7 @@ def part_prefix_caching(args):
     organs = "[" + ", ".join(args.leavs_organs.split(",")) + "]"
     out = {"reports": len(reports), "organs": args.leavs_organs}
     for caching in (True, False):
-        cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", [
+        cfg = load_config(LeavsConfig, REPO / "configs" / "label_leavs.yaml", [
             f"organs={organs}", "cot_max_tokens=48", "backend.max_tokens=96",
             "backend.max_model_len=2048", f"backend.device={args.device}",
             f"backend.kv_cache_gib={args.kv_cache_gib}",
@@ -243,17 +244,18 @@ def prompt_rows(n: int) -> tuple[list[dict], str]:
 
 def run_cell(args) -> dict:
     """One engine x dtype cell in this process: prompt-only, then generation."""
-    from ctray.llm.config import BackendConfig
+    from ctray.llm.config import backend_config
+    from ctray.llm.registry import make_backend
 
     engine_kind, dtype, reserved = (args.cell.split(":") + ["default"])[:3]
     rows, _ = prompt_rows(args.rows)
     started = time.perf_counter()
     if engine_kind == "hf":
-        backend = BackendConfig(kind="hf", model=args.model, dtype=dtype, device="cpu"
-                                if args.device == "cpu" else "cuda").make_backend()
+        backend = make_backend(backend_config(kind="hf", model=args.model, dtype=dtype,
+                                              device="cpu" if args.device == "cpu" else "cuda"))
         backend.max_batch_size = args.hf_batch
     else:
-        from ctray.llm.vllm_engine import VLLMBackend
+        from ctray.llm.vllm_inprocess import VLLMBackend
 
         extra = {} if reserved == "default" else {"cpu_reserved_cores": int(reserved)}
         backend = VLLMBackend(vllm_cfg(args, dtype=dtype, **extra))

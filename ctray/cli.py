@@ -10,7 +10,7 @@ from typing import Any
 
 from ctray.config import describe_fields, load_config
 from ctray.errors import UserError
-from ctray.jobs import JOBS, JobSpec, load_job_modules
+from ctray.jobs import ALIASES, JOBS, JobSpec, load_job_modules, resolve
 from ctray.pipeline.ray_session import check_submitted_output, init_ray
 
 COMMON_FLAGS = {
@@ -117,13 +117,15 @@ def overrides_from_args(args: argparse.Namespace, spec: JobSpec) -> list[str]:
 
 
 def run_job(name: str, argv: list[str]) -> Any:
-    load_job_modules()
-    if name not in JOBS:
+    """Parse the job's flags, load its config, start Ray if it needs it, run it."""
+    spec = resolve(name)
+    if spec is None:
         raise UserError(f"unknown job {name!r}; available: {', '.join(sorted(JOBS))}")
-    spec = JOBS[name]
     args = job_parser(spec).parse_args(argv)
     # The whole config is validated (types, ranges, enums) before Ray starts.
     cfg = load_config(spec.config_class, args.config, overrides_from_args(args, spec))
+    if cfg.job in ALIASES:  # a config file written under the job's former name
+        cfg = cfg.model_copy(update={"job": ALIASES[cfg.job]})
     logging.basicConfig(level=getattr(cfg, "run", None) and cfg.run.log_level or "INFO",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if hasattr(cfg, "run"):
@@ -152,7 +154,7 @@ def end_ray_session() -> None:
     resource_tracker) after successful runs."""
     import ray
 
-    from ctray.llm.vllm_engine import stop_shared_engines
+    from ctray.llm.vllm_shared import stop_shared_engines
 
     try:
         stop_shared_engines()

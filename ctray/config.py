@@ -6,6 +6,7 @@ of a config field, so anything a flag can do a config file can do too.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -14,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
-from ctray.llm.config import BackendConfig
+from ctray.llm.config import BACKEND_CONFIGS, BackendConfig, FakeConfig, switch_kind
 
 T = TypeVar("T", bound="JobConfig")
+log = logging.getLogger(__name__)
 
 
 class ConfigError(UserError, ValueError):
@@ -72,7 +74,7 @@ class CorpusJobConfig(JobConfig):
 class LLMJobConfig(CorpusJobConfig):
     """A corpus job that asks an LLM."""
 
-    backend: BackendConfig = Field(default_factory=BackendConfig,
+    backend: BackendConfig = Field(default_factory=FakeConfig,
                                    description="the LLM backend (kind, model, batching)")
 
 
@@ -142,13 +144,37 @@ def load_config(cls: type[T], path: str | Path | None = None,
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p}: a config file must be a mapping")
         data = loaded or {}
+    kinds = {name: section.get("kind") for name, section in data.items()
+             if isinstance(section, dict)}
     data = apply_overrides(data, overrides or [])
+    for name, old_kind in kinds.items():
+        section = data.get(name)
+        if isinstance(section, dict) and section.get("kind") != old_kind:
+            dropped = switch_kind(section, old_kind)
+            if dropped:
+                log.warning("%s.kind is now %s: ignoring the %s fields of %s (%s)", name,
+                            section.get("kind"), old_kind, path or "the config",
+                            ", ".join(dropped))
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         where = f" in {path}" if path else ""
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid {cls.__name__}{where}: {problems}") from None
+        raise ConfigError(f"invalid {cls.__name__}{where}: "
+                          + "; ".join(_problem(e) for e in exc.errors())) from None
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """One validation error as ``dotted.path: message`` (a backend's kind tag, which
+    pydantic puts in the path, left out)."""
+    loc = [str(part) for part in error["loc"]]
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "unknown_backend":
+        kind = error["input"].get("kind") if isinstance(error["input"], dict) else None
+        loc.append("kind")
+        msg = f"unknown LLM backend {kind!r}; choose one of {', '.join(sorted(BACKEND_CONFIGS))}"
+    elif len(loc) > 1 and loc[1] in BACKEND_CONFIGS:
+        del loc[1]
+    return f"{'.'.join(loc)}: {msg}"
 
 
 # ----------------------------------------------------------------- self-documentation
@@ -179,15 +205,28 @@ def _comment_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def field_doc(cls: type[BaseModel], name: str) -> str:
-    """The description of ``cls.name``: its ``Field(description=...)``, else the nearest
-    base class's, else the source comment next to it; "" when there is none."""
+def field_description(cls: type[BaseModel], name: str) -> str:
+    """``cls.name``'s ``Field(description=...)``, else the nearest base class's (a job
+    config that only changes the default of ``job`` or ``corpus`` keeps the base's words);
+    "" when there is none."""
     for klass in cls.__mro__:
         if not (isinstance(klass, type) and issubclass(klass, BaseModel)) or klass is BaseModel:
             continue
         info = klass.model_fields.get(name)
         if info is not None and info.description:
             return info.description
+    return ""
+
+
+def field_doc(cls: type[BaseModel], name: str) -> str:
+    """The description of ``cls.name``: its ``Field(description=...)`` (or a base
+    class's), else the source comment next to it; "" when there is none."""
+    described = field_description(cls, name)
+    if described:
+        return described
+    for klass in cls.__mro__:
+        if not (isinstance(klass, type) and issubclass(klass, BaseModel)) or klass is BaseModel:
+            continue
         if name in klass.__dict__.get("__annotations__", {}):
             doc = _comment_docs(klass).get(name)
             if doc:
@@ -200,6 +239,21 @@ def field_doc(cls: type[BaseModel], name: str) -> str:
         if isinstance(t, type) and issubclass(t, BaseModel) and t.__doc__:
             return t.__doc__.strip().splitlines()[0]
     return ""
+
+
+def section_models(annotation: Any) -> list[type[BaseModel]]:
+    """The config classes a field's annotation allows: ``RunConfig``, ``X | None``,
+    ``list[X]``, a tagged union of backend kinds."""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Annotated:
+        return section_models(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found += [m for m in section_models(arg) if m not in found]
+    return found
 
 
 def describe_fields(cls: type[BaseModel], prefix: str = "",
@@ -217,8 +271,7 @@ def describe_fields(cls: type[BaseModel], prefix: str = "",
     rows = []
     for name, info in cls.model_fields.items():
         path = prefix + name
-        nested = [t for t in (info.annotation, *typing.get_args(info.annotation))
-                  if isinstance(t, type) and issubclass(t, BaseModel)]
+        nested = section_models(info.annotation)
         plain = isinstance(info.annotation, type) and not typing.get_args(info.annotation)
         type_name = (info.annotation.__name__ if plain else str(info.annotation))
         type_name = type_name.replace("typing.", "").replace("NoneType", "None")
@@ -232,8 +285,39 @@ def describe_fields(cls: type[BaseModel], prefix: str = "",
         else:
             default = repr(value)
         default = default if len(default) <= 60 else default[:57] + "..."
+        if len(nested) > 1:
+            type_name = " | ".join(t.__name__ for t in nested)
         rows.append((path, type_name, default, field_doc(cls, name)))
-        if nested:
+        if len(nested) == 1:
             rows.extend(describe_fields(nested[0], path + ".",
                                         value if isinstance(value, BaseModel) else None))
+        elif nested:
+            rows.extend(_union_rows(nested, path + ".", value))
+    return rows
+
+
+def _union_rows(models: list[type[BaseModel]], prefix: str,
+                value: Any) -> list[tuple[str, str, str, str]]:
+    """The fields of a union of sections (the backend kinds): each field once, the
+    shared ones in the words of the common base class, the others marked with the
+    kinds that have them."""
+    common = next(c for c in models[0].__mro__
+                  if all(issubclass(m, c) for m in models))
+    found: dict[str, tuple[tuple[str, str, str, str], list[str]]] = {}
+    # The configured kind first: its defaults and words are the ones that apply.
+    for model in sorted(models, key=lambda m: not isinstance(value, m)):
+        label = getattr(model, "KIND", "") or model.__name__
+        own = value if isinstance(value, model) else None
+        for row in describe_fields(model, prefix, own):
+            found.setdefault(row[0], (row, []))[1].append(label)
+    rows = []
+    for path, (row, kinds) in found.items():
+        name = path[len(prefix):]
+        if len(kinds) == len(models) and "." not in name and name in common.model_fields:
+            type_name = common.model_fields[name].annotation
+            row = (row[0], getattr(type_name, "__name__", row[1]), row[2],
+                   field_doc(common, name) or row[3])
+        elif len(kinds) < len(models):
+            row = (*row[:3], f"{row[3]} [{' / '.join(kinds)} only]")
+        rows.append(row)
     return rows

@@ -31,6 +31,8 @@ class JobSpec:
     # then does the CLI offer --no-resume and --retry-failed. None: jobs that start Ray
     # (corpus jobs through the runner) do, the others (evaluations) do not.
     resumable: bool | None = None
+    # Former names: ``ctray <alias>`` still runs the job and says its new name.
+    aliases: tuple[str, ...] = ()
     # The module whose import registered the job (set by ``register``).
     registered_in: str = ""
 
@@ -52,19 +54,35 @@ class JobSpec:
 
 
 JOBS: dict[str, JobSpec] = {}
+#: former job name -> its name now (job names are verb-object: ``eval-findings``)
+ALIASES: dict[str, str] = {}
 
 
 def register(spec: JobSpec) -> JobSpec:
+    """Add a job (and its former names) to the registry; called by ``tasks/<x>/jobs.py``."""
     import sys
     from dataclasses import replace
 
     spec = replace(spec, registered_in=sys._getframe(1).f_globals.get("__name__", ""))
     JOBS[spec.name] = spec
+    ALIASES.update(dict.fromkeys(spec.aliases, spec.name))
     return spec
 
 
+def resolve(name: str) -> JobSpec | None:
+    """The job called ``name`` now or formerly (a former name prints the new one)."""
+    import sys
+
+    load_job_modules()
+    if name in ALIASES:
+        print(f"ctray: job {name!r} is now {ALIASES[name]!r}; the old name will go",
+              file=sys.stderr)
+        name = ALIASES[name]
+    return JOBS.get(name)
+
+
 def job_modules() -> list[str]:
-    """Every ``jobs`` module: one per task package (``ctray.tasks.<x>.jobs``) and serving's.
+    """Every ``jobs`` module: one per task package (``ctray.tasks.<x>.jobs``).
 
     Discovered, not listed: adding a task package with a ``jobs.py`` is enough for
     ``ctray --help`` and ``jobs/`` to see its jobs."""
@@ -74,7 +92,7 @@ def job_modules() -> list[str]:
     tasks = importlib.import_module("ctray.tasks")
     found = [f"ctray.tasks.{m.name}.jobs" for m in pkgutil.iter_modules(tasks.__path__)
              if m.ispkg and importlib.util.find_spec(f"ctray.tasks.{m.name}.jobs") is not None]
-    return sorted(found) + ["ctray.serving.jobs"]
+    return sorted(found)
 
 
 def load_job_modules() -> None:
@@ -91,22 +109,25 @@ def file_stem(name: str) -> str:
 
 
 def entrypoint_source(name: str) -> str:
-    """The text of ``jobs/<stem>.py``: what ``ray job submit`` runs for the job."""
+    """The text of ``jobs/<stem>.py``: what ``ray job submit`` runs for the job (for a
+    former name: the same job, which then prints its new name)."""
     stem = file_stem(name)
+    config = file_stem(ALIASES.get(name, name))
     return (f'"""``ray job submit --working-dir . -- python jobs/{stem}.py '
-            f'--config configs/{stem}.yaml``"""\n\n'
+            f'--config configs/{config}.yaml``"""\n\n'
             "import sys\n\nfrom ctray.cli import job_entrypoint\n\n"
             'if __name__ == "__main__":\n'
             f"    sys.exit(job_entrypoint({name!r}))\n").replace("'", '"')
 
 
 def write_entrypoints(folder: str = "jobs") -> list[str]:
-    """(Re)write ``<folder>/<stem>.py`` for every registered job; returns the changed files."""
+    """(Re)write ``<folder>/<stem>.py`` for every registered job and former job name (a
+    ``ray job submit`` command in the wild keeps working); returns the changed files."""
     from pathlib import Path
 
     load_job_modules()
     changed = []
-    for name in sorted(JOBS):
+    for name in sorted([*JOBS, *ALIASES]):
         path = Path(folder) / f"{file_stem(name)}.py"
         text = entrypoint_source(name)
         if not path.exists() or path.read_text(encoding="utf-8") != text:

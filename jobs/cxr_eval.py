@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/cxr_eval.py --config configs/cxr_eval.yaml``"""
+"""``ray job submit --working-dir . -- python jobs/cxr_eval.py --config configs/eval_cxr.yaml``"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/findings_eval.py --config configs/findings_eval.yaml``"""
+"""``ray job submit --working-dir . -- python jobs/findings_eval.py --config configs/eval_findings.yaml``"""
 
 import sys
 

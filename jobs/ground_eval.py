@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/ground_eval.py --config configs/ground_eval.yaml``"""
+"""``ray job submit --working-dir . -- python jobs/ground_eval.py --config configs/eval_grounding.yaml``"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/jcb_generate.py --config configs/jcb_generate.yaml``"""
+"""``ray job submit --working-dir . -- python jobs/jcb_generate.py --config configs/generate_jcb.yaml``"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/jcb_score.py --config configs/jcb_score.yaml``"""
+"""``ray job submit --working-dir . -- python jobs/jcb_score.py --config configs/score_jcb.yaml``"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/leavs.py --config configs/leavs.yaml``"""
+"""``ray job submit --working-dir . -- python jobs/leavs.py --config configs/label_leavs.yaml``"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/leavs_eval.py --config configs/leavs_eval.yaml``"""
+"""``ray job submit --working-dir . -- python jobs/leavs_eval.py --config configs/eval_leavs.yaml``"""
 
 import sys
 

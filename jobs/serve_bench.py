@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/serve_bench.py --config configs/serve_bench.yaml``"""
+"""``ray job submit --working-dir . -- python jobs/serve_bench.py --config configs/bench_serve.yaml``"""
 
 import sys
 

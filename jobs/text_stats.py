@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/text_stats.py --config configs/text_stats.yaml``"""
+"""``ray job submit --working-dir . -- python jobs/text_stats.py --config configs/stats_text.yaml``"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/train_llm_labeler.py --config configs/train_llm_labeler.yaml``"""
+"""``ray job submit --working-dir . -- python jobs/train_llm_labeler.py --config configs/train_cxr_labeler.yaml``"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/translate_eval.py --config configs/translate_eval.yaml``"""
+"""``ray job submit --working-dir . -- python jobs/translate_eval.py --config configs/eval_translate.yaml``"""
 
 import sys
 

@@ -35,7 +35,7 @@ def rules_json_responder(request: LLMRequest) -> str:
 
 
 def rules_sft_responder(request: LLMRequest) -> str:
-    """The fine-tuned model's answer format (train-llm-labeler's target text)."""
+    """The fine-tuned model's answer format (train-cxr-labeler's target text)."""
     from ctray.tasks.cxr.rules import CxrRuleLabeler
     from ctray.tasks.cxr.sft_format import answer_text
 

@@ -20,7 +20,7 @@ import re
 
 from ctray.llm.base import LLMRequest
 from ctray.tasks.grounding.text_checks import REGIONS
-from ctray.tasks.grounding.text_prompts import REPAIR_PREFIX
+from ctray.tasks.grounding.prompts import REPAIR_PREFIX
 
 _WORDING = [
     (r"\bmillimetric\b", "subcentimeter"), (r"\bsequelae?\b", "scarring"),

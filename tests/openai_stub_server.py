@@ -1,7 +1,7 @@
 """A tiny OpenAI-compatible chat server for tests (stdlib only, runs in a thread).
 
     with StubOpenAIServer(responder=lambda body: "yes") as server:
-        cfg = BackendConfig(kind="openai", base_url=server.base_url, model="stub")
+        cfg = backend_config(kind="openai", base_url=server.base_url, model="stub")
 
 ``responder(body) -> str`` gets the request JSON and returns the reply text (it may
 sleep to simulate a slow model, or raise to produce a 500). Failures are scripted

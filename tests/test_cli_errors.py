@@ -79,7 +79,7 @@ def test_bad_config_and_arguments_fail_before_ray_with_one_line(job, tmp_path, c
 
 
 def test_unknown_job_is_one_line_exit_2(capsys):
-    _one_line(capsys, ["nosuchjob"], "unknown job 'nosuchjob'", "text-stats")
+    _one_line(capsys, ["nosuchjob"], "unknown job 'nosuchjob'", "stats-text")
 
 
 @pytest.mark.parametrize("job", CORPUS_JOBS)
@@ -106,24 +106,24 @@ def _empty(tmp_path: Path, name: str) -> str:
 
 
 EVAL_CASES = {
-    "cxr-eval": lambda t: [
+    "eval-cxr": lambda t: [
         (["--set", f"labelers=[{_empty(t, 'l.csv')}]"], ("l.csv", "not a readable")),
         (["--gold", _empty(t, "g.csv"), "--set", "labelers=[x.csv]"], ("g.csv",)),
         (["--set", f"labelers=[{t / 'nope'}]"], ("nope: no such file",)),
     ],
-    "findings-eval": lambda t: [
+    "eval-findings": lambda t: [
         (["--predictions", _empty(t, "p.csv")], ("p.csv", "not a readable")),
         (["--predictions", str(t / "nope")], ("nope",)),
     ],
-    "translate-eval": lambda t: [
+    "eval-translate": lambda t: [
         (["--set", f"hypotheses.path={_empty(t, 'h.jsonl')}",
           "--set", f"references.path={_empty(t, 'r.jsonl')}"], ("h.jsonl",)),
         (["--set", "hypotheses.path=" + _write(t, "m.jsonl", '{"report_id": 1,'),
           "--set", "references.path=" + _write(t, "r.jsonl", "")], ("m.jsonl", "not a readable")),
     ],
-    "jcb-score": lambda t: [(["--generated", str(t / "nope"), "--set", "reference=null"],
+    "score-jcb": lambda t: [(["--generated", str(t / "nope"), "--set", "reference=null"],
                              ("nope",))],
-    "leavs-eval": lambda t: [(["--set", f"predictions={t / 'nope.csv'}"], ("nope.csv",))],
+    "eval-leavs": lambda t: [(["--set", f"predictions={t / 'nope.csv'}"], ("nope.csv",))],
 }
 
 
@@ -136,8 +136,8 @@ def test_missing_and_empty_evaluation_inputs_are_one_line(job, tmp_path, capsys)
 
 @pytest.mark.parametrize("argv,needle", [
     (["nosuchjob"], "unknown job"),
-    (["text-stats", "--set", "corpus.limit=-3"], "corpus.limit"),
-    (["text-stats", "--set", "lang=[en"], "not valid YAML"),
+    (["stats-text", "--set", "corpus.limit=-3"], "corpus.limit"),
+    (["stats-text", "--set", "lang=[en"], "not valid YAML"),
 ])
 def test_no_traceback_through_the_real_entry_point(argv, needle):
     proc = subprocess.run([sys.executable, "-m", "ctray.cli", *argv], capture_output=True,

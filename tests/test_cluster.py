@@ -1,7 +1,7 @@
 """cluster.yaml (checked as `ray up` checks it) and a real `ray job submit` round trip.
 
 The job test starts its own Ray head (separate ports and temp dir, token auth on,
-dashboard on loopback) in a process group of its own, submits ``jobs/text_stats.py``
+dashboard on loopback) in a process group of its own, submits ``jobs/stats_text.py``
 through the Job Submission API with the repository as working_dir, checks the job's
 outputs, then stops exactly the processes it started.
 """
@@ -147,9 +147,9 @@ def test_job_submission_to_a_local_head(tmp_path):
     head = LocalHead()
     try:
         client = head.client()
-        output = tmp_path / "text-stats"
+        output = tmp_path / "stats-text"
         job_id = client.submit_job(
-            entrypoint=f"python jobs/text_stats.py --config configs/text_stats.yaml "
+            entrypoint=f"python jobs/stats_text.py --config configs/stats_text.yaml "
                        f"--limit 12 --output {output}",
             runtime_env={"working_dir": str(REPO),
                          "excludes": ["runs/", ".git/", ".pytest_cache/", ".benchmarks/",
@@ -167,8 +167,8 @@ def test_job_submission_to_a_local_head(tmp_path):
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(RAY_ADDRESS=head.url, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=head.token)
         proc = subprocess.run(
-            ["ray", "job", "submit", "--working-dir", ".", "--", "python", "jobs/text_stats.py",
-             "--config", "configs/text_stats.yaml", "--limit", "3"],
+            ["ray", "job", "submit", "--working-dir", ".", "--", "python", "jobs/stats_text.py",
+             "--config", "configs/stats_text.yaml", "--limit", "3"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         printed = proc.stdout + proc.stderr
         assert "AuthenticationError" not in printed, printed[-3000:]

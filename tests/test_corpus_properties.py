@@ -1,6 +1,6 @@
 """Property test (issue 18): generated CSV / JSONL corpora with odd ids (leading zeros,
 numbers, "null", unicode), quotes, commas and newlines in fields, empty fields, invalid
-UTF-8, a BOM and duplicate ids go through the text-stats job; every input id comes out
+UTF-8, a BOM and duplicate ids go through the stats-text job; every input id comes out
 exactly once in results ∪ errors, unchanged, or a duplicate is refused with nothing
 written. One Ray session serves all examples."""
 

@@ -1,4 +1,4 @@
-"""cxr-eval: weighted F1 against hand-computed values, p-values against independent
+"""eval-cxr: weighted F1 against hand-computed values, p-values against independent
 computations, and the job end to end (tables, figures, several labelers)."""
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def test_label_cxr_generic_text_column_and_llm_fake_backend(ray_local, tmp_path)
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     from ctray.cli import main
 
-    rc = main(["cxr-eval", "--gold", str(tmp_path / "missing.csv"),
+    rc = main(["eval-cxr", "--gold", str(tmp_path / "missing.csv"),
                "--set", f"labelers=[{tmp_path / 'x.csv'}]"])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()

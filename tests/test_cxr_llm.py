@@ -1,5 +1,5 @@
 """CXR LLM labeler: the answer schema, strict parsing and repair, through LLMStage with
-the fake backend; the sft answer format of train-llm-labeler models."""
+the fake backend; the sft answer format of train-cxr-labeler models."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from cxr_fixtures import FENCED, UNPARSEABLE
-from ctray.llm.config import BackendConfig
+from ctray.llm.config import backend_config
 from ctray.llm.task import LLMStage
-from ctray.tasks.cxr.llm_labeler import CxrLLMTask, LabelParseError, label_schema, parse_labels
+from ctray.tasks.cxr.llm_tasks import CxrLLMTask, LabelParseError, label_schema, parse_labels
 from ctray.tasks.cxr.schema import OBSERVATIONS
 
 FULL = {o: "blank" for o in OBSERVATIONS} | {"Cardiomegaly": "positive",
@@ -59,7 +59,7 @@ def test_parse_labels_strict():
 
 
 def _stage(responder: str, **task) -> LLMStage:
-    backend = BackendConfig.model_validate({"kind": "fake", "model": "fake",
+    backend = backend_config({"kind": "fake", "model": "fake",
                                             "fake_responder": f"cxr_fixtures:{responder}"})
     stage = LLMStage(CxrLLMTask(**task), backend)
     stage.setup()

@@ -183,7 +183,7 @@ def test_cxr_encoder_app_limits_auth_and_malformed_bodies(server):
 
 
 def test_serve_bench_measures_the_cxr_encoder_app(server):
-    from ctray.serving.bench_job import measure
+    from ctray.tasks.findings.bench_job import measure
 
     url = f"{server.base_url}/cxr-encoder/label"
     result = measure(url, TEXTS, concurrency=2, n=6, request_fields={})
@@ -224,7 +224,7 @@ def test_reconfigure_refuses_a_missing_checkpoint(tmp_path):
     import asyncio
     from types import SimpleNamespace
 
-    from ctray.serving.encoder_apps import CxrEncoderService
+    from ctray.tasks.cxr.serve import CxrEncoderService
 
     # The replica's reconfigure on a bare instance (the ingress wrapper's __init__ is async).
     reconfigure = CxrEncoderService.func_or_class.reconfigure

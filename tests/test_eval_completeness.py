@@ -1,5 +1,5 @@
-"""Evaluations check completeness against what they evaluate (issue 18): jcb-score
-against the item count and required fields of every record, cxr-eval / findings-eval
+"""Evaluations check completeness against what they evaluate (issue 18): score-jcb
+against the item count and required fields of every record, eval-cxr / eval-findings
 against the gold set; partial inputs stop unless allowed, and then are marked."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def test_jcb_score_stops_on_a_cut_file_or_a_record_without_generated(tmp_path, c
     holed = [dict(r) for r in full]
     del holed[5]["generated"]
     _mcqa(gen, "holed", holed)
-    args = ["jcb-score", "--generated", str(gen), "--output", str(tmp_path / "s"),
+    args = ["score-jcb", "--generated", str(gen), "--output", str(tmp_path / "s"),
             "--set", "bootstrap=0", "--set", "chart=false"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -61,7 +61,7 @@ def test_cxr_eval_refuses_a_labeler_covering_part_of_the_gold_set(tmp_path, caps
     gold = _cxr_labels(tmp_path / "gold.csv", [f"{i:04d}" for i in range(120)])
     # Ids with leading zeros: read as written, so the 6 matching ids do match.
     part = _cxr_labels(tmp_path / "part.csv", [f"{i:04d}" for i in range(6)])
-    args = ["cxr-eval", "--gold", gold, "--set", f"labelers=[{part}]",
+    args = ["eval-cxr", "--gold", gold, "--set", f"labelers=[{part}]",
             "--output", str(tmp_path / "e")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -82,7 +82,7 @@ def test_findings_eval_refuses_partial_predictions(tmp_path, capsys):
     ids = gold["VolumeName"].tolist()[:5]
     pred = pd.DataFrame({"report_id": ids, **{c: [0] * len(ids) for c in FINDING_COLUMNS}})
     pred.to_csv(tmp_path / "p.csv", index=False)
-    args = ["findings-eval", "--config", str(REPO / "configs" / "findings_eval.yaml"),
+    args = ["eval-findings", "--config", str(REPO / "configs" / "eval_findings.yaml"),
             "--predictions", str(tmp_path / "p.csv"), "--output", str(tmp_path / "e"),
             "--set", "gold.id_pattern=null", "--set", "compare_to=null",
             "--set", f"gold.path={REPO / 'ctray' / 'data' / 'sample_labels.csv'}"]

@@ -1,5 +1,5 @@
 """train-findings on English reports: the packaged encoder as the default, rule labels as
-targets, the split by patient, and the held-out split written for findings-eval."""
+targets, the split by patient, and the held-out split written for eval-findings."""
 
 from __future__ import annotations
 

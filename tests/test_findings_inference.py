@@ -1,4 +1,4 @@
-"""Findings classifier (windows, pooling, export/load) and the label-findings / findings-eval jobs."""
+"""Findings classifier (windows, pooling, export/load) and the label-findings / eval-findings jobs."""
 
 from __future__ import annotations
 
@@ -9,16 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ctray.tasks.findings.label_job import PROB_COLUMNS, WINDOWS_COL
-from ctray.tasks.findings.model import (
-    META_FILE,
-    FindingsClassifier,
-    FindingsModelMeta,
-    encode_reports,
-    max_pool,
-    save_findings_model,
-    window_token_ids,
-)
+from ctray.tasks.findings.stages import PROB_COLUMNS, WINDOWS_COL
+from ctray.tasks.findings.model import (META_FILE, FindingsClassifier, FindingsModelMeta, save_findings_model)
+from ctray.models.windows import encode_reports, max_pool, window_token_ids
 from ctray.tasks.findings.schema import FINDING_COLUMNS, FINDING_NAMES
 from tiny_bert import SAMPLE_DIR, build_en_tokenizer, build_ja_tokenizer, build_tiny_bert, sample_texts
 
@@ -147,7 +140,7 @@ def test_label_findings_rules_over_the_sample_corpus_then_eval(ray_local, tmp_pa
     assert again.ok == 0 and again.skipped == 240
 
     ev = tmp_path / "eval"
-    result = run_job("findings-eval", ["--config", "configs/findings_eval.yaml",
+    result = run_job("eval-findings", ["--config", "configs/eval_findings.yaml",
                                        "--predictions", str(out), "--output", str(ev)])
     gold = pd.read_csv(SAMPLE_DIR / "sample_labels.csv").set_index("VolumeName").loc[df.report_id]
     expected = evaluate_findings(gold.reset_index(drop=True), df[list(FINDING_COLUMNS)])
@@ -178,7 +171,7 @@ def test_label_findings_model_writes_labels_probs_and_windows(ray_local, tmp_pat
     np.testing.assert_array_equal(labels, (probs >= clf.thresholds).astype(int))
     assert summary.manifest["chunked_reports"] == int((df[WINDOWS_COL] > 1).sum()) > 0
 
-    # findings-eval: threshold search on the probabilities, and the model vs rules comparison.
+    # eval-findings: threshold search on the probabilities, and the model vs rules comparison.
     rules = tmp_path / "rules.csv"
     rules_df = df[["report_id", "text"]].copy()
     from ctray.tasks.findings.rules import RuleLabeler
@@ -186,7 +179,7 @@ def test_label_findings_model_writes_labels_probs_and_windows(ray_local, tmp_pat
     rules_df = RuleLabeler("en").label_batch(rules_df, "text").drop(columns="text")
     rules_df.to_csv(rules, index=False)
     ev = tmp_path / "eval"
-    result = run_job("findings-eval", [
+    result = run_job("eval-findings", [
         "--predictions", str(out), "--compare-to", str(rules), "--output", str(ev),
         "--set", "predictions.label=model", "--set", "compare_to.label=rules",
         "--set", "threshold_search=true", "--allow-partial"])  # 16 of the 240 gold reports

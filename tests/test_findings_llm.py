@@ -12,7 +12,7 @@ import pytest
 
 from ctray.llm.base import LLMRequest, LLMResponse
 from ctray.pipeline.stage import RowError
-from ctray.tasks.findings.llm_labeler import (
+from ctray.tasks.findings.llm_tasks import (
     KEYS,
     FindingsLLMTask,
     LabelParseError,

@@ -25,10 +25,10 @@ CORPUS_JOBS = sorted(n for n, s in JOBS.items() if s.row_resumable)
 JOB_NEUTRAL = {
     "demo": {"gold_labels", "gold_column"},
     "label-cxr": {"export"},
-    "leavs": {"csv_name", "shuffle_partitions", "shuffle_strategy"},
+    "label-leavs": {"csv_name", "shuffle_partitions", "shuffle_strategy"},
     "segment": {"manifest.limit", "inference.sw_batch_size", "inference.prompts_per_pass",
                 "inference.sw_device", "inference.torch_threads"},
-    "jcb-generate": {"settings", "shots", "limit", "model_name"},
+    "generate-jcb": {"settings", "shots", "limit", "model_name"},
 }
 
 
@@ -134,7 +134,7 @@ def test_text_stats_refuses_a_changed_setting_after_a_partial_run(ray_local, tmp
     csv.write_text("id,report\n" + "".join(f"r{i},Report {i}. Normal.\n" for i in range(6)),
                    encoding="utf-8")
     out = tmp_path / "out"
-    args = ["text-stats", "--set", f"corpus.path={csv}", "--set", "corpus.id_column=id",
+    args = ["stats-text", "--set", f"corpus.path={csv}", "--set", "corpus.id_column=id",
             "--set", "corpus.text_column=report", "--output", str(out)]
     assert main(args + ["--limit", "2", "--set", "lang=en"]) == 0
     capsys.readouterr()

@@ -23,7 +23,7 @@ def suite():
 def test_gpu_suite_plan_covers_every_gpu_path_and_validates(suite, tmp_path, capsys):
     assert suite.main(["--dry-run", "--output", str(tmp_path / "suite")]) == 0
     printed = capsys.readouterr().out
-    for job in ("ctray demo", "ctray leavs", "ctray train-findings", "ctray label-findings",
+    for job in ("ctray demo", "ctray label-leavs", "ctray train-findings", "ctray label-findings",
                 "ctray train-grounding", "ctray segment"):
         assert job in printed
     assert "backend.device=gpu" in printed and "plan of 7 steps checked" in printed

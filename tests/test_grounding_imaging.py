@@ -1,5 +1,5 @@
 """ReXGroundingCT imaging half: preprocessing, mask round trip, metrics, train-grounding
-(Ray Train, resume), segment (Ray Data, a corrupt volume) and ground-eval, on tiny
+(Ray Train, resume), segment (Ray Data, a corrupt volume) and eval-grounding, on tiny
 phantoms (40x40x16, axial resize to 32x32, a narrow U-Net)."""
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def trained(ray_local, phantoms):
 
 def test_train_grounding_lowers_the_loss_and_resumes(trained, phantoms):
     from ctray.errors import UserError
-    from ctray.tasks.grounding.segment_job import load_grounding_model
+    from ctray.tasks.grounding.model_dir import load_grounding_model
     from ctray.tasks.grounding.train_job import run_train_grounding
 
     first, second = trained
@@ -220,8 +220,8 @@ def segmented(trained, phantoms):
     from ctray.tasks.grounding.inference import mask_to_original, predict_logits, segment_volume
     from ctray.tasks.grounding.model import TextEncoder
     from ctray.tasks.grounding.preprocess import build_preprocess, preprocess_volume
-    from ctray.tasks.grounding.segment_job import (SegmentConfig, load_grounding_model,
-                                                   resolve_encoder, run_segment)
+    from ctray.tasks.grounding.model_dir import load_grounding_model, resolve_encoder
+    from ctray.tasks.grounding.segment_job import SegmentConfig, run_segment
 
     root, manifest = phantoms["root"], phantoms["manifest"]
     good = Path(manifest.volume_uri[0])

@@ -15,10 +15,10 @@ from conftest import shared_file
 from ctray.cli import run_job
 from ctray.config import ConfigError, load_config
 from ctray.llm.base import LLMResponse
-from ctray.llm.config import BackendConfig
+from ctray.llm.config import backend_config
 from ctray.llm.task import LLMStage
 from ctray.pipeline.stage import RowError
-from ctray.tasks.grounding import text_prompts as P
+from ctray.tasks.grounding import prompts as P
 from ctray.tasks.grounding.categories import load_categories
 from ctray.tasks.grounding.text_checks import (FINDINGS_SCHEMA, REGIONS, REWRITE_SCHEMA,
                                                CheckError, Measurement, check_categories,
@@ -26,10 +26,10 @@ from ctray.tasks.grounding.text_checks import (FINDINGS_SCHEMA, REGIONS, REWRITE
                                                load_json_object, measurements,
                                                round_measurements, validate_schema)
 from ctray.tasks.grounding.text_job import GroundTextConfig
-from ctray.tasks.grounding.text_tasks import CategoriseTask, ExtractTask, RewriteTask
+from ctray.tasks.grounding.llm_tasks import CategoriseTask, ExtractTask, RewriteTask
 
 REPO = Path(__file__).resolve().parents[1]
-FAKE = BackendConfig(kind="fake", fake_responder="grounding_fake:respond")
+FAKE = backend_config(kind="fake", fake_responder="grounding_fake:respond")
 PAPER = REPO.parent / "shared" / "papers" / "rexgroundingct_text-prompted-segmentation.txt"
 
 

@@ -54,28 +54,30 @@ def test_explicit_dtype_wins_over_the_cpu_and_aliases_resolve():
 
 def test_vllm_engine_args_and_manifest_carry_the_resolved_dtype(monkeypatch):
     import ctray.hardware as hardware
-    from ctray.llm.config import BackendConfig
+    from ctray.llm.config import backend_config
+    from ctray.llm.registry import describe
     from ctray.llm.vllm_engine import engine_args
 
-    cfg = BackendConfig(kind="vllm", model="m", device="cpu")
+    cfg = backend_config(kind="vllm", model="m", device="cpu")
     for text, want in ((ZEN3_AVX2, "float32"), (EPYC_BF16, "bfloat16")):
         monkeypatch.setattr(hardware, "this_cpu", lambda t=text: parse_cpuinfo(t, "x86_64"))
         assert engine_args(cfg, "cpu")["dtype"] == want
-        described = cfg.describe()
+        described = describe(cfg)
         assert described["dtype"] == want and described["dtype_reason"].startswith("auto")
     assert "dtype" not in engine_args(cfg, "gpu")  # GPU: the model's own dtype
 
 
 def test_hf_and_training_use_the_same_rule(monkeypatch):
     import ctray.hardware as hardware
-    from ctray.llm.config import BackendConfig
+    from ctray.llm.config import backend_config
+    from ctray.llm.registry import engine
     from ctray.train.sft import amp_flags
 
-    hf = BackendConfig(kind="hf", model="m")
+    hf = backend_config(kind="hf", model="m")
     monkeypatch.setattr(hardware, "this_cpu", lambda: parse_cpuinfo(ZEN3_AVX2, "x86_64"))
-    assert hf.engine()["dtype"] == "float32" and amp_flags("auto") == {}
+    assert engine(hf)["dtype"] == "float32" and amp_flags("auto") == {}
     monkeypatch.setattr(hardware, "this_cpu", lambda: parse_cpuinfo(EPYC_BF16, "x86_64"))
-    assert hf.engine()["dtype"] == "bfloat16" and amp_flags("auto") == {"bf16": True}
+    assert engine(hf)["dtype"] == "bfloat16" and amp_flags("auto") == {"bf16": True}
 
 
 def test_every_manifest_names_this_machines_cpu():

@@ -76,7 +76,7 @@ def test_a_malformed_jsonl_line_is_named_by_its_line_number(ray_local, tmp_path,
     with pytest.raises(CorpusError, match=r"c.jsonl: line 3 is not valid JSON"):
         read_corpus(CorpusConfig(path=str(path), id_column="id", text_column="report"))
     out = tmp_path / "out"
-    code = main(["text-stats", "--set", f"corpus.path={path}", "--set", "corpus.id_column=id",
+    code = main(["stats-text", "--set", f"corpus.path={path}", "--set", "corpus.id_column=id",
                  "--set", "corpus.text_column=report", "--output", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "line 3 is not valid JSON" in err[0], err
@@ -95,7 +95,7 @@ def test_a_null_id_fixed_and_rerun_labels_only_the_fixed_report(ray_local, tmp_p
     lines[4] = '{"study_id": null, "report": "Report 4. No effusion."}'
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    args = ["text-stats", "--set", f"corpus.path={path}", "--set", "corpus.id_column=study_id",
+    args = ["stats-text", "--set", f"corpus.path={path}", "--set", "corpus.id_column=study_id",
             "--set", "corpus.text_column=report", "--set", "lang=en", "--output", str(out)]
     assert main(args) == 0
     res = pd.read_parquet(out / "results")

@@ -44,7 +44,7 @@ def test_bad_input_file_is_one_ctray_line_exit_2_and_nothing_written(ray_local, 
     csv = tmp_path / "bad.csv"
     csv.write_bytes(data)
     out = tmp_path / "out"
-    code = main(["text-stats", "--set", f"corpus.path={csv}", "--set", f"run.output={out}",
+    code = main(["stats-text", "--set", f"corpus.path={csv}", "--set", f"run.output={out}",
                  "--set", "lang=en"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
@@ -57,7 +57,7 @@ def test_header_only_input_warns_instead_of_a_silent_empty_run(ray_local, tmp_pa
     csv = tmp_path / "header.csv"
     csv.write_bytes(HEADER)
     out = tmp_path / "out"
-    code = main(["text-stats", "--set", f"corpus.path={csv}", "--set", f"run.output={out}",
+    code = main(["stats-text", "--set", f"corpus.path={csv}", "--set", f"run.output={out}",
                  "--set", "lang=en"])
     assert code == 0
     assert f"ctray: warning: {csv} has a header but no rows" in capsys.readouterr().err

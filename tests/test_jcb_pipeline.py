@@ -1,4 +1,4 @@
-"""jcb-generate + jcb-score end to end through the fake backend, on a mini benchmark
+"""generate-jcb + score-jcb end to end through the fake backend, on a mini benchmark
 written here in the release's layout (no shared data needed)."""
 
 import csv
@@ -83,7 +83,7 @@ def _run(argv: list[str]) -> int:
 def test_generate_then_score_through_the_fake_backend(ray_local, tmp_path, capsys):
     bench = _mini_benchmarks(tmp_path)
     out = tmp_path / "jcb"
-    argv = ["jcb-generate", "--benchmarks", str(bench), "--output", str(out),
+    argv = ["generate-jcb", "--benchmarks", str(bench), "--output", str(out),
             "--set", "settings=[MCQA, CCA, IRS, DC_TMN, RE_Ent, NER_Disease]",
             "--set", "backend.kind=fake", "--set", "backend.model=fake-model",
             "--set", "backend.fake_responder=jcb_fake:respond"]
@@ -108,7 +108,7 @@ def test_generate_then_score_through_the_fake_backend(ray_local, tmp_path, capsy
     assert (gen / "CLG/IRS/fake-model/one_shot.json").read_text() == before
 
     score = tmp_path / "score"
-    assert _run(["jcb-score", "--generated", str(gen), "--output", str(score),
+    assert _run(["score-jcb", "--generated", str(gen), "--output", str(score),
                  "--strict", "true", "--set", "bootstrap=50"]) == 0
     printed = capsys.readouterr().out
     assert "strict conventions" in printed
@@ -140,22 +140,22 @@ def test_generate_then_score_through_the_fake_backend(ray_local, tmp_path, capsy
 
 def test_score_rejects_a_folder_without_the_layout(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert _run(["jcb-score", "--generated", str(tmp_path / "empty"),
+    assert _run(["score-jcb", "--generated", str(tmp_path / "empty"),
                  "--output", str(tmp_path / "o")]) == 2
     assert "no <group>/<task>/<model>/<shot>.json files" in capsys.readouterr().err
     bad = tmp_path / "bad" / "CLR" / "MCQA" / "m"
     bad.mkdir(parents=True)
     (bad / "one_shot.json").write_text('[{"sample_id": "a", "answer": 1}]')
-    assert _run(["jcb-score", "--generated", str(tmp_path / "bad"),
+    assert _run(["score-jcb", "--generated", str(tmp_path / "bad"),
                  "--output", str(tmp_path / "o")]) == 2
     assert "records lack ['generated', 'gold']" in capsys.readouterr().err
     (bad / "one_shot.json").write_text("{not json")
-    assert _run(["jcb-score", "--generated", str(tmp_path / "bad"),
+    assert _run(["score-jcb", "--generated", str(tmp_path / "bad"),
                  "--output", str(tmp_path / "o")]) == 2
     assert "line 1 is neither part of a JSON array" in capsys.readouterr().err
 
 
 def test_generate_rejects_a_missing_benchmarks_folder(tmp_path, capsys):
-    assert _run(["jcb-generate", "--benchmarks", str(tmp_path / "nope"),
+    assert _run(["generate-jcb", "--benchmarks", str(tmp_path / "nope"),
                  "--output", str(tmp_path / "o"), "--set", "backend.kind=fake"]) == 2
     assert "no such folder" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""jcb-score on the released GPT-4o / GPT-5 outputs reproduces the released results/
+"""score-jcb on the released GPT-4o / GPT-5 outputs reproduces the released results/
 JSON (to 1e-6) and the paper's Table 4 (to one decimal). Needs ../shared/data."""
 
 import csv
@@ -80,7 +80,7 @@ def test_ner_sample_is_the_pandas_sample_of_test_cr_plus_test_rr():
 @pytest.mark.parametrize("name", ["MCQA", "IRS", "HS_DS", "HS_PN", "CTS", "CCA", "DC_TMN",
                                   "DC_ADE", "RE_Time"])
 def test_generated_records_match_the_release_fields_and_items(name):
-    """jcb-generate writes the same fields, items and gold values as the release."""
+    """generate-jcb writes the same fields, items and gold values as the release."""
     from ctray.tasks.jcb.data import load_items
 
     setting = get_setting(name)

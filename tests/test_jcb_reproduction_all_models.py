@@ -1,4 +1,4 @@
-"""jcb-score on all seven models' released outputs (GPT-4o, GPT-5 in generated/, the five
+"""score-jcb on all seven models' released outputs (GPT-4o, GPT-5 in generated/, the five
 open models in generated_open_models/) reproduces the paper's Table 4 and the released
 results/ files. One scoring run per module (a few seconds). Needs ../shared/data."""
 

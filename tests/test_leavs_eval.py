@@ -280,7 +280,7 @@ TOL, CI_TOL = 0.005, 0.01
 def leavs_run(tmp_path_factory):
     predictions = shared_file("leavs", "parsing_results_llm_test_amos.csv")
     annotations = shared_file("leavs", "amos_test_annotations.csv")
-    out = tmp_path_factory.mktemp("leavs-eval")
+    out = tmp_path_factory.mktemp("eval-leavs")
     headline = evaluate_leavs(predictions, annotations, out, n_bootstrap=2000, seed=0)
     return headline, out
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ctray.llm.base import LLMResponse
-from ctray.llm.config import BackendConfig
+from ctray.llm.config import backend_config
 from ctray.pipeline.stage import ERROR_COL, RowError
 from ctray.tasks.leavs import assemble as A
 from ctray.tasks.leavs import prompts as P
@@ -18,8 +18,9 @@ from ctray.tasks.leavs.fanout import (certainty_rows, check_rows, organ_rows, ty
                                       urgency_rows)
 from ctray.tasks.leavs.parsing import (AnswerParseError, parse_choice, parse_sentence_numbers,
                                        parse_types)
-from ctray.tasks.leavs.tasks import (AnswerTask, Certainty, CheckSentence, CotLLMStage,
-                                     FindingTypes, ListSentences, Urgency, question_stage)
+from ctray.tasks.leavs.llm_tasks import (AnswerTask, Certainty, CheckSentence, FindingTypes,
+                                         ListSentences, Urgency)
+from ctray.tasks.leavs.stages import CotLLMStage, question_stage
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "ctray" / "data" / "sample_abdominal_reports.jsonl"
@@ -72,7 +73,7 @@ def test_check_prompt_shares_the_report_prefix_across_organs_and_sentences():
 def test_cot_summary_continues_the_reasoning_conversation_with_guided_choices():
     q = Certainty()
     row = evidence_row(reasoning="The cyst in segment 6 is a measurable liver lesion.")
-    reason = question_stage(q, BackendConfig(**FAKE), cot=True, cot_max_tokens=300)
+    reason = question_stage(q, backend_config(**FAKE), cot=True, cot_max_tokens=300)
     first = reason.reason_task.build_request(row)
     second = AnswerTask(q, cot=True).build_request(row)
     assert first.choices is None and first.max_tokens == 300
@@ -89,8 +90,8 @@ def test_cot_summary_continues_the_reasoning_conversation_with_guided_choices():
 
 
 def test_no_cot_asks_directly_and_prompt_versions_track_the_wording():
-    cot = question_stage(FindingTypes(), BackendConfig(**FAKE), cot=True, cot_max_tokens=64)
-    direct = question_stage(FindingTypes(), BackendConfig(**FAKE), cot=False, cot_max_tokens=64)
+    cot = question_stage(FindingTypes(), backend_config(**FAKE), cot=True, cot_max_tokens=64)
+    direct = question_stage(FindingTypes(), backend_config(**FAKE), cot=False, cot_max_tokens=64)
     assert isinstance(cot, CotLLMStage) and not isinstance(direct, CotLLMStage)
     req = direct.task.build_request({"report_id": "r1", "organ": "liver",
                                      "evidence_json": json.dumps(EVIDENCE)})
@@ -225,7 +226,7 @@ def test_cot_stage_counts_both_requests_and_repairs():
     rows = [{"report_id": "r1", "organ": "liver", "evidence_json": json.dumps(EVIDENCE)},
             {"report_id": "r1", "organ": "stomach",
              "evidence_json": json.dumps(["The stomach is unremarkable."])}]
-    stage = question_stage(FindingTypes(), BackendConfig(**FAKE), cot=True, cot_max_tokens=64)
+    stage = question_stage(FindingTypes(), backend_config(**FAKE), cot=True, cot_max_tokens=64)
     out = run_stage(stage, rows).set_index("organ")
     assert out.loc["liver", "types"] == "enlarged,focal"
     # The fake answers the stomach's first summary in prose: one repair request.
@@ -240,7 +241,7 @@ def test_cot_stage_keeps_rows_and_order_when_reasoning_fails():
     rows = [evidence_row(organ="liver", finding_type="focal"),
             evidence_row(organ="liver", finding_type="bogus"),
             evidence_row(organ="spleen", finding_type="normal")]
-    out = run_stage(question_stage(Certainty(), BackendConfig(**FAKE), cot=True,
+    out = run_stage(question_stage(Certainty(), backend_config(**FAKE), cot=True,
                                    cot_max_tokens=64), rows)
     assert list(out["finding_type"]) == ["focal", "bogus", "normal"]
     assert out[ERROR_COL].notna().tolist() == [False, True, False]
@@ -529,12 +530,12 @@ def test_jobs_are_registered_with_configs_and_entrypoints():
     from ctray.tasks.leavs.leavs_job import LeavsConfig
 
     load_job_modules()
-    assert JOBS["leavs-eval"].needs_ray is False
-    assert set(JOBS["leavs-eval"].flags) == {"--predictions", "--annotations"}
-    cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", ["fast=true"])
+    assert JOBS["eval-leavs"].needs_ray is False
+    assert set(JOBS["eval-leavs"].flags) == {"--predictions", "--annotations"}
+    cfg = load_config(LeavsConfig, REPO / "configs" / "label_leavs.yaml", ["fast=true"])
     assert cfg.organs == list(schema.ORGANS) and cfg.fast and cfg.unselected_types == "ask"
-    assert load_config(LeavsEvalConfig, REPO / "configs" / "leavs_eval.yaml").n_bootstrap == 2000
-    for name in ("leavs", "leavs_eval"):
+    assert load_config(LeavsEvalConfig, REPO / "configs" / "eval_leavs.yaml").n_bootstrap == 2000
+    for name in ("label_leavs", "eval_leavs"):
         assert f'job_entrypoint("{name.replace("_", "-")}")' in (REPO / "jobs" / f"{name}.py").read_text()
     with pytest.raises(Exception, match="organs"):
         LeavsConfig.model_validate({"organs": ["liver", "Liver"]})
@@ -546,9 +547,9 @@ def test_leavs_eval_job_scores_the_released_outputs(tmp_path):
 
     preds = shared_file("leavs", "parsing_results_llm_test_amos.csv")
     notes = shared_file("leavs", "amos_test_annotations.csv")
-    got = run_job("leavs-eval", ["--predictions", str(preds), "--annotations", str(notes),
+    got = run_job("eval-leavs", ["--predictions", str(preds), "--annotations", str(notes),
                                  "--output", str(tmp_path), "--set", "n_bootstrap=200"])
     assert got["table1_micro"]["f1"] == pytest.approx(0.892, abs=0.005)
     assert (tmp_path / "tables.md").exists()
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["job"] == "leavs-eval" and manifest["n_reports"] == got["n_reports"]
+    assert manifest["job"] == "eval-leavs" and manifest["n_reports"] == got["n_reports"]

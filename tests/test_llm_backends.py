@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ctray.llm.base import LLMRequest, PromptTooLongError, messages_to_text
-from ctray.llm.config import BackendConfig, MissingAPIKeyError
+from ctray.llm.config import BackendConfig, MissingAPIKeyError, backend_config
 from ctray.llm.task import LLMStage, LLMTask, RAW_COL, PROMPT_TOKENS_COL, COMPLETION_TOKENS_COL
 from ctray.pipeline.stage import ERROR_COL, ERROR_STAGE_COL, RowError
 from openai_stub_server import StubOpenAIServer, count_tokens, prompt_token_count
@@ -83,7 +83,7 @@ def tiny_lm_dir(tmp_path_factory) -> str:
 def tiny_backend(tiny_lm_dir):
     from ctray.llm.registry import make_backend
 
-    return make_backend(BackendConfig(kind="hf", model=tiny_lm_dir, max_tokens=6))
+    return make_backend(backend_config(kind="hf", model=tiny_lm_dir, max_tokens=6))
 
 
 def user(text: str, system: str | None = None) -> list[dict[str, str]]:
@@ -151,7 +151,7 @@ def test_hf_stops_at_eos_and_counts_it(tmp_path):
     from ctray.llm.hf import HFBackend
 
     model_dir = build_scripted_lm(tmp_path / "scripted", ["alpha", "beta", "gamma"])
-    backend = HFBackend.from_config(BackendConfig(kind="hf", model=model_dir))
+    backend = HFBackend.from_config(backend_config(kind="hf", model=model_dir))
     [resp] = backend.generate([LLMRequest(user("anything"), max_tokens=20)])
     assert resp.text == "alphabetagamma"
     assert resp.completion_tokens == 4  # three words and the end token, not 20
@@ -218,7 +218,7 @@ def test_hf_without_chat_template_uses_plain_transcript(tmp_path):
     from ctray.llm.hf import HFBackend
 
     model_dir = build_tiny_lm(tmp_path / "plain", chat_template=False)
-    backend = HFBackend.from_config(BackendConfig(kind="hf", model=model_dir))
+    backend = HFBackend.from_config(backend_config(kind="hf", model=model_dir))
     assert backend.use_chat_template is False
     messages = user("is the lung normal", system="answer the question")
     assert backend.prompt_text(messages).startswith(messages_to_text(messages))
@@ -258,7 +258,7 @@ def test_real_gemma_gguf_converts_once_then_loads_from_cache(tmp_path):
     from ctray.llm.config import DEFAULT_HF_MODEL
     from ctray.llm.hf import CACHE_MARKER, HFBackend
 
-    cfg = BackendConfig(kind="hf", model=DEFAULT_HF_MODEL, cache_dir=str(tmp_path / "cache"))
+    cfg = backend_config(kind="hf", model=DEFAULT_HF_MODEL, cache_dir=str(tmp_path / "cache"))
     started = time.perf_counter()
     first = HFBackend.from_config(cfg)
     first_s = time.perf_counter() - started
@@ -295,7 +295,7 @@ def openai_cfg(server: StubOpenAIServer, **overrides) -> BackendConfig:
     values = {"kind": "openai", "model": "stub-model", "base_url": server.base_url,
               "api_key_env": "CTRAY_TEST_OPENAI_KEY", "max_retries": 5, "timeout_s": 5.0}
     values.update(overrides)
-    return BackendConfig(**values)
+    return backend_config(**values)
 
 
 def fast_backend(cfg: BackendConfig):
@@ -426,7 +426,7 @@ def test_openai_missing_key_names_the_variable(monkeypatch):
     from ctray.llm.openai_backend import OpenAIBackend
 
     monkeypatch.delenv("CTRAY_TEST_MISSING_KEY", raising=False)
-    cfg = BackendConfig(kind="openai", model="gpt-4o-mini", base_url="https://api.example.com/v1",
+    cfg = backend_config(kind="openai", model="gpt-4o-mini", base_url="https://api.example.com/v1",
                         api_key_env="CTRAY_TEST_MISSING_KEY")
     with pytest.raises(MissingAPIKeyError, match="CTRAY_TEST_MISSING_KEY"):
         OpenAIBackend.from_config(cfg)
@@ -535,13 +535,13 @@ def vllm_cfg(**overrides) -> BackendConfig:
               "max_model_len": 4096, "batch_size": 64, "concurrency": 2,
               "accelerator_type": "H100", "revision": "abc123"}
     values.update(overrides)
-    return BackendConfig(**values)
+    return backend_config(**values)
 
 
 def test_build_vllm_config_sets_engine_kwargs():
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    from ctray.llm.vllm_backend import build_vllm_config
+    from ctray.llm.vllm_processor import build_vllm_config
 
     config = build_vllm_config(vllm_cfg(engine_kwargs={"max_num_seqs": 128,
                                                        "gpu_memory_utilization": 0.8}), "gpu")
@@ -565,7 +565,7 @@ def test_build_vllm_config_sets_engine_kwargs():
 
 
 def test_build_vllm_config_on_cpu_uses_a_cpu_bundle_and_the_cpu_engine_settings(tmp_path):
-    from ctray.llm.vllm_backend import build_vllm_config
+    from ctray.llm.vllm_processor import build_vllm_config
 
     cfg = vllm_cfg(device="cpu", tensor_parallel_size=1, kv_cache_gib=2, cpus_per_engine=1.5,
                    model=str(tmp_path), revision=None)
@@ -587,27 +587,44 @@ def test_build_vllm_config_on_cpu_uses_a_cpu_bundle_and_the_cpu_engine_settings(
     assert build_vllm_config(vllm_cfg(device="cpu", dtype="float32")).engine_kwargs["dtype"] == "float32"
 
 
-def test_backend_config_is_one_class_per_kind_and_keeps_yaml_working():
-    from ctray.llm.config import FakeConfig, HFConfig, VLLMConfig
+def test_backend_config_is_one_class_per_kind_and_refuses_other_kinds_fields(tmp_path):
+    from ctray.config import ConfigError, load_config
+    from ctray.llm.config import HFConfig, VLLMConfig
+    from ctray.llm.registry import describe
+    from ctray.tasks.demo.demo_job import DemoConfig
 
-    assert type(BackendConfig(kind="hf", model="m")) is HFConfig
-    cfg = BackendConfig.model_validate({"kind": "vllm", "model": "m", "kv_cache_gib": 2})
+    assert type(backend_config(kind="hf", model="m")) is HFConfig
+    # A job config without a backend section gets the test backend.
+    from ctray.config import LLMJobConfig
+    from ctray.llm.config import FakeConfig
+
+    assert type(LLMJobConfig.model_validate({"corpus": {"path": "x"}}).backend) is FakeConfig
+    cfg = backend_config({"kind": "vllm", "model": "m", "kv_cache_gib": 2})
     assert type(cfg) is VLLMConfig and cfg.kv_cache_gib == 2
-    # Switching kind with --set keeps a config file usable: other kinds' fields drop out...
-    fake = BackendConfig(kind="fake", model="m", kv_cache_gib=2, gguf_file="x.gguf")
-    assert type(fake) is FakeConfig and not hasattr(fake, "kv_cache_gib")
-    # ...but a field no backend knows (a typo) is refused.
+    # A field of another kind is refused, naming the kind it belongs to...
+    with pytest.raises(ValueError, match="'device' is a field of backend kind hf / vllm"):
+        backend_config(kind="openai", model="m", device="cpu")
+    # ...and so is a field no backend knows (a typo).
     with pytest.raises(ValueError, match="kv_cache_gb"):
-        BackendConfig(kind="vllm", model="m", kv_cache_gb=2)
+        backend_config(kind="vllm", model="m", kv_cache_gb=2)
     with pytest.raises(ValueError, match="backend.kind: unknown LLM backend"):
-        BackendConfig(kind="gpt")
-    engine = cfg.describe()
+        backend_config(kind="gpt")
+    # In a config file: one ctray line naming the field.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backend: {kind: openai, model: m, device: cpu}\n")
+    with pytest.raises(ConfigError, match=r"backend: 'device' is a field of backend kind"):
+        load_config(DemoConfig, bad)
+    # Switching kind on the command line drops the file's fields of the old kind.
+    switched = load_config(DemoConfig, Path(__file__).resolve().parents[1] / "configs" / "demo.yaml",
+                           ["backend.kind=hf"])
+    assert type(switched.backend) is HFConfig
+    engine = describe(cfg)
     assert engine["engine"] == "vllm" and engine["via"] == "ray.data.llm"
-    assert HFConfig(model="m").describe()["engine"] == "transformers"
+    assert describe(HFConfig(model="m"))["engine"] == "transformers"
 
 
 def test_vllm_preprocess_builds_messages_and_structured_outputs():
-    from ctray.llm.vllm_backend import ORIGINAL_COLUMNS_KEY, vllm_preprocess
+    from ctray.llm.vllm_processor import ORIGINAL_COLUMNS_KEY, vllm_preprocess
 
     choice_stage = LLMStage(EchoTask(), vllm_cfg())
     row = {"id": "r1", "text": "small nodule"}
@@ -626,7 +643,7 @@ def test_vllm_preprocess_builds_messages_and_structured_outputs():
 
 
 def test_vllm_preprocess_keeps_earlier_errors_and_catches_bad_rows():
-    from ctray.llm.vllm_backend import vllm_postprocess, vllm_preprocess
+    from ctray.llm.vllm_processor import vllm_postprocess, vllm_preprocess
 
     stage = LLMStage(EchoTask(), vllm_cfg())
     earlier = {"id": "r1", "text": "x", ERROR_COL: "read failed", ERROR_STAGE_COL: "read"}
@@ -648,7 +665,7 @@ def test_vllm_preprocess_keeps_earlier_errors_and_catches_bad_rows():
 
 
 def test_vllm_postprocess_and_finalize_rebuild_the_stage_row():
-    from ctray.llm.vllm_backend import INFERENCE_ERROR_KEY, vllm_finalize, vllm_postprocess, vllm_preprocess
+    from ctray.llm.vllm_processor import INFERENCE_ERROR_KEY, vllm_finalize, vllm_postprocess, vllm_preprocess
 
     stage = LLMStage(EchoTask(), vllm_cfg())
     row = {"id": "r1", "text": "nodule"}
@@ -719,7 +736,7 @@ def test_apply_vllm_stage_through_rays_processor(ray_local, monkeypatch):
     from ray.llm._internal.batch.processor.base import Processor
     from ray.llm._internal.batch.stages.base import StatefulStage
 
-    import ctray.llm.vllm_backend as vb
+    import ctray.llm.vllm_processor as vb
 
     udf = _fake_engine_udf_class()
 
@@ -768,7 +785,7 @@ class NoduleTask(EchoTask):
 def test_llm_stage_with_hf_backend_over_ray_data(ray_local, tiny_lm_dir):
     import ray
 
-    cfg = BackendConfig(kind="hf", model=tiny_lm_dir, batch_size=4, concurrency=1, num_cpus=1)
+    cfg = backend_config(kind="hf", model=tiny_lm_dir, batch_size=4, concurrency=1, num_cpus=1)
     rows = [{"id": f"r{i}", "text": t} for i, t in enumerate([
         "small nodule in the right lung",
         "no effusion is seen",
@@ -795,8 +812,8 @@ def test_guided_json_reaches_vllm_with_the_schema_key_order_of_the_task():
     forced its negatives into "uncertain" on vLLM."""
     import json
 
-    from ctray.llm.vllm_engine import sampling_fields
-    from ctray.tasks.cxr.llm_labeler import CxrLLMTask
+    from ctray.llm.vllm_requests import sampling_fields
+    from ctray.tasks.cxr.llm_tasks import CxrLLMTask
     from ctray.tasks.cxr.schema import OBSERVATIONS
 
     sft = CxrLLMTask(answer_format="sft").build_request({"report_id": "r1", "text": "No effusion."})
@@ -811,9 +828,9 @@ def test_guided_regex_reaches_vllm_and_translation_asks_for_its_marker_line():
     import re
 
     from ctray.llm.base import LLMResponse
-    from ctray.llm.vllm_engine import sampling_fields
+    from ctray.llm.vllm_requests import sampling_fields
     from ctray.tasks.translate.prompts import TranslationPromptConfig
-    from ctray.tasks.translate.task import TranslateTask
+    from ctray.tasks.translate.llm_tasks import TranslateTask
 
     task = TranslateTask(TranslationPromptConfig())
     request = task.build_request({"report_id": "r1", "section": "findings",

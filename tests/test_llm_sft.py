@@ -1,4 +1,4 @@
-"""train-llm-labeler: completion-only masking and loss, the answer formats, and a Ray
+"""train-cxr-labeler: completion-only masking and loss, the answer formats, and a Ray
 Train SFT run of a tiny random causal LM that learns a toy mapping and resumes."""
 
 from __future__ import annotations
@@ -201,17 +201,19 @@ def test_two_worker_sft_learns_a_toy_mapping_and_resumes(ray_local, tmp_path, ti
 
 def test_label_tables_are_checked_with_user_errors(tmp_path):
     from ctray.errors import UserError
-    from ctray.tasks.cxr.train_job import LabelTable, read_labels
+    from ctray.tasks.cxr import sft_format as cxr
+    from ctray.tasks.findings import sft_format as ctrate
+    from ctray.train.labeler import LabelTable, read_labels
 
     _, labels = _toy_corpus(4)
     labels.drop(columns=["Edema"]).to_csv(tmp_path / "missing.csv", index=False)
     with pytest.raises(UserError, match="missing label column"):
-        read_labels("cxr", LabelTable(path=str(tmp_path / "missing.csv")))
+        read_labels(cxr, LabelTable(path=str(tmp_path / "missing.csv")))
     labels.assign(Edema=2.0).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(UserError, match="bad.csv"):
-        read_labels("cxr", LabelTable(path=str(tmp_path / "bad.csv")))
+        read_labels(cxr, LabelTable(path=str(tmp_path / "bad.csv")))
     # CT-RATE: display-name headers, 0/1 only.
     sample = str(Path(__file__).resolve().parents[1] / "ctray" / "data" / "sample_labels.csv")
     ct = pd.read_csv(sample)
-    table = read_labels("ctrate", LabelTable(path=sample, id_column="VolumeName"))
+    table = read_labels(ctrate, LabelTable(path=sample, id_column="VolumeName"))
     assert table.shape == (len(ct), 18) and set(table.stack().unique()) <= {0, 1}

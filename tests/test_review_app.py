@@ -431,7 +431,7 @@ def test_browser_walkthrough(served, tmp_path):
             b_done = pool.submit(_review_items, bob, "bob", "b")
             saved = {"alice": a_done.result(), "bob": b_done.result()}
 
-        # 5. export the gold file (cxr-eval reads it) and the agreement table
+        # 5. export the gold file (eval-cxr reads it) and the agreement table
         alice.find_element(By.ID, "refresh-btn").click()
         alice.find_element(By.ID, "export-btn").click()
         gold = read_labels(LabelsInput(path=str(_downloaded(tmp_path / "dl_alice", "gold_"))),

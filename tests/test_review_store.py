@@ -1,5 +1,5 @@
 """The review database (SQLite, WAL): queues, all-or-nothing saves, concurrent
-reviewers, gold export read by cxr-eval / findings-eval, Cohen's kappa; and the upload
+reviewers, gold export read by eval-cxr / eval-findings, Cohen's kappa; and the upload
 readers' errors. No Ray: these run in a second."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from ctray.serving.review_inputs import read_label_table, read_reports
-from ctray.serving.review_store import ReviewError, ReviewStore
-from ctray.serving.review_tasks import TASKS
+from ctray.review.inputs import read_label_table, read_reports
+from ctray.review.store import ReviewError, ReviewStore
+from ctray.review.label_sets import TASKS
 from ctray.tasks.cxr.rules import CxrRuleLabeler
 from ctray.tasks.cxr.schema import OBSERVATIONS
 from review_fixtures import EXPECTED_DIFF, REPORTS, report_text, reports_csv, second_opinion

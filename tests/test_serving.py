@@ -184,7 +184,7 @@ def test_serve_configs_are_valid_deploy_configs():
                 assert auto["target_ongoing_requests"] > 0
                 assert dep.ray_actor_options.num_cpus is not None
     load_job_modules()
-    assert "serve-bench" in JOBS
+    assert "bench-serve" in JOBS
     # serve/all.yaml holds exactly the per-app blocks (one `serve deploy` for all apps).
     combined = yaml.safe_load((REPO / "serve" / "all.yaml").read_text())["applications"]
     singles = [_load_app(n) for n in ("findings", "rules", "llm_findings", "translate")]
@@ -437,8 +437,8 @@ def test_replica_failure_recovers(server):
 def test_serve_bench_job_against_running_app(server, tmp_path):
     from ctray.cli import run_job
 
-    report = run_job("serve-bench", [
-        "--config", str(REPO / "configs" / "serve_bench.yaml"), "--url", server["base"],
+    report = run_job("bench-serve", [
+        "--config", str(REPO / "configs" / "bench_serve.yaml"), "--url", server["base"],
         "--output", str(tmp_path), "--limit", "16", "--set", "concurrency=[1,4]",
         "--set", "requests_per_level=12", "--set", "warmup_requests=2",
         "--set", f"corpus.path={REPO / 'ctray' / 'data' / 'sample_reports_ja.csv'}",

@@ -1,4 +1,4 @@
-"""translate / translate-eval: marker parsing, BLEU/ROUGE, and end-to-end runs."""
+"""translate / eval-translate: marker parsing, BLEU/ROUGE, and end-to-end runs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 from ctray.config import ConfigError, load_config
 from ctray.metrics.translation import PairScorer, corpus_bleu, sentence_bleu
-from ctray.tasks.translate.eval_job import TranslateEvalConfig, TranslationInput, evaluate
+from ctray.tasks.translate.eval_job import TranslateEvalConfig, TranslationInput
+from ctray.tasks.translate.evaluation import evaluate
 from ctray.tasks.translate.parsing import TranslationParseError, extract_translation
 from ctray.tasks.translate.prompts import TranslationPromptConfig
 from ctray.tasks.translate.translate_job import TranslateConfig, run_translate
@@ -138,7 +139,7 @@ def test_bleu_without_4gram_match_is_zero_unless_smoothed():
     assert sentence_bleu(ref, []) == 0.0
 
 
-# ------------------------------------------------------------------ translate-eval
+# ------------------------------------------------------------------ eval-translate
 
 def _eval_cfg(tmp_path, hyp_path, ref_path, **kw) -> TranslateEvalConfig:
     return TranslateEvalConfig(
@@ -302,7 +303,7 @@ def test_configs_load_and_bad_sections_are_rejected():
     cfg = load_config(TranslateConfig, REPO / "configs" / "translate.yaml", ["corpus.limit=4"])
     assert cfg.sections == ["findings", "impressions"] and cfg.corpus.limit == 4
     assert cfg.prompt.resolved_marker() == "和訳:"
-    ev = load_config(TranslateEvalConfig, REPO / "configs" / "translate_eval.yaml")
+    ev = load_config(TranslateEvalConfig, REPO / "configs" / "eval_translate.yaml")
     assert ev.references.sections == {"findings": "Findings_JA", "impressions": "Impressions_JA"}
     with pytest.raises(ConfigError, match="not in corpus.sections"):
         load_config(TranslateConfig, None, ["corpus.path=x.csv", "sections=[findings, summary]"])

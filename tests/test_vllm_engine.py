@@ -39,9 +39,9 @@ SHARED = ENGINE + ["backend.engine_mode=shared"]
 
 def engine_config(**extra):
     """The backend section the overrides above give every job (same engine settings)."""
-    from ctray.llm.config import DEFAULT_MODEL, BackendConfig
+    from ctray.llm.config import DEFAULT_MODEL, backend_config
 
-    return BackendConfig(kind="vllm", model=DEFAULT_MODEL, max_model_len=4096, kv_cache_gib=1,
+    return backend_config(kind="vllm", model=DEFAULT_MODEL, max_model_len=4096, kv_cache_gib=1,
                          device="cpu", **extra)
 
 
@@ -72,8 +72,8 @@ def assert_vllm_cpu(manifest: dict, via: str) -> None:
 @pytest.fixture(scope="module")
 def shared_engine(ray_local):
     """Start the module's engine once (on this driver, so it outlives every job)."""
-    from ctray.llm.vllm_engine import shared_engine as start
-    from ctray.llm.vllm_engine import stop_shared_engines
+    from ctray.llm.vllm_shared import shared_engine as start
+    from ctray.llm.vllm_shared import stop_shared_engines
 
     cfg = engine_config(engine_mode="shared")
     start(cfg, create=True)
@@ -132,7 +132,7 @@ def test_llm_findings_labeling_guided_json_every_row_parses(shared_engine, tmp_p
     import jsonschema
 
     from ctray.tasks.findings.label_job import LabelFindingsConfig, run_label_findings
-    from ctray.tasks.findings.llm_labeler import label_schema
+    from ctray.tasks.findings.llm_tasks import label_schema
     from ctray.tasks.findings.schema import FINDING_COLUMNS
 
     cfg = load_config(LabelFindingsConfig, REPO / "configs" / "label_findings.yaml", [
@@ -152,7 +152,7 @@ def test_leavs_a_few_reports_every_stage(shared_engine, tmp_path):
     from ctray.tasks.leavs import assemble as A
     from ctray.tasks.leavs.leavs_job import LeavsConfig, run_leavs
 
-    cfg = load_config(LeavsConfig, REPO / "configs" / "leavs.yaml", [
+    cfg = load_config(LeavsConfig, REPO / "configs" / "label_leavs.yaml", [
         "corpus.limit=2", "organs=[liver, spleen]", f"run.output={tmp_path / 'leavs'}",
         "cot_max_tokens=48", "backend.max_tokens=96", "shuffle_partitions=2",
         "shuffle_strategy=sort_shuffle_pull_based", *SHARED])
@@ -222,7 +222,7 @@ def test_llm_findings_serve_app_answers_through_vllm(ray_local):
     import httpx
     from ray import serve
 
-    from ctray.serving.apps import LLMFindingsAppArgs, llm_findings_app
+    from ctray.tasks.findings.serve import LLMFindingsAppArgs, llm_findings_app
     from ctray.tasks.findings.schema import FINDING_COLUMNS
     from serve_fixtures import free_port
 
@@ -256,7 +256,7 @@ def test_leavs_serve_app_labels_one_report_on_the_shared_engine(shared_engine):
     import httpx
     from ray import serve
 
-    from ctray.serving.apps import LeavsAppArgs, leavs_app
+    from ctray.tasks.leavs.serve import LeavsAppArgs, leavs_app
     from ctray.tasks.leavs import schema
     from serve_fixtures import free_port
 
@@ -292,9 +292,9 @@ def test_every_guided_json_schema_is_one_vllm_can_enforce():
     from vllm.v1.structured_output.backend_xgrammar import has_xgrammar_unsupported_json_features
 
     from ctray.tasks.cxr import sft_format as cxr_sft
-    from ctray.tasks.cxr.llm_labeler import label_schema as cxr_schema
+    from ctray.tasks.cxr.llm_tasks import label_schema as cxr_schema
     from ctray.tasks.findings import sft_format as ct_sft
-    from ctray.tasks.findings.llm_labeler import label_schema as findings_schema
+    from ctray.tasks.findings.llm_tasks import label_schema as findings_schema
     from ctray.tasks.grounding.categories import load_categories
     from ctray.tasks.grounding.text_checks import (FINDINGS_SCHEMA, REWRITE_SCHEMA,
                                                    categories_schema)

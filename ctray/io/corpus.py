@@ -53,18 +53,29 @@ class CorpusConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="file, folder, glob or s3:// / gs:// URI")
-    format: Literal["auto", "csv", "jsonl", "parquet", "txt"] = "auto"
-    id_column: str | None = "VolumeName"
+    format: Literal["auto", "csv", "jsonl", "parquet", "txt"] = Field(
+        "auto", description="file format; auto: from the path's suffix or the folder's files")
+    id_column: str | None = Field(
+        "VolumeName", description="column holding the report id (None: ids from file name and "
+        "row number)")
     # Sections: output name -> source column. The CT-RATE layout is the default.
-    sections: dict[str, str] = Field(default_factory=lambda: dict(CT_RATE_SECTIONS))
+    sections: dict[str, str] = Field(
+        default_factory=lambda: dict(CT_RATE_SECTIONS), description="output section name -> "
+        "source column (default: the CT-RATE layout)")
     # Sections joined (with headers) into the `text` column; empty = all sections.
-    text_sections: list[str] = Field(default_factory=lambda: ["findings", "impressions"])
+    text_sections: list[str] = Field(
+        default_factory=lambda: ["findings", "impressions"], description="sections joined (with "
+        "headers) into the text column; empty: all")
     # A single text column instead of sections (e.g. a JSONL corpus with "report").
-    text_column: str | None = None
+    text_column: str | None = Field(
+        None, description="one text column instead of sections (e.g. a JSONL 'report')")
     # Extra columns carried through to outputs (e.g. gold labels).
-    keep_columns: list[str] = Field(default_factory=list)
-    limit: int | None = Field(None, ge=0, description="read only the first N rows (unset: all)")
-    check_duplicate_ids: bool = True
+    keep_columns: list[str] = Field(
+        default_factory=list, description="extra input columns carried through to the outputs "
+        "(e.g. gold labels)")
+    limit: int | None = Field(None, ge=0, description="read only the first N reports (None: all)")
+    check_duplicate_ids: bool = Field(
+        True, description="refuse a corpus whose ids repeat (resume keys on them)")
 
     def source_columns(self) -> list[str]:
         cols = [self.text_column] if self.text_column else list(self.sections.values())

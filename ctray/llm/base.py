@@ -23,6 +23,9 @@ class PromptTooLongError(LLMError):
 
 @dataclass
 class LLMRequest:
+    """One chat request: messages, sampling, and optional guided decoding (choices, JSON schema or
+    regex)."""
+
     messages: list[dict[str, str]]
     max_tokens: int = 512
     temperature: float = 0.0
@@ -43,6 +46,7 @@ class LLMRequest:
             raise ValueError("choices must not be empty")
 
     def to_dict(self) -> dict[str, Any]:
+        """The request as plain data."""
         return {
             "messages": self.messages,
             "max_tokens": self.max_tokens,
@@ -58,6 +62,8 @@ class LLMRequest:
 
 @dataclass
 class LLMResponse:
+    """One answer: text, token usage, an error instead of raising, backend facts in ``meta``."""
+
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -66,6 +72,7 @@ class LLMResponse:
 
     @property
     def ok(self) -> bool:
+        """Whether the backend answered (``error`` is None)."""
         return self.error is None
 
 
@@ -99,6 +106,7 @@ class LLMBackend(abc.ABC):
         return {"kind": self.kind}
 
     def close(self) -> None:  # pragma: no cover - default no-op
+        """Release clients and engines (a no-op by default)."""
         pass
 
 

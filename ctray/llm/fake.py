@@ -18,6 +18,8 @@ def _load(spec: str) -> Callable[[LLMRequest], str]:
 
 
 class FakeBackend(LLMBackend):
+    """Deterministic answers from regex rules or a responder function, for tests."""
+
     kind = "fake"
     supports_guided_choice = True
     supports_json_schema = False
@@ -31,6 +33,7 @@ class FakeBackend(LLMBackend):
 
     @classmethod
     def from_config(cls, cfg: BackendConfig) -> "FakeBackend":
+        """The backend of a ``FakeConfig``."""
         responder = _load(cfg.fake_responder) if cfg.fake_responder else None
         return cls([(r.pattern, r.response) for r in cfg.fake_rules], cfg.fake_default, responder)
 
@@ -46,6 +49,7 @@ class FakeBackend(LLMBackend):
         return request.choices[0]
 
     def generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
+        """Answer each request by the first matching rule."""
         out = []
         for req in requests:
             self.calls += 1
@@ -62,4 +66,5 @@ class FakeBackend(LLMBackend):
         return out
 
     def describe(self) -> dict:
+        """Kind and rule count (for manifests)."""
         return {"kind": self.kind, "rules": len(self.rules)}

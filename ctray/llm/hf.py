@@ -60,6 +60,9 @@ def _resolve_device(device: str) -> str:
 
 
 class HFBackend(LLMBackend):
+    """Local transformers generation (the fallback where vLLM is not installed); guided choices by
+    scoring the options."""
+
     kind = "hf"
     supports_guided_choice = True  # by likelihood scoring, not by the decoder
     supports_json_schema = False
@@ -87,6 +90,8 @@ class HFBackend(LLMBackend):
     # -- construction --
     @classmethod
     def from_config(cls, cfg: BackendConfig) -> "HFBackend":
+        """Load the model of an ``HFConfig`` (GGUF sources through ctray's converted cache; the CPU
+        dtype rule on CPU)."""
         started = time.perf_counter()
         source = resolve_source(cfg.model, cfg.gguf_file)
         device = _resolve_device(cfg.device)
@@ -115,6 +120,7 @@ class HFBackend(LLMBackend):
 
     # -- prompts --
     def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        """The chat-templated prompt text of a request."""
         if self.use_chat_template:
             return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                       add_generation_prompt=True)
@@ -123,11 +129,13 @@ class HFBackend(LLMBackend):
         return messages_to_text(messages) + "\n\nassistant:"
 
     def prompt_ids(self, request: LLMRequest) -> list[int]:
+        """The chat-templated prompt as token ids."""
         text = self.prompt_text(request.messages)
         # Chat templates write the BOS token themselves.
         return self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
 
     def option_ids(self, option: str) -> list[int]:
+        """The token ids of each answer option (for guided choices)."""
         ids = self.tokenizer(option, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError(f"choice option {option!r} tokenizes to nothing")
@@ -140,6 +148,7 @@ class HFBackend(LLMBackend):
         return prompt_len + request.max_tokens
 
     def check_fits(self, request: LLMRequest) -> None:
+        """Raise ``PromptTooLongError`` when prompt + answer exceed the context."""
         self._check_fits(request, len(self.prompt_ids(request)))
 
     def _check_fits(self, request: LLMRequest, prompt_len: int) -> None:
@@ -155,6 +164,7 @@ class HFBackend(LLMBackend):
 
     # -- inference --
     def generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
+        """Answer the requests in batches; a failed request is an error response."""
         out: list[LLMResponse | None] = [None] * len(requests)
         free: dict[tuple, list[tuple[int, list[int]]]] = {}
         for i, req in enumerate(requests):
@@ -271,6 +281,7 @@ class HFBackend(LLMBackend):
                            meta={"guided": True, "choice_logprobs": scores})
 
     def describe(self) -> dict[str, Any]:
+        """Model, source, device, context and load facts (for manifests and /version)."""
         import transformers
 
         return {

@@ -29,6 +29,9 @@ def label_problems(missing: list, extra: list, bad: list, allowed: str) -> str |
 
 
 class ReportLabelTask(LLMTask):
+    """The shape of the JSON report labelers: text check, guided schema, parse-or-row-error, one
+    repair request."""
+
     def __init__(self, text_column: str = "text", max_tokens: int = 400,
                  temperature: float = 0.0, guided_json: bool = True, repair: bool = True,
                  lenient: bool = False):
@@ -42,6 +45,7 @@ class ReportLabelTask(LLMTask):
 
     # -- what a labeler supplies --
     def messages_for(self, text: str) -> list[dict[str, str]]:
+        """The chat messages that ask about one report."""
         raise NotImplementedError
 
     def schema(self) -> dict[str, Any] | None:
@@ -54,26 +58,32 @@ class ReportLabelTask(LLMTask):
         raise NotImplementedError
 
     def repair_text(self, problem: str) -> str:
+        """The follow-up message after an unusable answer (names the problem)."""
         raise NotImplementedError
 
     def can_repair(self) -> bool:
+        """Whether an unusable answer gets one repair request."""
         return self.repair
 
     # -- the shared behaviour --
     def report_text(self, row: dict[str, Any]) -> str:
+        """The row's report text (a row error when it is empty)."""
         text = row.get(self.text_column)
         if not isinstance(text, str) or not text.strip():
             raise RowError(f"row {row.get('report_id')!r}: field {self.text_column!r} is empty")
         return text
 
     def request(self, messages: list[dict[str, str]]) -> LLMRequest:
+        """The request for one report's messages."""
         return LLMRequest(messages, max_tokens=self.max_tokens, temperature=self.temperature,
                           json_schema=self.schema() if self.guided_json else None)
 
     def build_request(self, row: dict[str, Any]) -> LLMRequest:
+        """The request for one row."""
         return self.request(self.messages_for(self.report_text(row)))
 
     def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
+        """The labels of one answer (a row error when it does not parse)."""
         try:
             return self.parse_answer(response.text)
         except ValueError as exc:
@@ -81,6 +91,7 @@ class ReportLabelTask(LLMTask):
 
     def repair_request(self, row: dict[str, Any], response: LLMResponse,
                        error: RowError) -> LLMRequest | None:
+        """The follow-up request after an unusable answer, or None."""
         if not self.can_repair():
             return None
         first = self.build_request(row)

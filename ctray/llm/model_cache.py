@@ -72,6 +72,7 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
 
 
 def default_cache_root(cache_dir: str | None = None) -> Path:
+    """Where converted models are cached (``cache_dir``, else ``~/.cache/ctray/hf``)."""
     if cache_dir:
         return Path(cache_dir).expanduser()
     env = os.environ.get("CTRAY_HF_CACHE")
@@ -93,6 +94,7 @@ class ResolvedSource:
     package: str | None = None
 
     def label(self) -> str:
+        """A short name of the source for logs and manifests."""
         if self.package:
             return f"package:{self.package}"
         if self.gguf_file:
@@ -101,6 +103,7 @@ class ResolvedSource:
 
 
 def resolve_source(model: str, gguf_file: str | None = None) -> ResolvedSource:
+    """What a model name points at: a packaged GGUF, a GGUF file, a local folder or a hub id."""
     if model in PACKAGED_GGUF:
         import importlib
 

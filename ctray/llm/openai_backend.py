@@ -124,6 +124,8 @@ def match_choice(answer: str, choices: list[str]) -> str | None:
 
 
 class OpenAIBackend(LLMBackend):
+    """Any OpenAI-compatible endpoint, with retries, rate limits and parallel requests."""
+
     kind = "openai"
     supports_guided_choice = True
     supports_json_schema = True
@@ -156,6 +158,7 @@ class OpenAIBackend(LLMBackend):
 
     @classmethod
     def from_config(cls, cfg: BackendConfig, client=None) -> "OpenAIBackend":
+        """The backend of an ``OpenAIConfig`` (key from the named environment variable)."""
         if client is None:
             client = make_client(cfg)
         # The per-minute budgets are for the whole job; every actor of the stage gets
@@ -178,6 +181,8 @@ class OpenAIBackend(LLMBackend):
 
     # -- requests --
     def request_kwargs(self, request: LLMRequest) -> dict[str, Any]:
+        """The chat-completion arguments of one request (guided decoding as the server supports
+        it)."""
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": request.messages,
@@ -200,6 +205,7 @@ class OpenAIBackend(LLMBackend):
         return kwargs
 
     def generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
+        """Answer the requests in parallel; a failed request is an error response."""
         if not requests:
             return []
         # The pool is shared by all calls on this backend, so max_parallel_requests
@@ -303,6 +309,7 @@ class OpenAIBackend(LLMBackend):
 
     # -- accounting --
     def usage(self) -> dict[str, Any]:
+        """Token and request counts so far."""
         with self._lock:
             totals = dict(self._usage)
         totals["estimated_cost_usd"] = self.estimated_cost(totals["prompt_tokens"],
@@ -310,12 +317,14 @@ class OpenAIBackend(LLMBackend):
         return totals
 
     def estimated_cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """USD so far from the configured prices (None without prices)."""
         if self.price_in is None and self.price_out is None:
             return None
         return ((prompt_tokens * (self.price_in or 0.0))
                 + (completion_tokens * (self.price_out or 0.0))) / 1_000_000
 
     def describe(self) -> dict[str, Any]:
+        """Endpoint, model, usage and cost (no secret)."""
         return {
             "kind": self.kind,
             "model": self.model,
@@ -327,6 +336,7 @@ class OpenAIBackend(LLMBackend):
         }
 
     def close(self) -> None:
+        """Close the HTTP client."""
         self._pool.shutdown(wait=True)
         close = getattr(self.client, "close", None)
         if close is not None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class PromptTemplate:
+    """A named, versioned prompt; its version (a digest of the text) goes into manifests."""
+
     name: str
     user: str
     system: str | None = None
@@ -22,6 +24,7 @@ class PromptTemplate:
 
     @property
     def fields(self) -> set[str]:
+        """The placeholders the template fills."""
         names = set()
         for text in (self.system or "", self.user):
             names.update(f for _, f, _, _ in string.Formatter().parse(text) if f)
@@ -29,6 +32,7 @@ class PromptTemplate:
 
     @property
     def version(self) -> str:
+        """A short digest of the template text."""
         payload = json.dumps(
             {"system": self.system, "user": self.user, "few_shot": list(self.few_shot)},
             ensure_ascii=False, sort_keys=True,
@@ -37,9 +41,11 @@ class PromptTemplate:
 
     @property
     def version_tag(self) -> str:
+        """``name@version``."""
         return f"{self.name}@{self.version}"
 
     def render(self, **values: str) -> list[dict[str, str]]:
+        """The chat messages with the placeholders filled."""
         missing = self.fields - values.keys()
         if missing:
             raise KeyError(f"prompt {self.name!r} needs fields {sorted(missing)}")

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
+from ctray.llm import registry
 from ctray.llm.base import LLMBackend, LLMRequest, LLMResponse
 from ctray.llm.prompts import PromptTemplate
 from ctray.pipeline.stage import Resources, RowError, Stage, mark_error
@@ -37,13 +38,16 @@ class LLMTask:
         return []
 
     def prompt_version(self) -> str:
+        """The versions of the task's prompts (part of the run's fingerprint)."""
         tags = sorted(p.version_tag for p in self.prompts())
         return ",".join(tags)
 
     def build_request(self, row: dict[str, Any]) -> LLMRequest:
+        """The request for one row (raise for a row that cannot be asked)."""
         raise NotImplementedError
 
     def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
+        """The output columns of one answer (raise RowError when it is unusable)."""
         raise NotImplementedError
 
     def repair_request(self, row: dict[str, Any], response: LLMResponse,
@@ -72,29 +76,34 @@ class LLMStage(Stage):
         self.backend: LLMBackend | None = None
 
     def setup(self) -> None:
-        self.backend = self.backend_config.make_backend()
+        """Build the in-process backend (in the worker, once)."""
+        self.backend = registry.make_backend(self.backend_config)
 
     def preflight(self) -> None:
-        self.backend_config.preflight()
+        """The backend kind's driver-side check (API key set, vLLM importable)."""
+        registry.preflight(self.backend_config)
 
     def describe(self) -> dict[str, Any]:
+        """Name, prompt version, backend and engine: the stage's manifest entry."""
         return {
             "name": self.name,
             "prompt_version": self.task.prompt_version(),
-            "backend": self.backend_config.describe(),
-            "engine": self.backend_config.engine(),
+            "backend": registry.describe(self.backend_config),
+            "engine": registry.engine(self.backend_config),
         }
 
     def apply(self, ds):
+        """Add the stage to ``ds`` the way its backend kind runs."""
         # The backend decides: an actor pool of in-process backends, or (vLLM) a
         # ray.data.llm processor / the shared engine.
-        engine = self.backend_config.engine()
+        engine = registry.engine(self.backend_config)
         print(f"[ctray] LLM stage {self.name}: engine "
               + ", ".join(f"{k}={v}" for k, v in engine.items() if v is not None), flush=True)
-        return self.backend_config.apply_stage(self, ds)
+        return registry.apply_stage(self, ds)
 
     # -- batch path shared by the in-process backends (hf, openai, fake) --
     def process_batch(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Ask the backend for every row, repair once where the task allows, parse."""
         assert self.backend is not None, "setup() was not called"
         rows = batch.to_dict("records")
         requests: dict[int, LLMRequest] = {}
@@ -134,6 +143,7 @@ class LLMStage(Stage):
 
     def finish(self, row: dict[str, Any], response: LLMResponse,
                calls: int = 1) -> dict[str, Any] | RowError:
+        """The output row of one answer, or the RowError that makes it an error row."""
         if not response.ok:
             return RowError(f"{self.name}: backend error: {response.error}")
         try:
@@ -145,6 +155,7 @@ class LLMStage(Stage):
         return {**row, **parsed, **self.accounting(response, calls)}
 
     def accounting(self, response: LLMResponse, calls: int) -> dict[str, Any]:
+        """The bookkeeping columns of one answer (raw text, tokens, calls, prompt, model)."""
         return {
             RAW_COL: response.text,
             PROMPT_TOKENS_COL: response.prompt_tokens,
@@ -157,4 +168,5 @@ class LLMStage(Stage):
     def error_row(self, row, response: LLMResponse, error: RowError,
                   calls: int = 1) -> dict[str, Any]:
         # The raw answer stays with the error so nobody pays for the call twice to see it.
+        """An error row that keeps the raw answer and its usage."""
         return mark_error({**row, **self.accounting(response, calls)}, self.name, error)

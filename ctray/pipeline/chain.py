@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from ctray.io.manifest import config_hash
 from ctray.io.output import USAGE_COLS, OutputLayout
 from ctray.pipeline.job import job_fingerprint, print_summary, run_spec
-from ctray.pipeline.runner import RunSummary, run_pipeline
+from ctray.pipeline.runner import AfterRun, RunSummary, run_pipeline
 from ctray.pipeline.stage import Stage
 
 SIGNATURE_KEY = "input_signature"
@@ -57,7 +57,7 @@ def run_pass(cfg, name: str, stages: Sequence[Stage], make_ds: Callable[[], Any]
              extra_manifest: dict[str, Any] | None = None,
              upstream: Sequence[str] = (), signature_extra: dict[str, Any] | None = None,
              check_duplicate_keys: bool = True, resume_after_retry: bool | None = None,
-             after_run: Callable[[RunSummary], None] | None = None) -> RunSummary | None:
+             after_run: AfterRun | None = None) -> RunSummary | None:
     """Run one pass of a chained job; returns its summary, or None when it had no input.
 
     ``make_ds`` builds the pass's input Dataset (None: the upstream pass has no results
@@ -66,8 +66,8 @@ def run_pass(cfg, name: str, stages: Sequence[Stage], make_ds: Callable[[], Any]
     pass reading the corpus): they enable the input-signature shortcut and, by default,
     the resuming run after a retry. ``check_duplicate_keys=False`` for passes whose keys
     are unique by construction (fanned out from unique keys): the check costs a full
-    extra execution with a shuffle. ``after_run`` sees every run's summary (e.g. to add
-    a cost estimate to the manifest)."""
+    extra execution with a shuffle. ``after_run(output, manifest)`` adds fields known
+    only after each run (e.g. a cost estimate) to that run's manifest."""
     job = cfg.job or type(cfg).__name__
     where = f"[ctray {job}] {name}: "
     fingerprint = fingerprint or {}
@@ -91,10 +91,8 @@ def run_pass(cfg, name: str, stages: Sequence[Stage], make_ds: Callable[[], Any]
             return summary
         spec = run_spec(run_cfg, key_columns, fingerprint, output)
         spec.check_duplicate_keys = check_duplicate_keys
-        summary = run_pipeline(ds, stages, spec, extra)
+        summary = run_pipeline(ds, stages, spec, extra, after_run)
         print_summary(job, summary, name)
-        if after_run is not None:
-            after_run(summary)
     return summary
 
 

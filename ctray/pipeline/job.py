@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from ctray.pipeline.runner import RunSpec, RunSummary, run_pipeline
+from ctray.pipeline.runner import AfterRun, RunSpec, RunSummary, run_pipeline
 from ctray.pipeline.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,17 @@ def run_spec(cfg, key_columns: Sequence[str] = ("report_id",),
 
 def run_corpus_job(cfg, stages: Sequence[Stage], ds=None, key_columns=("report_id",),
                    fingerprint: dict[str, Any] | None = None, output: str | None = None,
-                   extra_manifest: dict[str, Any] | None = None) -> RunSummary:
-    """Read the configured corpus (unless ``ds`` is given), run the stages, report."""
+                   extra_manifest: dict[str, Any] | None = None,
+                   after_run: AfterRun | None = None) -> RunSummary:
+    """Read the configured corpus (unless ``ds`` is given), run the stages, report;
+    ``extra_manifest`` / ``after_run`` add the job's fields to the manifest
+    (:func:`~ctray.pipeline.runner.run_pipeline`)."""
     if ds is None:
         from ctray.io.corpus import read_corpus
 
         ds = read_corpus(cfg.corpus)
     summary = run_pipeline(ds, stages, run_spec(cfg, key_columns, fingerprint, output),
-                           extra_manifest)
+                           extra_manifest, after_run)
     print_summary(cfg.job, summary)
     return summary
 

@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -244,8 +244,18 @@ def _check_fingerprint(layout: OutputLayout, spec: RunSpec, digest: str,
     return previous
 
 
+#: ``after_run(output, manifest) -> fields``: see :func:`run_pipeline`
+AfterRun = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
 def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
-                 extra_manifest: dict[str, Any] | None = None) -> RunSummary:
+                 extra_manifest: dict[str, Any] | None = None,
+                 after_run: AfterRun | None = None) -> RunSummary:
+    """Run ``stages`` over ``ds`` into ``spec.output`` (resume, errors table, manifest).
+
+    ``extra_manifest``: the job's own manifest fields; ``after_run(output, manifest)``
+    returns fields only known once the rows are written (an export, a cost estimate),
+    merged into the final manifest, which is written once."""
     for stage in stages:
         stage.preflight()
     started = time.time()
@@ -266,7 +276,7 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
         if prior_failed == 0:
             log.info("ctray: no failed rows to retry in %s", layout.root)
             return _finish(layout, spec, run_id, started, fingerprint, digest, previous,
-                           [], prior_ok, extra_manifest)
+                           [], prior_ok, extra_manifest, after_run)
         ds = _resume_filter(ds, layout, keys, retry_failed=True)
     else:
         # Readers that checked their ids on the driver (local CSV/Parquet corpora) mark
@@ -305,7 +315,8 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
             raise cause from None
         raise
     return _finish(layout, spec, run_id, started, fingerprint, digest, previous, summaries,
-                   prior_ok + (0 if spec.retry_failed else prior_failed), extra_manifest)
+                   prior_ok + (0 if spec.retry_failed else prior_failed), extra_manifest,
+                   after_run)
 
 
 def _user_error_cause(exc: BaseException) -> UserError | None:
@@ -365,7 +376,7 @@ def _manifest_fields(layout, spec, fingerprint, digest, history) -> dict[str, An
 
 
 def _finish(layout, spec, run_id, started, fingerprint, digest, previous, summaries,
-            skipped, extra_manifest) -> RunSummary:
+            skipped, extra_manifest, after_run=None) -> RunSummary:
     ok = sum(int(s["ok"]) for s in summaries)
     failed = sum(int(s["failed"]) for s in summaries)
     usage = {c: sum(int(s.get(c, 0)) for s in summaries) for c in USAGE_COLS}
@@ -388,6 +399,8 @@ def _finish(layout, spec, run_id, started, fingerprint, digest, previous, summar
                    "this_run": {k: this_run[k] for k in ("ok", "failed", "skipped")}},
         **(extra_manifest or {}),
     }
+    if after_run is not None:
+        manifest.update(after_run(layout.root, manifest))
     layout.write_json(manifest)
     log.info("ctray %s: %d ok, %d failed, %d skipped in %.1fs -> %s",
              spec.job, ok, failed, skipped, wall, layout.root)

@@ -1,13 +1,16 @@
-"""Online labeling with Ray Serve (see docs/serving.md).
+"""The Serve framework under every task's app (see docs/serving.md).
 
-``apps`` holds the typed app builders that ``serve/*.yaml`` import; ``deployments`` and
-``llm_deployments`` the FastAPI-ingress deployments; ``client`` a Python client;
-``bench_job`` the ``ctray serve-bench`` load generator (registered in ``jobs``).
+``service``: the ``Service`` base (the /label, /healthz, /version and /stats routes,
+written once by ``ingress``), request limits, the app builders' helpers; ``llm_service``:
+the base of the apps that answer with an LLM; ``batching``: per-item error isolation and
+counters; ``auth``: the bearer token; ``proxy``: the proxy's JSON 503/408 middleware;
+``schemas``: the HTTP bodies of the shipped apps; ``client``: a Python client. The apps
+themselves live in ``ctray/tasks/<x>/serve.py``.
 """
 
 from ctray._api import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "client": ["LabelingClient", "LabelingError"],
-    "bench_job": ["ServeBenchConfig", "run_serve_bench"],
+    "service": ["Service", "ingress", "service_api"],
 })

@@ -23,15 +23,18 @@ _bearer = HTTPBearer(auto_error=False,
 
 
 def expected_token() -> str | None:
+    """The bearer token the replica expects (None: auth is off)."""
     return os.environ.get(TOKEN_ENV) or None
 
 
 def auth_enabled() -> bool:
+    """Whether ``CTRAY_SERVE_TOKEN`` is set in the replica's environment."""
     return expected_token() is not None
 
 
 async def require_token(
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    """FastAPI dependency: 401 unless the request carries the expected token."""
     token = expected_token()
     if token is None:
         return

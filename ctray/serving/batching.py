@@ -22,12 +22,15 @@ MAX_ERROR_CHARS = 300
 
 @dataclass
 class Outcome:
+    """One item's result of a batch: a value or an item error, and the batch size."""
+
     value: Any = None
     error: ItemError | None = None
     batch_size: int | None = None
 
 
 def error_from_exception(exc: BaseException, code: str = "model_error") -> ItemError:
+    """An item error naming the exception (type and message, shortened)."""
     message = f"{type(exc).__name__}: {exc}"
     return ItemError(code=code, message=message[:MAX_ERROR_CHARS])
 
@@ -70,17 +73,21 @@ class BatchCounter:
         self.sizes: Counter[int] = Counter()
 
     def record_request(self, n_items: int) -> None:
+        """Count one request of ``n_items`` items."""
         self.requests += 1
         self.items += n_items
 
     def record_batch(self, outcomes: list[Outcome]) -> None:
+        """Count one server-side batch and its item errors."""
         self.sizes[len(outcomes)] += 1
         self.item_errors += sum(o.error is not None for o in outcomes)
 
     def record_errors(self, n: int) -> None:
+        """Count item errors that never reached a batch (blank texts)."""
         self.item_errors += n
 
     def snapshot(self, replica: str | None) -> BatchStats:
+        """The counters as ``/stats`` returns them."""
         return BatchStats(replica=replica, requests=self.requests, items=self.items,
                           item_errors=self.item_errors, batches=sum(self.sizes.values()),
                           batch_sizes=dict(sorted(self.sizes.items())))

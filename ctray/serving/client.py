@@ -31,6 +31,8 @@ DEFAULT_PREFIXES = {"findings": "/findings", "rules": "/rules", "llm_findings": 
 
 
 class LabelingError(RuntimeError):
+    """An HTTP error of a labeling app (status code and the server's detail)."""
+
     def __init__(self, status_code: int, detail: Any):
         super().__init__(f"HTTP {status_code}: {detail}")
         self.status_code = status_code
@@ -38,6 +40,8 @@ class LabelingError(RuntimeError):
 
 
 class LabelingClient:
+    """Calls the labeling apps of ``serve/*.yaml`` (token from the environment, 503s retried)."""
+
     def __init__(self, base_url: str = "http://127.0.0.1:8000", token: str | None = None,
                  timeout: float = 60.0, retries: int = 3,
                  prefixes: dict[str, str] | None = None):
@@ -54,34 +58,42 @@ class LabelingClient:
         self.close()
 
     def close(self) -> None:
+        """Close the HTTP connection pool."""
         self._http.close()
 
     # -- endpoints ---------------------------------------------------------------------
     def findings(self, texts: list[str], ids: list[str] | None = None,
                  include_probabilities: bool = True) -> FindingsResponse:
+        """Label reports with the findings classifier."""
         body = {"texts": list(texts), "ids": ids, "include_probabilities": include_probabilities}
         return self._post("findings", "/label", body, FindingsResponse)
 
     def rules(self, texts: list[str], ids: list[str] | None = None,
               include_evidence: bool = False) -> RulesResponse:
+        """Label reports with the rule labeler."""
         body = {"texts": list(texts), "ids": ids, "include_evidence": include_evidence}
         return self._post("rules", "/label", body, RulesResponse)
 
     def llm_findings(self, texts: list[str], ids: list[str] | None = None) -> LLMFindingsResponse:
+        """Label reports with the LLM labeler."""
         return self._post("llm_findings", "/label", {"texts": list(texts), "ids": ids},
                           LLMFindingsResponse)
 
     def translate(self, sections: dict[str, str], id: str | None = None) -> TranslateResponse:
+        """Translate the sections of one report."""
         return self._post("translate", "/report", {"sections": sections, "id": id},
                           TranslateResponse)
 
     def health(self, app: str = "findings") -> Health:
+        """``GET /healthz`` of an app."""
         return self._get(app, "/healthz", Health)
 
     def version(self, app: str = "findings") -> VersionInfo:
+        """``GET /version`` of an app."""
         return self._get(app, "/version", VersionInfo)
 
     def stats(self, app: str = "findings") -> BatchStats:
+        """``GET /stats`` of an app."""
         return self._get(app, "/stats", BatchStats)
 
     # -- transport ---------------------------------------------------------------------

@@ -17,6 +17,8 @@ ErrorCode = Literal["empty_text", "model_error", "parse_error", "backend_error"]
 
 
 class ItemError(BaseModel):
+    """Why one item has no result; the other items of the request are unaffected."""
+
     code: ErrorCode
     message: str
 
@@ -37,19 +39,26 @@ class LabelRequest(BaseModel):
         return self
 
     def item_id(self, i: int) -> str:
+        """The caller's id of item ``i`` (its index when no ids were sent)."""
         return self.ids[i] if self.ids is not None else str(i)
 
 
 class FindingsRequest(LabelRequest):
+    """Reports for the findings classifier."""
+
     include_probabilities: bool = True
 
 
 class RulesRequest(LabelRequest):
+    """Reports for the rule labeler."""
+
     include_evidence: bool = Field(
         default=False, description="return the sentence that made each finding positive")
 
 
 class ItemResult(BaseModel):
+    """One item of a response: its id, an error or the task's fields."""
+
     id: str
     error: ItemError | None = None
     # How many items the server-side batch held that computed this one (1: no batching).
@@ -57,12 +66,16 @@ class ItemResult(BaseModel):
 
 
 class FindingsItem(ItemResult):
+    """One report's 18 findings from the classifier."""
+
     labels: dict[str, int] | None = Field(default=None, description="finding column -> 0/1")
     probabilities: dict[str, float] | None = None
     positive: list[str] | None = Field(default=None, description="CT-RATE names of positives")
 
 
 class RulesItem(ItemResult):
+    """One report's 18 findings from the rule labeler."""
+
     labels: dict[str, int] | None = None
     positive: list[str] | None = None
     lang: str | None = None
@@ -70,6 +83,8 @@ class RulesItem(ItemResult):
 
 
 class LLMFindingsItem(ItemResult):
+    """One report's 18 findings from the LLM labeler, with its token usage."""
+
     labels: dict[str, int] | None = None
     positive: list[str] | None = None
     prompt_tokens: int | None = None
@@ -77,20 +92,28 @@ class LLMFindingsItem(ItemResult):
 
 
 class LabelResponse(BaseModel):
+    """The fields every labeling response shares."""
+
     model: str
     prompt_version: str | None = None
 
 
 class FindingsResponse(LabelResponse):
+    """The classifier's answer to one request."""
+
     checkpoint: str | None = None
     results: list[FindingsItem]
 
 
 class RulesResponse(LabelResponse):
+    """The rule labeler's answer to one request."""
+
     results: list[RulesItem]
 
 
 class LLMFindingsResponse(LabelResponse):
+    """The LLM labeler's answer to one request."""
+
     results: list[LLMFindingsItem]
 
 
@@ -104,12 +127,16 @@ class TranslateRequest(BaseModel):
 
 
 class TranslationItem(BaseModel):
+    """One section's translation, or its error."""
+
     translation: str | None = None
     error: ItemError | None = None
     batch_size: int | None = None
 
 
 class TranslateResponse(LabelResponse):
+    """The translation of one report, per section."""
+
     id: str | None = None
     source_lang: str
     target_lang: str
@@ -117,6 +144,8 @@ class TranslateResponse(LabelResponse):
 
 
 class VersionInfo(BaseModel):
+    """``/version``: what answers (versions, model, batching, replica)."""
+
     model_config = ConfigDict(protected_namespaces=())
 
     app: str
@@ -131,11 +160,15 @@ class VersionInfo(BaseModel):
 
 
 class Health(BaseModel):
+    """``/healthz``: the probe passed, and how long it took."""
+
     status: Literal["ok"]
     latency_ms: float
 
 
 class BatchStats(BaseModel):
+    """``/stats``: one replica's counters since it started."""
+
     replica: str | None
     requests: int
     items: int
@@ -155,6 +188,8 @@ class LeavsRequest(BaseModel):
 
 
 class LeavsOrgan(BaseModel):
+    """LEAVS labels of one organ."""
+
     organ: str
     #: finding type -> certainty code (LEAVS schema)
     labels: dict[str, int]
@@ -163,8 +198,41 @@ class LeavsOrgan(BaseModel):
 
 
 class LeavsResponse(BaseModel):
+    """LEAVS labels of one report."""
+
     model: str
     id: str | None = None
     organs: list[LeavsOrgan]
     #: questions the model could not answer usably (their organs are left out)
     errors: list[ItemError] = Field(default_factory=list)
+
+
+class CxrRequest(LabelRequest):
+    """Chest X-ray reports to label."""
+
+    include_evidence: bool = Field(
+        default=False, description="rules only: the sentence that decided each label")
+
+
+class CxrItem(ItemResult):
+    """One report's 14 CheXpert observations."""
+
+    labels: dict[str, float | None] | None = Field(
+        default=None, description="observation -> 1.0 / 0.0 / -1.0 / null (blank)")
+    positive: list[str] | None = None
+    uncertain: list[str] | None = None
+    evidence: dict[str, str] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class CxrResponse(LabelResponse):
+    """The labels of every report of a request, in order."""
+
+    results: list[CxrItem]
+
+
+class CxrEncoderResponse(CxrResponse):
+    """The CXR encoder labeler's answer: the labels and the checkpoint that gave them."""
+
+    checkpoint: str | None = None

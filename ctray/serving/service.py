@@ -1,28 +1,39 @@
-"""What every labeling deployment shares: limits, counters, request logging, /version.
+"""The base of every Serve app: routes, limits, counters, request logging, app builders.
+
+A task's app (``ctray/tasks/<x>/serve.py``) is a :class:`Service` subclass with a
+``label`` method (the request -> response of the task), ``probe`` (a fixed input the
+model must get right, for ``/healthz``) and ``model_name``. :func:`ingress` writes the
+routes once for every app:
+
+``POST /label`` (or the path the app names)  the task's ``label``, behind the bearer token
+``GET /healthz``  runs ``probe`` in a worker thread; 503 when it fails (no token needed)
+``GET /version``  ctray/ray versions, model, batching, this replica's actor name
+``GET /stats``    this replica's request, item and batch-size counts
 
 Logs carry request ids, item counts, character counts and latency only, never
 report text (nor the model's answer, which may quote it).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: FastAPI reads the route methods'
+# annotations as classes once Serve has rewritten their signatures.
 
+import asyncio
+import inspect
 import logging
 import threading
 import time
-from typing import Any, ClassVar
+from typing import Any, Awaitable, Callable, ClassVar
 
-from fastapi import HTTPException, Request, status
+from fastapi import FastAPI, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
 
 import ctray
+from ctray.serving.auth import AUTH
 from ctray.serving.batching import BatchCounter, Outcome
-from ctray.serving.schemas import ItemError, VersionInfo
+from ctray.serving.schemas import BatchStats, Health, ItemError, VersionInfo
 
 log = logging.getLogger("ray.serve")
-
-# Short reports with one stated and one negated finding: /healthz runs the model on them.
-HEALTH_TEXT = "Bilateral pleural effusion is present. No pulmonary nodule."
-HEALTH_TEXTS = {"en": HEALTH_TEXT, "ja": "両側に胸水を認める。肺結節は認めない。"}
 
 
 class Limits(BaseModel):
@@ -37,11 +48,14 @@ class Limits(BaseModel):
 class BatchingConfig(Limits):
     """``@serve.batch`` settings; ``max_batch_size: 1`` turns batching off."""
 
-    max_batch_size: int = Field(default=16, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    max_batch_size: int = Field(default=16, ge=1,
+                                description="texts per model call (1: batching off)")
+    batch_wait_timeout_s: float = Field(
+        default=0.01, ge=0, description="seconds a request waits for others to fill a batch")
 
 
 def empty_text_error() -> ItemError:
+    """The item error of a blank text (answered without a model call)."""
     return ItemError(code="empty_text", message="text is empty")
 
 
@@ -51,13 +65,16 @@ async def const(value: Any) -> Any:
 
 
 def is_blank(text: str) -> bool:
+    """Empty or whitespace only."""
     return not text or not text.strip()
 
 
 class Service:
-    """Mixin of the labeling deployments (each is also a FastAPI ingress)."""
+    """Base of the task deployments (each is also a FastAPI ingress, see :func:`ingress`)."""
 
     app_label: ClassVar[str] = "service"
+    #: the 503 detail when ``probe`` fails
+    health_failure: ClassVar[str] = "model check failed"
 
     def _init_service(self) -> None:
         self.limits: Limits = Limits()
@@ -67,8 +84,44 @@ class Service:
         self.model_lock = threading.Lock()
         self._replica: str | None = None
 
+    # -- what a task app provides --------------------------------------------------------
+    def probe(self) -> bool:
+        """Run the model on a fixed input and say whether it answered right (in a thread)."""
+        raise NotImplementedError
+
+    def model_name(self) -> str:
+        """The model label in responses and ``/version``."""
+        raise NotImplementedError
+
+    def version_extra(self) -> dict[str, Any]:
+        """More ``/version`` fields (checkpoint, prompt_version, batching)."""
+        return {}
+
+    # -- the routes every app has (registered by ``ingress``) ----------------------------
+    async def healthz(self) -> Health:
+        """``GET /healthz``: the probe's latency, or 503."""
+        started = time.perf_counter()
+        try:
+            ok = await asyncio.to_thread(self.probe)
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
+            log.warning("%s healthz failed: %s", self.app_label, type(exc).__name__)
+            ok = False
+        if not ok:
+            raise HTTPException(503, detail=self.health_failure)
+        return Health(status="ok", latency_ms=(time.perf_counter() - started) * 1000)
+
+    async def version(self) -> VersionInfo:
+        """``GET /version``."""
+        return self.version_info(self.model_name(), **self.version_extra())
+
+    async def stats(self) -> BatchStats:
+        """``GET /stats``: this replica's counters."""
+        return self.counter.snapshot(self.replica_name)
+
+    # -- shared request handling ---------------------------------------------------------
     @property
     def replica_name(self) -> str | None:
+        """This replica's Ray actor name (None outside Ray)."""
         if self._replica is None:
             import ray
 
@@ -96,6 +149,7 @@ class Service:
 
     def log_request(self, request: Request | None, texts: list[str], started: float,
                     outcomes: list[Outcome]) -> None:
+        """One log line per request: id, counts, sizes, latency; never text."""
         failed = sum(o.error is not None for o in outcomes)
         sizes = sorted({o.batch_size for o in outcomes if o.batch_size})
         log.info("%s request_id=%s items=%d chars=%d failed=%d batch_sizes=%s ms=%.1f",
@@ -103,12 +157,97 @@ class Service:
                  len(texts), sum(len(t) for t in texts), failed, sizes,
                  (time.perf_counter() - started) * 1000)
 
+    async def run_texts(self, texts: list[str], request: Request | None,
+                        run: Callable[[list[int], list[str]], Awaitable[list[Outcome]]],
+                        keys: list[str] | None = None, field: str = "texts",
+                        batched: bool = False) -> list[Outcome]:
+        """The request flow of every text app: limits (413), counts, blank texts answered
+        with ``empty_text`` without a model call, ``run(positions, texts)`` on the
+        others, one log line.
+        ``batched``: ``run`` goes through ``@serve.batch``, whose counter already
+        counts its item errors."""
+        started = time.perf_counter()
+        self.check_limits(texts, field=field, keys=keys)
+        self.counter.record_request(len(texts))
+        todo = [i for i, t in enumerate(texts) if not is_blank(t)]
+        outcomes = [Outcome(error=empty_text_error())] * len(texts)
+        for i, outcome in zip(todo, await run(todo, [texts[i] for i in todo])):
+            outcomes[i] = outcome
+        self.counter.record_errors(len(texts) - len(todo) if batched else
+                                   sum(o.error is not None for o in outcomes))
+        self.log_request(request, texts, started, outcomes)
+        return outcomes
+
     def version_info(self, model: str, **extra: Any) -> VersionInfo:
+        """``/version``'s body: versions, model, replica and batching settings."""
         import ray
 
         batching = extra.pop("batching", None)
         return VersionInfo(app=self.app_label, ctray=ctray.__version__, ray=ray.__version__,
                            model=model, replica=self.replica_name,
                            max_batch_size=batching.max_batch_size if batching else None,
-                           batch_wait_timeout_s=batching.batch_wait_timeout_s if batching else None,
-                           **extra)
+                           batch_wait_timeout_s=batching.batch_wait_timeout_s
+                           if batching else None, **extra)
+
+
+def check_local_path(checkpoint: str) -> None:
+    """A path-like checkpoint that is missing fails here, not as a confusing hub lookup."""
+    import os
+
+    if checkpoint.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(checkpoint)):
+        raise ValueError(f"checkpoint {checkpoint!r} is not a directory on this node; use an "
+                         "absolute path that exists on every node, an s3:// URI or a Hugging "
+                         "Face model id (relative paths resolve against the replica's working "
+                         "directory, not yours)")
+
+
+def service_api(title: str, description: str) -> FastAPI:
+    """The FastAPI app of one Serve app (OpenAPI at ``/docs``, served without a CDN)."""
+    from ctray.serving.offline_docs import use_offline_docs
+
+    api = FastAPI(title=title, version=ctray.__version__, description=description)
+    use_offline_docs(api)
+    return api
+
+
+def ingress(api: FastAPI, request_model: type[BaseModel], response_model: type[BaseModel],
+            path: str = "/label") -> Callable[[type[Service]], type[Service]]:
+    """Class decorator: the routes of every app on ``api`` (the class's ``label`` at
+    ``POST path`` behind the token, ``/healthz``, ``/version``, ``/stats``), then
+    ``serve.ingress``. Apply ``serve.deployment`` on top."""
+
+    def wrap(cls: type[Service]) -> type[Service]:
+        async def label_route(self, body, request: Request):
+            return await self.label(body, request)
+
+        # FastAPI reads the body and response types from the signature; Serve finds
+        # the route by the class name in its qualified name.
+        params = list(inspect.signature(label_route).parameters.values())
+        label_route.__signature__ = inspect.Signature(
+            [params[0], params[1].replace(annotation=request_model),
+             params[2]], return_annotation=response_model)
+        label_route.__qualname__ = f"{cls.__qualname__}.label_route"
+        cls.label_route = label_route
+        api.add_api_route(path, label_route, methods=["POST"], response_model=response_model,
+                          dependencies=AUTH)
+        api.add_api_route("/healthz", cls.healthz, methods=["GET"], response_model=Health)
+        api.add_api_route("/version", cls.version, methods=["GET"], response_model=VersionInfo,
+                          dependencies=AUTH)
+        api.add_api_route("/stats", cls.stats, methods=["GET"], response_model=BatchStats,
+                          dependencies=AUTH)
+        return serve.ingress(api)(cls)
+
+    return wrap
+
+
+# ----------------------------------------------------------------- app builder arguments
+
+def coerce(model: type[BaseModel], args: Any) -> Any:
+    """Builder arguments as ``model``: ``serve run module:builder key=value`` passes a
+    dict when Serve cannot see the annotation; validate it the same way."""
+    return args if isinstance(args, model) else model.model_validate(args or {})
+
+
+def user_config(args: BaseModel, cls: type[BaseModel]) -> dict[str, Any]:
+    """The fields of ``args`` that are ``cls`` (a deployment's ``user_config``) fields."""
+    return args.model_dump(include=set(cls.model_fields))

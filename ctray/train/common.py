@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -56,6 +57,7 @@ def run_locations(cfg) -> tuple[str, str, str, str]:
 
 
 def use_gpu(setting: bool | str) -> bool:
+    """``auto``: whether the Ray cluster has GPUs."""
     if setting != "auto":
         return bool(setting)
     import ray
@@ -95,16 +97,47 @@ def check_resume(run_dir: str, fingerprint: dict[str, Any], allow_change: bool,
     return previous
 
 
-def announce_resume(job: str, run_dir: str, previous: dict | None) -> None:
+def announce_resume(job: str, run_dir: str, previous: dict | None, unit: str = "epoch") -> None:
+    """Say where a resumed run continues (``unit``: the metric the loop reports)."""
     if previous is None:
         return
     from ray.train import Result
 
     try:
         last = Result.from_path(run_dir).metrics or {}
-        print(f"[{job}] resuming {run_dir} after epoch {last.get('epoch', '?')}")
+        print(f"[{job}] resuming {run_dir} after {unit} {last.get(unit, '?')}")
     except RuntimeError:
-        print(f"[{job}] {run_dir} has no finished epoch yet: starting at epoch 1")
+        print(f"[{job}] {run_dir} has no finished {unit} yet: starting from the beginning")
+
+
+@dataclass
+class TrainingRun:
+    """Where a trainer writes and on what it runs (:func:`prepare_run`)."""
+
+    output: str
+    storage: str
+    run_dir: str
+    export_to: str
+    gpu: bool
+    previous: dict | None
+
+    def trainer(self, cfg, loop: Callable, loop_config: dict[str, Any],
+                score: str | None = None):
+        """The TorchTrainer of ``cfg`` (its ``scaling`` and ``checkpoint`` sections)."""
+        return make_trainer(loop, loop_config, cfg.scaling, cfg.checkpoint, self.storage,
+                            self.gpu, score)
+
+
+def prepare_run(cfg, fingerprint: dict[str, Any], what: str, unit: str = "epoch") -> TrainingRun:
+    """The set-up every trainer shares, for a config with ``run``, ``checkpoint``,
+    ``scaling`` and ``export``: locations (:func:`run_locations`), the resume guard
+    (:func:`check_resume`; ``what`` names what may not change), the resume message and
+    the device."""
+    output, storage, run_dir, export_to = run_locations(cfg)
+    previous = check_resume(run_dir, fingerprint, cfg.checkpoint.allow_config_change, what)
+    announce_resume(cfg.job, run_dir, previous, unit)
+    return TrainingRun(output, storage, run_dir, export_to, use_gpu(cfg.scaling.use_gpu),
+                       previous)
 
 
 def make_trainer(loop: Callable, loop_config: dict[str, Any], scaling: ScalingParams,

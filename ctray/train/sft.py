@@ -35,7 +35,7 @@ import tempfile
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger(__name__)
 
@@ -46,40 +46,54 @@ RAY_CKPT_SUBDIR = "checkpoint"  # RayTrainReportCallback.CHECKPOINT_NAME
 
 class LoraParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
+    r: int = Field(16, description="LoRA rank")
+    alpha: int = Field(32, description="LoRA scaling alpha")
+    dropout: float = Field(0.05, description="LoRA dropout")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="modules adapted by LoRA (a list, or all-linear)")
 
 
 class SftParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    learning_rate: float = 1e-4  # the paper's (Adam, lr 1e-4)
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0: stop after this many optimizer steps (overrides epochs)
-    batch_size: int = 2  # examples per worker per micro-step (the paper's)
-    grad_accum: int = 1
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    lr_scheduler: str = "cosine"
-    max_grad_norm: float = 1.0
+    learning_rate: float = Field(1e-4, description="AdamW learning rate (the paper's: 1e-4)")
+    epochs: float = Field(1.0, description="passes over the training examples")
+    max_steps: int = Field(
+        -1, description="> 0: stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = Field(2, description="examples per worker per micro-step")
+    grad_accum: int = Field(1, description="micro-steps per optimizer step")
+    weight_decay: float = Field(0.0, description="AdamW weight decay")
+    warmup_ratio: float = Field(
+        0.05, description="share of steps spent warming up the learning rate")
+    lr_scheduler: str = Field("cosine", description="transformers learning-rate schedule name")
+    max_grad_norm: float = Field(1.0, description="gradient clipping norm")
     # Longest tokenised example kept; None = the longest in the data (capped by the
     # model's context). Longer examples are dropped and counted, never silently cut.
-    max_length: int | None = None
-    group_by_length: bool = True
-    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    max_length: int | None = Field(
+        None, description="longest tokenised example kept (None: the longest in the data); "
+        "longer ones are dropped and counted")
+    group_by_length: bool = Field(
+        True, description="batch examples of similar length (less padding)")
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field(
+        "auto", description="auto: bf16 where supported, else full precision")
     # Gemma ties the output head to the input embeddings (168M of the 270M weights);
     # freezing them keeps the vocabulary geometry and halves optimizer memory.
-    freeze_embeddings: bool = True
-    gradient_checkpointing: bool = False
-    lora: LoraParams | None = None
-    save_steps: int = 50  # checkpoint (and held-out loss) every N optimizer steps
-    eval_steps: int | None = None  # default: save_steps
-    logging_steps: int = 1
+    freeze_embeddings: bool = Field(
+        True, description="freeze the (tied) embeddings: keeps the vocabulary geometry, halves "
+        "optimizer memory")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass (less memory, slower)")
+    lora: LoraParams | None = Field(
+        None, description="LoRA adapters (None: full fine-tuning); merged into the export")
+    save_steps: int = Field(
+        50, description="checkpoint (and held-out loss) every N optimizer steps")
+    eval_steps: int | None = Field(
+        None, description="held-out loss every N steps (default: save_steps)")
+    logging_steps: int = Field(1, description="log the loss every N steps")
     # Wall-clock budget of one run (CPU machines): at the first step past it the run
     # saves a checkpoint and stops (a rerun with a larger budget or max_steps continues).
-    time_budget_s: float | None = None
-    seed: int = 42
+    time_budget_s: float | None = Field(
+        None, description="wall-clock budget: at the first step past it, checkpoint and stop")
+    seed: int = Field(42, description="seed of shuffling and initialisation")
 
 
 class SftExample(BaseModel):
@@ -237,7 +251,7 @@ def _trainer_class():
             if state.is_world_process_zero and logs:
                 keys = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "epoch")
                 shown = " ".join(f"{k} {logs[k]:.4g}" for k in keys if isinstance(logs.get(k), float | int))
-                print(f"[train-llm-labeler] step {state.global_step}/{state.max_steps} {shown}",
+                print(f"[train-cxr-labeler] step {state.global_step}/{state.max_steps} {shown}",
                       flush=True)
 
     return CompletionOnlyTrainer, SaveEachEpoch, PrintSteps, TimeBudget
@@ -357,7 +371,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             with open(os.path.join(hf_dir, STATE_FILE), encoding="utf-8") as f:
                 start_step = int(json.load(f)["global_step"])
             if ctx.get_world_rank() == 0:
-                print(f"[train-llm-labeler] resuming from step {start_step}", flush=True)
+                print(f"[train-cxr-labeler] resuming from step {start_step}", flush=True)
             trainer.train(resume_from_checkpoint=hf_dir)
     else:
         trainer.train()

@@ -178,7 +178,7 @@ def encode_batch(tokenizer, texts: Sequence[str], max_length: int, stride: int):
     """(input_ids, attention_mask, owner, windows per report) for a list of reports."""
     import torch
 
-    from ctray.tasks.findings.model import encode_reports, pad_chunks
+    from ctray.models.windows import encode_reports, pad_chunks
 
     enc = encode_reports(tokenizer, texts, max_length, stride)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

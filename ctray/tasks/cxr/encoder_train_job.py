@@ -24,7 +24,7 @@ Outputs under ``run.output``: ``model/`` (the export, gold stage if run, else ru
 ``model_rules/`` (stage 1), ``rules_stage_predictions.csv`` (stage 1 on the excluded dev
 reports), ``cv_predictions.csv`` (stage 2, out-of-fold), ``train_log.jsonl``,
 ``checkpoints/`` and ``manifest.json``. Both CSVs are in the CheXpert layout, ready for
-``ctray cxr-eval``.
+``ctray eval-cxr``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from ctray.config import JobConfig
 from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
 from ctray.tasks.cxr.schema import OBSERVATIONS
-from ctray.tasks.cxr.train_job import IdList, LabelTable
+from ctray.train.labeler import IdList, LabelTable
 from ctray.train.common import (CheckpointParams, ScalingParams, announce_resume, check_resume,
                                 gather, make_trainer, run_locations, use_gpu)
 
@@ -145,13 +145,14 @@ def resolve_encoder(name_or_path: str) -> str:
 
 def read_label_table(table: LabelTable) -> pd.DataFrame:
     """Index report id (str), the 14 observations as 1.0/0.0/-1.0/NaN."""
-    from ctray.tasks.cxr.train_job import read_labels
+    from ctray.tasks.cxr import sft_format
+    from ctray.train.labeler import read_labels
 
-    return read_labels("cxr", table)
+    return read_labels(sft_format, table)
 
 
 def read_ids(items: list[IdList]) -> set[str]:
-    from ctray.tasks.cxr.train_job import _read_ids
+    from ctray.train.labeler import read_ids as _read_ids
 
     out: set[str] = set()
     for item in items:
@@ -329,7 +330,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from transformers import get_linear_schedule_with_warmup
 
     from ctray.tasks.cxr.encoder_model import n_classes, save_encoder_labeler
-    from ctray.tasks.findings.model import pad_chunks, window_token_ids
+    from ctray.models.windows import pad_chunks, window_token_ids
 
     p = config["params"]
     units: list[dict] = config["units"]

@@ -1,4 +1,4 @@
-"""``ctray cxr-eval``: any number of CXR labelers side by side against a gold table.
+"""``ctray eval-cxr``: any number of CXR labelers side by side against a gold table.
 
 Inputs are label-cxr output folders (their ``results`` Parquet) or CSV/Parquet files in
 the CheXpert layout (an id column and the 14 observation columns, 1.0/0.0/-1.0/empty;
@@ -12,7 +12,6 @@ a CheXpert or CheXbert output CSV works as is). Writes to ``run.output``:
 
 from __future__ import annotations
 
-import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -33,16 +32,20 @@ def _sample(name: str) -> str:
 class LabelsInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(description="label-cxr output folder, or a CSV/Parquet file")
-    label: str | None = None  # name in the tables and figures (default: the folder/file name)
-    id_column: str | None = None  # default: report_id, uid or Reports, whichever exists
+    label: str | None = Field(
+        None, description="name in the tables and figures (default: the folder/file name)")
+    id_column: str | None = Field(
+        None, description="id column (default: report_id, uid or Reports, whichever exists)")
 
 
 class CxrEvalConfig(JobConfig):
-    job: str = "cxr-eval"
+    job: str = "eval-cxr"
     gold: LabelsInput = Field(default_factory=lambda: LabelsInput(
-        path=_sample("sample_cxr_labels.csv"), label="gold"))
-    labelers: list[LabelsInput] = Field(default_factory=list, min_length=0)
-    title: str = "CXR labelers vs gold"
+        path=_sample("sample_cxr_labels.csv"), label="gold"), description="the gold label table")
+    labelers: list[LabelsInput] = Field(
+        default_factory=list, min_length=0, description="the labelers' outputs to score (folders "
+        "or files)")
+    title: str = Field("CXR labelers vs gold", description="title of the figures and the report")
     allow_partial: bool = Field(False, description="score labelers that cover only part of the "
                                 "gold reports (on the covered part; coverage is printed next to "
                                 "every figure) instead of stopping")
@@ -102,12 +105,12 @@ def _markdown(df: pd.DataFrame, digits: int = 4) -> str:
 
 
 def run_cxr_eval(cfg: CxrEvalConfig) -> dict[str, Any]:
-    from ctray.io.manifest import library_versions, scrub_secrets
+    from ctray.io.manifest import write_job_manifest
     from ctray.tasks.cxr import evaluation as ev
 
     started = time.time()
     if not cfg.labelers:
-        raise UserError("cxr-eval needs at least one labeler: --set 'labelers=[runs/label_cxr]' "
+        raise UserError("eval-cxr needs at least one labeler: --set 'labelers=[runs/label_cxr]' "
                         "or a labelers: list in the config")
     gold = read_labels(cfg.gold, "gold labels")
     names = _names(cfg.labelers)
@@ -194,12 +197,9 @@ def run_cxr_eval(cfg: CxrEvalConfig) -> dict[str, Any]:
         "tests": tests.to_dict("records"),
         "files": {k: str(v) for k, v in files.items()},
     }
-    manifest = {**summary, "config": scrub_secrets(cfg.model_dump(mode="json")),
-                "versions": library_versions(), "wall_time_s": round(time.time() - started, 3)}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str),
-                                       encoding="utf-8")
+    write_job_manifest(cfg, started, **summary)
     cov = f"(coverage {len(ids)}/{len(gold)} gold reports)"
-    print(f"[ctray cxr-eval] {len(ids)} reports; mean weighted F1 "
+    print(f"[ctray eval-cxr] {len(ids)} reports; mean weighted F1 "
           + ", ".join(f"{n} {v:.4f} {cov}" for n, v in summary["mean_weighted_f1"].items())
           + f"; report {files['report']}")
     return summary

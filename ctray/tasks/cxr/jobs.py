@@ -3,15 +3,16 @@
 from ctray.jobs import JobSpec, register
 
 register(JobSpec(
-    "train-llm-labeler",
-    "instruction fine-tuning (SFT) of a causal LM as a report labeler with Ray Train "
-    "(task cxr: 14 CheXpert observations; task ctrate: 18 CT-RATE findings; resumes "
-    "from the latest checkpoint)",
+    "train-cxr-labeler",
+    "instruction fine-tuning (SFT) of a causal LM as a CXR report labeler (14 CheXpert "
+    "observations) with Ray Train; resumes from the latest checkpoint (CT-RATE: "
+    "train-findings-labeler)",
     "ctray.tasks.cxr.train_job:TrainLlmLabelerConfig",
     "ctray.tasks.cxr.train_job:run_train_llm_labeler",
-    flags={"--task": "task", "--model": "model", "--labels": "labels.path",
+    flags={"--model": "model", "--labels": "labels.path",
            "--max-steps": "training.max_steps", "--num-workers": "scaling.num_workers"},
     resumable=False,  # resumes from its checkpoints, not row-wise
+    aliases=("train-llm-labeler",),
 ))
 register(JobSpec(
     "label-cxr",
@@ -24,13 +25,14 @@ register(JobSpec(
            "--encoder-model": "encoder.model"},
 ))
 register(JobSpec(
-    "cxr-eval",
+    "eval-cxr",
     "the LLM CXR labeler paper's evaluation: weighted F1 per observation over {1,0,-1} and "
     "{1,0}, paired t-test and Wilcoxon between labelers, grouped-bar and difference-heatmap PNGs",
     "ctray.tasks.cxr.eval_job:CxrEvalConfig",
     "ctray.tasks.cxr.eval_job:run_cxr_eval",
     flags={"--gold": "gold.path", "--allow-partial": "allow_partial"},
     needs_ray=False,
+    aliases=("cxr-eval",),
 ))
 register(JobSpec(
     "train-cxr-encoder",

@@ -27,13 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ctray.config import LLMJobConfig
 from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
-from ctray.pipeline.stage import Resources, RowError, Stage
-from ctray.tasks.cxr.schema import EVIDENCE_COLUMNS, OBSERVATIONS
+from ctray.pipeline.stage import Resources, Stage
+from ctray.tasks.cxr.schema import OBSERVATIONS
+from ctray.tasks.cxr.stages import FLOAT_TYPES, WINDOWS_COL, CxrEncoderStage, CxrRuleStage
 
 OPENI_SECTIONS = {"findings": "findings", "impression": "impression"}
 LABELS_CSV = "labels.csv"
-WINDOWS_COL = "n_windows"  # encoder windows per report (>1: longer than the encoder's window)
-FLOAT_TYPES = {o: "float64" for o in OBSERVATIONS}
 
 
 def _sample(name: str) -> str:
@@ -45,92 +44,6 @@ def openi_corpus(path: str | None = None, **extra: Any) -> dict[str, Any]:
     return {"path": path or _sample("sample_cxr_reports.csv"), "id_column": "uid",
             "sections": dict(OPENI_SECTIONS), "text_sections": ["findings", "impression"],
             **extra}
-
-
-class CxrRuleStage(Stage):
-    name = "rule_cxr"
-
-    def __init__(self, text_column: str = "text", resources: Resources | None = None):
-        self.text_column = text_column
-        self.input_columns = ("report_id", text_column)
-        self.output_columns = OBSERVATIONS + EVIDENCE_COLUMNS
-        self.output_types = {**FLOAT_TYPES, **{c: "string" for c in EVIDENCE_COLUMNS}}
-        self.resources = resources or Resources(num_cpus=0.5, batch_size=64)
-        self.labeler = None
-
-    def setup(self) -> None:
-        from ctray.tasks.cxr.rules import CxrRuleLabeler
-
-        self.labeler = CxrRuleLabeler()
-
-    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        text = row.get(self.text_column)
-        if not isinstance(text, str) or not text.strip():
-            raise RowError(f"row {row.get('report_id')!r}: field {self.text_column!r} is empty")
-        return self.labeler.label(text).row()
-
-    def describe(self) -> dict[str, Any]:
-        from ctray.tasks.cxr import patterns
-
-        return {"name": self.name, "terms": len(patterns.TERMS), "cues": len(patterns.CUES)}
-
-
-class CxrEncoderStage(Stage):
-    """The trained encoder labeler (``CXREncoderLabeler``), one model per actor."""
-
-    name = "encoder_cxr"
-
-    def __init__(self, model_path: str, text_column: str = "text", device: str | None = None,
-                 batch_size: int = 32, resources: Resources | None = None):
-        self.model_path = model_path
-        self.text_column = text_column
-        self.device = device
-        self.batch_size = batch_size
-        self.input_columns = ("report_id", text_column)
-        self.output_columns = OBSERVATIONS + (WINDOWS_COL,)
-        self.output_types = {**FLOAT_TYPES, WINDOWS_COL: "int64"}
-        self.resources = resources or Resources(num_cpus=1, batch_size=64)
-        self.labeler = None
-
-    def preflight(self) -> None:
-        from pathlib import Path
-
-        from ctray.tasks.cxr.encoder_model import META_FILE
-
-        if "://" not in self.model_path and not (Path(self.model_path) / META_FILE).is_file():
-            raise UserError(f"{self.model_path}: not a CXR encoder labeler folder (no {META_FILE}); "
-                            "train one with ctray train-cxr-encoder and set encoder.model")
-
-    def setup(self) -> None:
-        from ctray.tasks.cxr.encoder_model import CXREncoderLabeler
-
-        self.labeler = CXREncoderLabeler.load(self.model_path, device=self.device,
-                                              batch_size=self.batch_size)
-
-    def process_batch(self, batch):
-        import pandas as pd
-
-        from ctray.pipeline.stage import mark_error
-
-        rows = batch.to_dict("records")
-        good, out = [], [None] * len(rows)
-        for i, row in enumerate(rows):
-            text = row.get(self.text_column)
-            if isinstance(text, str) and text.strip():
-                good.append(i)
-            else:
-                out[i] = mark_error(row, self.name, RowError(
-                    f"row {row.get('report_id')!r}: field {self.text_column!r} is empty"))
-        if good:
-            values = self.labeler.predict_values([rows[i][self.text_column] for i in good])
-            windows = self.labeler.last_windows
-            for k, i in enumerate(good):
-                out[i] = {**rows[i], **dict(zip(OBSERVATIONS, values[k].tolist())),
-                          WINDOWS_COL: int(windows[k])}
-        return pd.DataFrame(out, index=batch.index)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model_path}
 
 
 class EncoderOptions(BaseModel):
@@ -147,43 +60,49 @@ class EncoderOptions(BaseModel):
 
 class LLMOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # auto: "sft" when backend.model is a folder exported by train-llm-labeler (it holds
+    # auto: "sft" when backend.model is a folder exported by train-cxr-labeler (it holds
     # ctray_sft.json), else "json-4class" (the zero-shot prompt with all 14 keys).
     answer_format: Literal["auto", "json-4class", "sft"] = Field(
-        "auto", description="auto: sft for a train-llm-labeler folder, else json-4class "
+        "auto", description="auto: sft for a train-cxr-labeler folder, else json-4class "
                             "(zero-shot, all 14 keys)")
-    guided_json: bool = True  # send the JSON schema (enforced by vllm / openai)
-    repair: bool = True  # one follow-up request after an unusable answer (json-4class)
-    lenient: bool = False  # accept the object inside a code block or prose
-    max_tokens: int = 300
+    guided_json: bool = Field(True, description="send the JSON schema (enforced by vllm / openai)")
+    repair: bool = Field(
+        True, description="one follow-up request after an unusable answer (json-4class)")
+    lenient: bool = Field(False, description="accept the object inside a code block or prose")
+    max_tokens: int = Field(300, description="new tokens per answer")
 
 
 class RuleOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    num_cpus: float = 0.5
-    batch_size: int = 64
-    concurrency: int | tuple[int, int] = 1
+    num_cpus: float = Field(0.5, description="CPUs per rule-labeler actor")
+    batch_size: int = Field(64, description="reports per batch")
+    concurrency: int | tuple[int, int] = Field(
+        1, description="rule-labeler actors: n, or (min, max) to autoscale")
 
 
 class ExportOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    csv: bool = True  # write labels.csv (CheXpert layout) after the run
-    id_name: str = "uid"  # header of the id column in labels.csv
+    csv: bool = Field(True, description="write labels.csv (CheXpert layout) after the run")
+    id_name: str = Field("uid", description="header of the id column in labels.csv")
 
 
 class LabelCxrConfig(LLMJobConfig):
     #: the labels.csv export is written from the results after the run
     result_neutral_fields: ClassVar[frozenset[str]] = frozenset({"export"})
     job: str = "label-cxr"
-    corpus: CorpusConfig = Field(default_factory=lambda: CorpusConfig(**openi_corpus()))
+    corpus: CorpusConfig = Field(
+        default_factory=lambda: CorpusConfig(**openi_corpus()), description="the reports to read "
+        "(path, columns, limit)")
     labeler: Literal["rules", "llm", "encoder"] = Field(
         "rules", description="rules (CheXpert-style, evidence sentence per label), llm "
                              "(any backend, guided JSON) or encoder (train-cxr-encoder model)")
     encoder: EncoderOptions = Field(default_factory=EncoderOptions,
                                     description="the trained encoder labeler (--labeler encoder)")
-    llm: LLMOptions = Field(default_factory=LLMOptions)
-    rules: RuleOptions = Field(default_factory=RuleOptions)
-    export: ExportOptions = Field(default_factory=ExportOptions)
+    llm: LLMOptions = Field(default_factory=LLMOptions, description="options of the llm labeler")
+    rules: RuleOptions = Field(
+        default_factory=RuleOptions, description="resources of the rules labeler")
+    export: ExportOptions = Field(
+        default_factory=ExportOptions, description="the labels.csv export")
 
     @field_validator("corpus", mode="before")
     @classmethod
@@ -199,7 +118,7 @@ class LabelCxrConfig(LLMJobConfig):
         return value
 
 
-SFT_MARKER = "ctray_sft.json"  # written by train-llm-labeler beside the exported weights
+SFT_MARKER = "ctray_sft.json"  # written by train-cxr-labeler beside the exported weights
 
 
 def resolve_answer_format(answer_format: str, model: str | None) -> str:
@@ -235,7 +154,7 @@ def build_stage(cfg: LabelCxrConfig) -> Stage:
         return CxrRuleStage(resources=Resources(num_cpus=r.num_cpus, batch_size=r.batch_size,
                                                 concurrency=r.concurrency))
     from ctray.llm.task import LLMStage
-    from ctray.tasks.cxr.llm_labeler import CxrLLMTask
+    from ctray.tasks.cxr.llm_tasks import CxrLLMTask
 
     o = cfg.llm
     task = CxrLLMTask(max_tokens=o.max_tokens, temperature=cfg.backend.temperature,
@@ -320,21 +239,17 @@ def export_labels_csv(output: str, id_name: str = "uid") -> tuple[str, int]:
 
 
 def run_label_cxr(cfg: LabelCxrConfig):
-    from ctray.io.output import OutputLayout
     from ctray.pipeline.job import run_corpus_job
 
-    stage = build_stage(cfg)
-    summary = run_corpus_job(cfg, [stage], fingerprint=_fingerprint(cfg),
-                             extra_manifest={"labeler": cfg.labeler})
-    if cfg.export.csv:
+    def export(output: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        if not cfg.export.csv:
+            return {}
         try:
-            target, rows = export_labels_csv(summary.output, cfg.export.id_name)
+            target, rows = export_labels_csv(output, cfg.export.id_name)
         except KeyError as exc:  # pragma: no cover - a results folder of another job
-            raise UserError(f"{summary.output}: results lack column {exc}") from None
-        layout = OutputLayout(summary.output)
-        manifest = layout.read_json() or {}
-        manifest["labels_csv"] = {"path": target, "rows": rows}
-        layout.write_json(manifest)
-        summary.manifest = manifest
+            raise UserError(f"{output}: results lack column {exc}") from None
         print(f"[ctray label-cxr] {rows} reports in {target} (CheXpert layout)")
-    return summary
+        return {"labels_csv": {"path": target, "rows": rows}}
+
+    return run_corpus_job(cfg, [build_stage(cfg)], fingerprint=_fingerprint(cfg),
+                          extra_manifest={"labeler": cfg.labeler}, after_run=export)

@@ -1,4 +1,4 @@
-"""Prompt and answer format of the fine-tuned CXR labeler (``train-llm-labeler --task cxr``).
+"""Prompt and answer format of the fine-tuned CXR labeler (``train-cxr-labeler --task cxr``).
 
 The same functions build the training examples and the inference prompts
 (``label-cxr --labeler llm`` with ``llm.answer_format: sft``), so the model always sees
@@ -103,3 +103,20 @@ def parse_answer(text: str) -> dict[str, float]:
                 raise AnswerError(f"{name} is in two classes")
             out[name] = CLASS_WORDS[word]
     return out
+
+
+def rename_label_columns(df):
+    """A label table's columns under the observation names (CheXpert spellings, label-cxr
+    output); evidence columns are left alone."""
+    from ctray.tasks.cxr.schema import observation_for
+
+    return df.rename(columns={c: observation_for(c) for c in df.columns
+                              if observation_for(c) is not None
+                              and not str(c).startswith("evidence_")})
+
+
+def label_values(frame):
+    """Label cells as 1.0 / 0.0 / -1.0 / NaN (raises ValueError on anything else)."""
+    from ctray.tasks.cxr.schema import to_class
+
+    return frame.map(to_class)

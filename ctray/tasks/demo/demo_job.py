@@ -14,20 +14,12 @@ from pydantic import Field
 
 from ctray.config import LLMJobConfig, offline_backend, sample_path
 from ctray.io.corpus import CorpusConfig
-from ctray.llm.base import LLMRequest, LLMResponse
+from ctray.llm import registry
 from ctray.llm.config import BackendConfig
-from ctray.llm.prompts import PromptTemplate
-from ctray.llm.task import LLMStage, LLMTask
+from ctray.llm.task import LLMStage
 from ctray.pipeline.job import run_corpus_job
-from ctray.pipeline.stage import RowError
-from ctray.tasks.textstats.stage import TextStatsStage
-
-YES_NO = ["yes", "no"]
-QUESTION = PromptTemplate(
-    name="demo-finding-question",
-    system="You are a radiologist reading chest CT reports. Answer with one word: yes or no.",
-    user="Report:\n{text}\n\nDoes this report describe {finding}? Answer yes or no.",
-)
+from ctray.pipeline.text_stats import TextStatsStage
+from ctray.tasks.demo.llm_tasks import FindingQuestion
 
 
 def _default_corpus() -> CorpusConfig:
@@ -40,36 +32,14 @@ def _default_backend() -> BackendConfig:
     return offline_backend(max_tokens=4, batch_size=8)
 
 
-class FindingQuestion(LLMTask):
-    """"Does the report describe X?" answered as one of yes/no (guided choice)."""
-
-    name = "finding_question"
-    input_columns = ("report_id", "text")
-    output_columns = ("answer",)
-
-    def __init__(self, finding: str):
-        self.finding = finding
-
-    def prompts(self) -> list[PromptTemplate]:
-        return [QUESTION]
-
-    def build_request(self, row: dict[str, Any]) -> LLMRequest:
-        return LLMRequest(QUESTION.render(text=row["text"], finding=self.finding),
-                          max_tokens=4, choices=YES_NO)
-
-    def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
-        answer = response.text.strip().lower().rstrip(".")
-        if answer not in YES_NO:
-            raise RowError(f"row {row['report_id']!r}: answer {answer[:20]!r} is not yes/no")
-        return {"answer": answer}
-
-
 class DemoConfig(LLMJobConfig):
     #: the agreement with gold labels is computed after the run
     result_neutral_fields: ClassVar[frozenset[str]] = frozenset({"gold_labels", "gold_column"})
     job: str = "demo"
-    corpus: CorpusConfig = Field(default_factory=_default_corpus)
-    backend: BackendConfig = Field(default_factory=_default_backend)
+    corpus: CorpusConfig = Field(
+        default_factory=_default_corpus, description="the reports to read (path, columns, limit)")
+    backend: BackendConfig = Field(
+        default_factory=_default_backend, description="the LLM backend (kind, model, batching)")
     finding: str = Field("a pleural effusion", description="what the yes/no question asks about")
     gold_labels: str | None = Field(
         default_factory=lambda: sample_path("sample_labels.csv"), description="labels CSV to "
@@ -94,7 +64,7 @@ def describe_compute(backend) -> str:
     a laptop should say why it is as fast or slow as it is)."""
     from ctray.hardware import machine_info
 
-    machine, engine = machine_info(), backend.engine()
+    machine, engine = machine_info(), registry.engine(backend)
     flags = ", ".join(machine["cpu_flags"]) or "none of note"
     line = f"[ctray demo] CPU: {machine['cpu_model']} ({machine['cpus']} cores; flags: {flags})"
     if "dtype" in engine:

@@ -1,6 +1,6 @@
-"""The ``findings-eval`` job: findings predictions against gold labels.
+"""The ``eval-findings`` job: findings predictions against gold labels.
 
-``findings-eval`` joins a label-findings output (or any CSV/Parquet with the 18
+``eval-findings`` joins a label-findings output (or any CSV/Parquet with the 18
 finding columns) with gold labels in CT-RATE's multi-abnormality layout and writes
 the per-finding table (accuracy, precision, recall, F1, AUC-ROC; macro and micro),
 optionally per-finding thresholds searched on a seeded validation part of the gold
@@ -46,7 +46,7 @@ class GoldInput(BaseModel):
 
 
 class FindingsEvalConfig(JobConfig):
-    job: str = "findings-eval"
+    job: str = "eval-findings"
     predictions: PredictionsInput = Field(description="the labels to score")
     compare_to: PredictionsInput | None = Field(
         None, description="a second set of labels: adds the A-minus-B delta table and the F1 "
@@ -77,7 +77,7 @@ def _read_table(path: str, columns: list[str] | None = None,
 
 def read_predictions(inp: PredictionsInput) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """(0/1 predictions, probabilities or None), indexed by report id, snake_case columns."""
-    from ctray.tasks.findings.label_job import PROB_PREFIX
+    from ctray.tasks.findings.stages import PROB_PREFIX
     from ctray.tasks.findings.schema import FINDING_COLUMNS, to_columns
 
     wanted = [inp.id_column, *FINDING_COLUMNS, *(PROB_PREFIX + c for c in FINDING_COLUMNS)]
@@ -204,7 +204,7 @@ def run_findings_eval(cfg: FindingsEvalConfig) -> dict[str, Any]:
     }
     write_job_manifest(cfg, started, **summary)
     cov = f"(coverage {len(ids)}/{len(gold)} gold reports)"
-    print(f"[ctray findings-eval] {len(ids)} reports; macro F1 "
+    print(f"[ctray eval-findings] {len(ids)} reports; macro F1 "
           + ", ".join(f"{k} {v:.3f} {cov}" for k, v in summary["macro_f1"].items())
           + f"; report {out / 'report.md'}")
     return summary

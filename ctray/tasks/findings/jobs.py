@@ -22,7 +22,7 @@ register(JobSpec(
     flags={"--labeler": "labeler", "--model-dir": "model.path", "--lang": "lang"},
 ))
 register(JobSpec(
-    "findings-eval",
+    "eval-findings",
     "per-finding metrics of findings predictions against gold labels, threshold search, "
     "A-minus-B delta table and F1 chart (markdown, CSV, PNG)",
     "ctray.tasks.findings.eval_job:FindingsEvalConfig",
@@ -31,4 +31,24 @@ register(JobSpec(
            "--allow-partial": "allow_partial",
            "--gold": "gold.path"},
     needs_ray=False,
+    aliases=("findings-eval",),
+))
+register(JobSpec(
+    "bench-serve",
+    "latency/throughput of the findings Serve app at several concurrencies, batching on and off",
+    "ctray.tasks.findings.bench_job:ServeBenchConfig",
+    "ctray.tasks.findings.bench_job:run_serve_bench",
+    flags={"--checkpoint": "checkpoint", "--url": "url"},
+    resumable=False,
+    aliases=("serve-bench",),
+))
+register(JobSpec(
+    "train-findings-labeler",
+    "fine-tune a causal LM (LoRA or full) as a CT-RATE findings labeler on Ray Train; "
+    "exports an HF folder vLLM and the hf backend load",
+    "ctray.tasks.findings.train_labeler_job:TrainFindingsLabelerConfig",
+    "ctray.tasks.findings.train_labeler_job:run_train_findings_labeler",
+    flags={"--model": "model", "--labels": "labels.path",
+           "--max-steps": "training.max_steps", "--num-workers": "scaling.num_workers"},
+    resumable=False,  # resumes from its checkpoints, not row-wise
 ))

@@ -1,5 +1,5 @@
 """Prompt and answer format of a fine-tuned causal LM on the 18 CT-RATE findings
-(``train-llm-labeler --task ctrate``).
+(``train-cxr-labeler --task ctrate``).
 
 The answer is a JSON list of the findings present, in CT-RATE column order, e.g.
 ``["Emphysema", "Lung nodule"]`` (``[]`` for none): findings are binary, so the
@@ -62,3 +62,20 @@ def parse_answer(text: str) -> dict[str, float]:
             raise AnswerError(f"unknown finding {item!r}")
         out[name] = 1.0
     return out
+
+
+def rename_label_columns(df):
+    """A label table's finding columns under their display names."""
+    from ctray.tasks.findings.schema import to_names
+
+    return to_names(df)
+
+
+def label_values(frame):
+    """Finding cells as 0/1 ints (raises ValueError on anything else)."""
+    import pandas as pd
+
+    values = pd.to_numeric(frame.stack(), errors="raise")
+    if not values.isin([0, 1]).all():
+        raise ValueError("finding columns must hold 0/1")
+    return frame.astype(int)

@@ -40,9 +40,8 @@ from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
 from ctray.models.encoders import default_encoder, resolve_encoder_source
 from ctray.tasks.findings.schema import FINDING_COLUMNS, FINDING_NAMES
-from ctray.train.common import (CheckpointParams, ScalingParams, announce_resume,
-                                 check_resume, export_dir, gather, make_trainer, run_locations,
-                                 use_gpu)
+from ctray.train.common import (CheckpointParams, ScalingParams, export_dir, gather,
+                                 prepare_run)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,8 @@ class FindingsCheckpoint(CheckpointParams):
 
 class TrainFindingsConfig(JobConfig):
     job: str = "train-findings"
-    corpus: CorpusConfig = Field(default_factory=_default_corpus)
+    corpus: CorpusConfig = Field(
+        default_factory=_default_corpus, description="the reports to read (path, columns, limit)")
     labels: LabelsConfig = Field(
         default_factory=LabelsConfig, description="the gold labels joined to the corpus by report "
         "id")
@@ -233,7 +233,7 @@ def split_reports(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.
 
 def write_split(output: str, train_df: pd.DataFrame, val_df: pd.DataFrame) -> str:
     """``<output>/split.csv``: report_id -> train / val, so the held-out reports can be
-    labelled and scored later (``label-findings`` + ``findings-eval``) without leakage."""
+    labelled and scored later (``label-findings`` + ``eval-findings``) without leakage."""
     import fsspec
 
     path = f"{output.rstrip('/')}/split.csv"
@@ -312,7 +312,7 @@ class _Collate:
     def __call__(self, items):
         import torch
 
-        from ctray.tasks.findings.model import encode_reports, pad_chunks
+        from ctray.models.windows import encode_reports, pad_chunks
 
         texts = [t for t, _ in items]
         enc = encode_reports(self.tokenizer, texts, self.max_length, self.stride)
@@ -374,7 +374,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from ctray.tasks.findings.model import max_pool
+    from ctray.models.windows import max_pool
 
     params = TrainingParams(**config["training"])
     ctx = ray.train.get_context()
@@ -549,8 +549,6 @@ def run_train_findings(cfg: TrainFindingsConfig) -> dict[str, Any]:
     from ctray.io.manifest import write_job_manifest
 
     started = time.time()
-    output, storage, run_dir, export_to = run_locations(cfg)
-
     df, data_stats = load_labeled_reports(cfg.corpus, cfg.labels, cfg.lang)
     cfg = cfg.model_copy(update={"model": choose_model(cfg, df["text"].tolist())})
     # Resolved once on the driver: the packaged encoder is unzipped (or a bucket copied)
@@ -559,19 +557,15 @@ def run_train_findings(cfg: TrainFindingsConfig) -> dict[str, Any]:
     if cfg.tokenizer:
         resolve_encoder_source(cfg.tokenizer)
     train_df, val_df = split_reports(df, cfg.training.val_fraction, cfg.training.seed)
+    run = prepare_run(cfg, _fingerprint(cfg), "model, data or hyperparameters")
+    output, run_dir, export_to, gpu = run.output, run.run_dir, run.export_to, run.gpu
     split_file = write_split(output, train_df, val_df)
-    previous = check_resume(run_dir, _fingerprint(cfg), cfg.checkpoint.allow_config_change,
-                            "model, data or hyperparameters")
-    announce_resume("train-findings", run_dir, previous)
     print(f"[train-findings] {len(train_df)} training / {len(val_df)} held-out reports, "
           f"{cfg.scaling.num_workers} worker(s)")
-
-    gpu = use_gpu(cfg.scaling.use_gpu)
-    trainer = make_trainer(
-        train_loop_per_worker,
-        {"training": cfg.training.model_dump(), "model": cfg.model,
-         "tokenizer": cfg.tokenizer, "data": ray.put((train_df, val_df))},
-        cfg.scaling, cfg.checkpoint, storage, gpu, score=SCORE)
+    trainer = run.trainer(cfg, train_loop_per_worker,
+                          {"training": cfg.training.model_dump(), "model": cfg.model,
+                           "tokenizer": cfg.tokenizer, "data": ray.put((train_df, val_df))},
+                          score=SCORE)
     result = trainer.fit()
     meta = export_best(result, cfg, val_df, export_to)
     run_info = result.return_value or {}

@@ -2,9 +2,9 @@
 
 Jobs (registered in ``jobs``): ``ground-text`` (``text_job``: rewrite, finding extraction and
 categorisation as three chained passes), ``segment`` (``segment_job``: one mask per finding
-sentence), ``train-grounding`` (``train_job``, Ray Train), ``ground-eval`` (``eval_job``: Dice,
+sentence), ``train-grounding`` (``train_job``, Ray Train), ``eval-grounding`` (``eval_job``: Dice,
 HIT rates, bootstrap CIs).
-Text half: ``text_prompts``, ``text_tasks``, ``text_checks``, ``categories`` (the 12 / 61-code
+Text half: ``prompts``, ``llm_tasks``, ``text_checks``, ``categories`` (the 12 / 61-code
 schema). Imaging half: ``preprocess`` (HU → window [-600, 1500] → [0, 1]), ``phantoms``
 (synthetic chests with text-described findings), ``model`` (a FiLM text-conditioned 3D U-Net),
 ``inference`` (sliding windows, masks back on the scan's grid). Metrics live in

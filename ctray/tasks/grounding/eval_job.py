@@ -1,4 +1,4 @@
-"""``ctray ground-eval``: ReXGroundingCT's Table 4 and Figure 2 from predicted masks.
+"""``ctray eval-grounding``: ReXGroundingCT's Table 4 and Figure 2 from predicted masks.
 
 Inputs: one or more prediction sets (a ``segment`` output folder, or a CSV/Parquet
 with ``finding_id`` and ``mask_uri``) and the ground truth (a manifest with
@@ -40,33 +40,37 @@ log = logging.getLogger(__name__)
 class PredictionSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(description="segment output folder, or a CSV/Parquet file")
-    label: str | None = None  # row name in the tables (default: the folder/file name)
-    id_column: str = "finding_id"
-    mask_column: str = "mask_uri"
+    label: str | None = Field(
+        None, description="row name in the tables (default: the folder/file name)")
+    id_column: str = Field("finding_id", description="column holding the finding id")
+    mask_column: str = Field("mask_uri", description="column holding the predicted mask URI")
 
 
 class GroundTruth(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(description="CSV/Parquet manifest: finding id, GT mask, category")
-    id_column: str = "finding_id"
-    mask_column: str = "mask_uri"
-    category_column: str = "category"
+    id_column: str = Field("finding_id", description="column holding the finding id")
+    mask_column: str = Field("mask_uri", description="column holding the ground-truth mask URI")
+    category_column: str = Field("category", description="column holding the finding category")
 
 
 class GroundEvalConfig(JobConfig):
-    job: str = "ground-eval"
-    predictions: list[PredictionSet]
-    ground_truth: GroundTruth
-    missing: Literal["zero", "drop"] = "zero"
+    job: str = "eval-grounding"
+    predictions: list[PredictionSet] = Field(description="the prediction sets to score")
+    ground_truth: GroundTruth = Field(description="the ground-truth manifest")
+    missing: Literal["zero", "drop"] = Field(
+        "zero", description="a finding without prediction: zero (scores 0) or drop (ignored)")
     # A voxel is foreground when its value is >= mask_threshold, in predictions and GT
     # alike: 0/1 and 0/255 masks read as they are, a soft probability map is cut here
     # instead of every non-zero voxel counting as foreground.
     mask_threshold: float = Field(default=0.5, gt=0,
                                   description="foreground = voxel value >= this")
-    n_bootstrap: int = 1000
-    seed: int = 0
-    read_threads: int = 4
-    title: str = "Text-prompted 3D grounding (ReXGroundingCT Table 4)"
+    n_bootstrap: int = Field(1000, description="bootstrap resamples for the confidence intervals")
+    seed: int = Field(0, description="bootstrap seed")
+    read_threads: int = Field(4, description="threads reading masks")
+    title: str = Field(
+        "Text-prompted 3D grounding (ReXGroundingCT Table 4)", description="title of the tables "
+        "and figures")
 
     @field_validator("predictions", mode="before")
     @classmethod
@@ -282,7 +286,7 @@ def run_ground_eval(cfg: GroundEvalConfig) -> dict[str, Any]:
         "files": files,
     }
     write_job_manifest(cfg, started, **summary)
-    print(f"[ctray ground-eval] {len(gt)} findings; mean Dice "
+    print(f"[ctray eval-grounding] {len(gt)} findings; mean Dice "
           + ", ".join(f"{k} {v:.3f}" for k, v in summary["dice"].items())
           + f"; table {out / 'table4.md'}")
     return summary

@@ -33,11 +33,12 @@ register(JobSpec(
     resumable=False,  # resumes from its checkpoints, not row-wise
 ))
 register(JobSpec(
-    "ground-eval",
+    "eval-grounding",
     "per-finding Dice, HIT rates (Dice above 0.05 / 0.10), focal/non-focal and size groups "
     "with bootstrap CIs from predicted and ground-truth masks (Table-4 markdown + CSV, PNG)",
     "ctray.tasks.grounding.eval_job:GroundEvalConfig",
     "ctray.tasks.grounding.eval_job:run_ground_eval",
     flags={"--predictions": "predictions", "--ground-truth": "ground_truth.path"},
     needs_ray=False,
+    aliases=("ground-eval",),
 ))

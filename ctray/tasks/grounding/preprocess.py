@@ -26,7 +26,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (Compose, MapTransform, Orientationd, Resized,
                               ScaleIntensityRanged, Spacingd)
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 IMAGE_KEY = "image"
 SLOPE_KEY = "slope"
@@ -37,18 +37,22 @@ class PreprocessConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # The paper's window for lung findings; below -600 HU (lung, air) all maps to 0.
-    window: tuple[float, float] = (-600.0, 1500.0)
+    window: tuple[float, float] = Field(
+        (-600.0, 1500.0), description="HU window (low, high) mapped to [0, 1]")
     # Axial (X, Y) size; depth is never resized. None skips resizing.
-    axial_size: tuple[int, int] | None = (512, 512)
-    resize_mode: str = "trilinear"
+    axial_size: tuple[int, int] | None = Field(
+        (512, 512), description="axial (X, Y) size; depth is never resized; None: no resize")
+    resize_mode: str = Field("trilinear", description="interpolation of the resize (MONAI mode)")
     # None keeps the stored axis order (only safe when depth is already last).
-    orientation: str | None = "RAS"
+    orientation: str | None = Field(
+        "RAS", description="axis codes to reorient to (None: keep the stored order)")
     # e.g. (1.0, 1.0, 1.0) for isotropic resampling; applied before the resize.
-    pixdim: tuple[float, float, float] | None = None
+    pixdim: tuple[float, float, float] | None = Field(
+        None, description="voxel spacing to resample to before the resize (None: keep)")
     # Defaults when an item carries no slope/intercept (header scaling is already
     # applied by nibabel, so files with scl_slope need none here).
-    slope: float = 1.0
-    intercept: float = 0.0
+    slope: float = Field(1.0, description="HU slope when an item carries none")
+    intercept: float = Field(0.0, description="HU intercept when an item carries none")
 
 
 class ToHUd(MapTransform):

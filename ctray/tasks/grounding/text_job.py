@@ -32,7 +32,7 @@ from ctray.pipeline.runner import RunSummary
 from ctray.pipeline.stage import LIGHT_TASK
 from ctray.tasks.grounding.categories import load_categories
 from ctray.tasks.grounding.text_checks import CHECKS_VERSION, IMPRESSION_LETTER, REGIONS
-from ctray.tasks.grounding.text_tasks import (CATEGORIES, CODE_MAP, FINDINGS, N_ABNORMAL,
+from ctray.tasks.grounding.llm_tasks import (CATEGORIES, CODE_MAP, FINDINGS, N_ABNORMAL,
                                               REWRITE, CategoriseTask, ExtractTask,
                                               RewriteTask)
 
@@ -48,7 +48,8 @@ def _default_backend() -> BackendConfig:
 
 class GroundTextConfig(LLMJobConfig):
     job: str = "ground-text"
-    backend: BackendConfig = Field(default_factory=_default_backend)
+    backend: BackendConfig = Field(
+        default_factory=_default_backend, description="the LLM backend (kind, model, batching)")
     categorise_backend: BackendConfig | None = Field(
         None, description="The paper categorised with a smaller model than it rewrote with; None: "
         "`backend`.")

@@ -39,15 +39,14 @@ from ctray.config import JobConfig
 from ctray.errors import UserError
 from ctray.tasks.grounding.preprocess import PreprocessConfig
 from ctray.tasks.grounding.segment_job import ManifestInput
-from ctray.train.common import (CheckpointParams, ScalingParams, announce_resume,
-                                 check_resume, export_dir, gather, make_trainer, run_locations,
-                                 use_gpu)
+from ctray.train.common import (CheckpointParams, ScalingParams, export_dir, gather,
+                                 prepare_run)
 
 IMAGE, LABEL, EMB = "image", "label", "text_embedding"
 
 
 class TrainManifestInput(ManifestInput):
-    mask_column: str = "mask_uri"
+    mask_column: str = Field("mask_uri", description="column holding the ground-truth mask URI")
 
 
 class ModelParams(BaseModel):
@@ -60,24 +59,25 @@ class ModelParams(BaseModel):
 
 class GroundingTrainingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    epochs: int = 50
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-5
+    epochs: int = Field(50, description="passes over the training triples")
+    learning_rate: float = Field(1e-4, description="AdamW learning rate")
+    weight_decay: float = Field(1e-5, description="AdamW weight decay")
     batch_size: int = Field(2, description="triples per worker per step (each gives num_samples "
                             "crops)")
     crop_size: tuple[int, int, int] = Field(
         (96, 96, 96), description="BasicUNet halves the grid four times: every crop side must be "
         "a multiple of 16.")
     num_samples: int = Field(2, description="crops per triple and epoch")
-    pos: float = 1.0
-    neg: float = 0.0
+    pos: float = Field(1.0, description="positive-crop weight of the crop sampler")
+    neg: float = Field(0.0, description="negative-crop weight of the crop sampler")
     cache_rate: float = Field(0.0, description="share of this rank's triples kept preprocessed in "
                               "memory")
-    loader_workers: int = 0
-    seed: int = 0
-    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
-    max_grad_norm: float = 1.0
-    log_every_steps: int = 0
+    loader_workers: int = Field(0, description="DataLoader worker processes per rank")
+    seed: int = Field(0, description="seed of crops, shuffling and initialisation")
+    mixed_precision: Literal["auto", "bf16", "no"] = Field(
+        "auto", description="auto: bf16 where supported, else full precision")
+    max_grad_norm: float = Field(1.0, description="gradient clipping norm")
+    log_every_steps: int = Field(0, description="log the loss every N steps (0: per epoch only)")
 
 
 class GroundingCheckpoint(CheckpointParams):
@@ -86,17 +86,24 @@ class GroundingCheckpoint(CheckpointParams):
 
 class TrainGroundingConfig(JobConfig):
     job: str = "train-grounding"
-    manifest: TrainManifestInput
+    manifest: TrainManifestInput = Field(
+        description="the (volume, finding text, mask) triples to train on")
     text_encoder: str = Field(
         "all-minilm-l6-v2", description="sentence encoder: packaged name (all-minilm-l6-v2, the "
         "offline default), HF id, local or s3:// directory")
-    text_max_length: int = 128
-    text_normalize: bool = False
-    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
-    model: ModelParams = Field(default_factory=ModelParams)
-    training: GroundingTrainingParams = Field(default_factory=GroundingTrainingParams)
-    scaling: ScalingParams = Field(default_factory=ScalingParams)
-    checkpoint: GroundingCheckpoint = Field(default_factory=GroundingCheckpoint)
+    text_max_length: int = Field(128, description="tokens per finding text")
+    text_normalize: bool = Field(False, description="L2-normalise the text embedding")
+    preprocess: PreprocessConfig = Field(
+        default_factory=PreprocessConfig, description="volume preprocessing (recorded in the "
+        "export)")
+    model: ModelParams = Field(
+        default_factory=ModelParams, description="network widths and initialisation")
+    training: GroundingTrainingParams = Field(
+        default_factory=GroundingTrainingParams, description="optimizer, crops and schedule")
+    scaling: ScalingParams = Field(
+        default_factory=ScalingParams, description="Ray Train workers and their resources")
+    checkpoint: GroundingCheckpoint = Field(
+        default_factory=GroundingCheckpoint, description="checkpoint folder and retention")
     export: str | None = Field(None, description="default <run.output>/model")
 
 
@@ -218,7 +225,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                                weights_only=False)
         start_epoch = int(state["epoch"])
     elif config.get("init_from"):
-        from ctray.tasks.grounding.segment_job import load_grounding_model
+        from ctray.tasks.grounding.model_dir import load_grounding_model
 
         model.load_state_dict(load_grounding_model(config["init_from"])[0].state_dict())
     model = ray.train.torch.prepare_model(model)
@@ -335,22 +342,17 @@ def run_train_grounding(cfg: TrainGroundingConfig) -> dict[str, Any]:
                         "one at least 32 (the U-Net halves the grid four times and instance "
                         "norm needs more than one voxel at the bottleneck)")
     started = time.time()
-    output, storage, run_dir, export_to = run_locations(cfg)
-
     items, text_dim = load_triples(cfg)
-    previous = check_resume(run_dir, _fingerprint(cfg), cfg.checkpoint.allow_config_change,
-                            "data, encoder, preprocessing, model or hyperparameters")
-    announce_resume("train-grounding", run_dir, previous)
+    run = prepare_run(cfg, _fingerprint(cfg),
+                      "data, encoder, preprocessing, model or hyperparameters")
+    output, run_dir, export_to, gpu = run.output, run.run_dir, run.export_to, run.gpu
     print(f"[train-grounding] {len(items)} (volume, finding, mask) triples, "
           f"{cfg.scaling.num_workers} worker(s)")
-
-    gpu = use_gpu(cfg.scaling.use_gpu)
-    trainer = make_trainer(
-        train_loop_per_worker,
-        {"training": cfg.training.model_dump(), "features": list(cfg.model.features),
-         "preprocess": cfg.preprocess.model_dump(), "init_from": cfg.model.init_from,
-         "data": ray.put((items, text_dim))},
-        cfg.scaling, cfg.checkpoint, storage, gpu)
+    trainer = run.trainer(cfg, train_loop_per_worker,
+                          {"training": cfg.training.model_dump(),
+                           "features": list(cfg.model.features),
+                           "preprocess": cfg.preprocess.model_dump(),
+                           "init_from": cfg.model.init_from, "data": ray.put((items, text_dim))})
     result = trainer.fit()
     meta = export_model(result, cfg, text_dim, export_to)
     run_info = result.return_value or {}

@@ -1,10 +1,10 @@
-"""``jcb-generate``: run a model over J-ClinicalBench settings (zero/one-shot).
+"""``generate-jcb``: run a model over J-ClinicalBench settings (zero/one-shot).
 
 Each (setting, shot) is one corpus pass through :class:`LLMStage` (any backend:
 vLLM, OpenAI-compatible, hf, fake) with the runner's resume, per-row errors and
 manifest under ``<output>/runs/<task>/<model>/<shot>/``. Finished rows are then
 written in the release's layout, ``<output>/generated/<group>/<task>/<model>/<shot>.json``
-(same fields per task), so ``jcb-score`` reads released and new outputs alike.
+(same fields per task), so ``score-jcb`` reads released and new outputs alike.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from ctray.config import JobConfig, offline_backend
-from ctray.llm.base import LLMRequest, LLMResponse
 from ctray.llm.config import BackendConfig
-from ctray.llm.task import LLMTask
 from ctray.tasks.jcb.data import load_items
 from ctray.tasks.jcb.parsing import PARSERS
 from ctray.tasks.jcb.registry import SHOTS, Setting, all_settings, get_setting
 from ctray.tasks.jcb.release import JcbInputError, write_records
+from ctray.tasks.jcb.llm_tasks import JcbTask
 
 log = logging.getLogger(__name__)
 KEYS = ("item_key",)
@@ -39,17 +38,26 @@ class JcbGenerateConfig(JobConfig):
     #: each setting and shot has its own run folder (named by model_name); limit picks items
     result_neutral_fields: ClassVar[frozenset[str]] = frozenset(
         {"settings", "shots", "limit", "model_name"})
-    job: str = "jcb-generate"
+    job: str = "generate-jcb"
     # The release's data/benchmarks folder (CLG/, CLR/, CLU/).
-    benchmarks: str = "../shared/data/j-clinicalbench/benchmarks"
-    settings: list[str] = Field(default_factory=lambda: list(all_settings()))
-    shots: list[str] = Field(default_factory=lambda: ["one_shot"])
+    benchmarks: str = Field(
+        "../shared/data/j-clinicalbench/benchmarks", description="the release's data/benchmarks "
+        "folder (CLG/, CLR/, CLU/)")
+    settings: list[str] = Field(
+        default_factory=lambda: list(all_settings()), description="benchmark settings to run "
+        "(default: all)")
+    shots: list[str] = Field(
+        default_factory=lambda: ["one_shot"], description="prompt variants: zero_shot and/or "
+        "one_shot")
     # Folder name under generated/<group>/<task>/ (default: from backend.model).
-    model_name: str | None = None
+    model_name: str | None = Field(
+        None, description="folder name under generated/<group>/<task>/ (default: from "
+        "backend.model)")
     # First N items per setting and shot (None: all).
-    limit: int | None = None
+    limit: int | None = Field(None, description="first N items per setting and shot (None: all)")
     # Cap on new tokens (None: each setting's prompt.max_tokens, itself capped by backend).
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(
+        None, description="cap on new tokens (None: each setting's prompt.max_tokens)")
     backend: BackendConfig = Field(default_factory=_default_backend,
                                    description="the LLM: vllm (CPU/GPU), openai, hf or fake")
 
@@ -69,33 +77,6 @@ class JcbGenerateConfig(JobConfig):
     def resolved_model_name(self) -> str:
         name = self.model_name or Path(str(self.backend.model).rstrip("/")).name or "model"
         return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
-
-
-class JcbTask(LLMTask):
-    """One benchmark item: the rendered prompt as a single user turn, the raw answer back.
-
-    Parsing for scoring happens in ``jcb-score``: an odd answer is data, not a row error."""
-
-    name = "jcb"
-    input_columns = ("item_key", "prompt")
-    output_columns = ("generated",)
-
-    def __init__(self, setting: Setting, shot: str, max_tokens: int, temperature: float):
-        self.setting_name = setting.name
-        self.shot = shot
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.name = f"jcb_{setting.name}_{shot}"  # type: ignore[misc]
-
-    def prompt_version(self) -> str:
-        return f"jcb/{self.setting_name}/{self.shot}"
-
-    def build_request(self, row: dict[str, Any]) -> LLMRequest:
-        return LLMRequest([{"role": "user", "content": row["prompt"]}],
-                          max_tokens=self.max_tokens, temperature=self.temperature)
-
-    def parse(self, row: dict[str, Any], response: LLMResponse) -> dict[str, Any]:
-        return {"generated": response.text}
 
 
 def _read_results(output: str) -> pd.DataFrame:
@@ -166,7 +147,7 @@ def run_jcb_generate(cfg: JcbGenerateConfig) -> dict[str, Any]:
             summary["passes"][f"{setting.name}/{shot}"] = {
                 "items": len(items), "written": written, "failed": result.failed,
                 "generated": str(path), "run": run_output}
-            print(f"[ctray jcb-generate] {setting.name} {shot}: {written}/{len(items)} answers "
+            print(f"[ctray generate-jcb] {setting.name} {shot}: {written}/{len(items)} answers "
                   f"in {path}")
     write_chain_manifest(cfg, started, cfg.run.output, runs, jcb=summary)
     return summary

@@ -1,16 +1,17 @@
-"""Registers ``jcb-generate`` and ``jcb-score`` (imported by ctray.jobs.load_job_modules)."""
+"""Registers ``generate-jcb`` and ``score-jcb`` (imported by ctray.jobs.load_job_modules)."""
 
 from ctray.jobs import JobSpec, register
 
 register(JobSpec(
-    "jcb-generate",
+    "generate-jcb",
     "J-ClinicalBench: run a model over the benchmark settings (zero/one-shot), any backend",
     "ctray.tasks.jcb.generate_job:JcbGenerateConfig",
     "ctray.tasks.jcb.generate_job:run_jcb_generate",
     flags={"--benchmarks": "benchmarks", "--model-name": "model_name", "--limit": "limit"},
+    aliases=("jcb-generate",),
 ))
 register(JobSpec(
-    "jcb-score",
+    "score-jcb",
     "J-ClinicalBench: score a generated/ tree; results/ JSON, Table 4 (markdown, CSV, PNG)",
     "ctray.tasks.jcb.score_job:JcbScoreConfig",
     "ctray.tasks.jcb.score_job:run_jcb_score",
@@ -18,4 +19,5 @@ register(JobSpec(
            "--allow-incomplete": "allow_incomplete", "--benchmarks": "benchmarks",
            "--reference": "reference"},
     needs_ray=False,
+    aliases=("jcb-score",),
 ))

@@ -1,4 +1,4 @@
-"""``jcb-score``: score a ``generated/`` tree (released or from ``jcb-generate``).
+"""``score-jcb``: score a ``generated/`` tree (released or from ``generate-jcb``).
 
 Writes ``<output>/results/<group>/<task>/<model>/<shot>.json`` (the release's
 ``results/`` layout and keys), ``table4.md`` / ``table4.csv`` (one-shot headline per
@@ -36,11 +36,11 @@ HEADLINE_SHOT = "one_shot"
 
 
 class JcbScoreConfig(JobConfig):
-    job: str = "jcb-score"
+    job: str = "score-jcb"
     run: RunConfig = Field(default_factory=lambda: RunConfig(output="runs/jcb_score"),
                            description="run.output: the folder for results/, table4.* and the manifest")
     generated: str = Field(description="a generated/ tree: <group>/<task>/<model>/<shot>.json "
-                                       "(the release's or jcb-generate's)")
+                                       "(the release's or generate-jcb's)")
     strict: bool = Field(False, description="also score with sane conventions (unparseable = "
                                             "wrong, one common sample per setting); prints both")
     reference: str | None = Field(
@@ -139,7 +139,7 @@ def score_tree(cfg: JcbScoreConfig) -> dict[str, Any]:
     for f in files:
         setting = setting_for_task_dir(f.task)
         if setting is None:
-            log.warning("jcb-score: %s: no setting for task folder %r; skipped", f.relative, f.task)
+            log.warning("score-jcb: %s: no setting for task folder %r; skipped", f.relative, f.task)
             continue
         records = read_records(f.path)
         usable = _check_fields(f, records, setting)
@@ -372,12 +372,12 @@ def run_jcb_score(cfg: JcbScoreConfig) -> dict[str, Any]:
         summary["reference_worst_file"] = worst["file"]
         off = [c["file"] for c in checks if not c["max_abs_diff"] <= 1e-6]
         summary["reference_over_1e-6"] = off
-        print(f"[ctray jcb-score] compared {len(checks)} files with {reference}: "
+        print(f"[ctray score-jcb] compared {len(checks)} files with {reference}: "
               f"{len(checks) - len(off)} within 1e-6; over: {', '.join(off) or 'none'}")
     write_job_manifest(cfg, started, generated=str(scored["root"]), strict=cfg.strict,
                        settings=sorted({r["setting"].name for r in rows}),
                        models=sorted({r["file"].model for r in rows}),
                        reference_check={k: v for k, v in summary.items() if k != "output"})
-    print(f"[ctray jcb-score] {summary['files']} files scored; results in {out}/results, "
+    print(f"[ctray score-jcb] {summary['files']} files scored; results in {out}/results, "
           f"Table 4 in {out}/table4.md")
     return summary

@@ -22,6 +22,9 @@ import pandas as pd
 from ctray.io.output import USAGE_COLS
 from ctray.tasks.leavs import schema
 from ctray.tasks.leavs.fanout import FIXED_URGENCY, URGENT_CERTAINTIES, evidence, parse_idx
+from dataclasses import dataclass
+from typing import Any
+from ctray.pipeline.runner import RunSummary
 
 EVENT_COLS = ["report_id", "organ", "kind", "payload"]
 OK = "ok"
@@ -290,3 +293,11 @@ def concat_csv(out: str, name: str = CSV_NAME) -> str:
                     sink.write(chunk)
     dest_fs.move(tmp, dest_path)
     return dest
+
+
+@dataclass
+class LeavsRun:
+    output: str
+    passes: dict[str, RunSummary | None]
+    manifest: dict[str, Any]
+    csv: str

@@ -1,4 +1,4 @@
-"""The ``leavs-eval`` job: LEAVS labels scored against the AMOS-MM annotations."""
+"""The ``eval-leavs`` job: LEAVS labels scored against the AMOS-MM annotations."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from ctray.config import JobConfig, RunConfig
 
 
 class LeavsEvalConfig(JobConfig):
-    job: str = "leavs-eval"
-    run: RunConfig = Field(default_factory=lambda: RunConfig(output="runs/leavs_eval"))
+    job: str = "eval-leavs"
+    run: RunConfig = Field(
+        default_factory=lambda: RunConfig(output="runs/leavs_eval"), description="output folder "
+        "and logging")
     predictions: str = Field("runs/leavs", description="a LEAVS output CSV (release layout), "
-                             "or a `ctray leavs` output folder (its CSV is used)")
+                             "or a `ctray label-leavs` output folder (its CSV is used)")
     annotations: str = Field("../shared/data/leavs/amos_test_annotations.csv",
                              description="the AMOS-MM human annotations CSV")
     n_bootstrap: int = Field(2000, description="bootstrap resamples for the confidence intervals")
@@ -32,14 +34,14 @@ def run_leavs_eval(cfg: LeavsEvalConfig) -> dict:
         predictions = predictions / CSV_NAME
     for label, path in (("predictions", predictions), ("annotations", Path(cfg.annotations))):
         if not path.is_file():
-            raise UserError(f"leavs-eval: {label} file {path} does not exist")
+            raise UserError(f"eval-leavs: {label} file {path} does not exist")
     started = time.time()
     out = cfg.run.output
     results = evaluate_leavs(predictions, cfg.annotations, out,
                              n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     write_job_manifest(cfg, started, predictions=str(predictions), **results)
     t1, t2 = results["table1_micro"], results["table2_micro"]
-    print(f"[ctray leavs-eval] {results['n_reports']} reports: finding types micro F1 "
+    print(f"[ctray eval-leavs] {results['n_reports']} reports: finding types micro F1 "
           f"{t1['f1']:.3f}; any abnormality micro F1 {t2['f1']:.3f}; urgency macro tau-b "
           f"{results['table4_macro']['tau_b']:.3f}; tables in {out}/tables.md")
     return results

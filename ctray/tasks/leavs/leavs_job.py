@@ -1,4 +1,4 @@
-"""The ``leavs`` job: LEAVS labels for a corpus, one Ray Data pass per question stage.
+"""The ``label-leavs`` job: LEAVS labels for a corpus, one Ray Data pass per question stage.
 
 The published implementation walks one report at a time through ~hundreds of
 dependent prompts. Here each question stage is asked for *all* rows of the corpus
@@ -24,7 +24,6 @@ import logging
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -40,7 +39,9 @@ from ctray.tasks.leavs import assemble as A
 from ctray.tasks.leavs import schema
 from ctray.tasks.leavs.fanout import (ORGAN_KEYS, SENTENCE_KEYS, TYPE_KEYS, certainty_rows,
                                       check_rows, organ_rows, type_rows, urgency_rows)
-from ctray.tasks.leavs.tasks import QUESTIONS, question_stage
+from ctray.tasks.leavs.llm_tasks import QUESTIONS
+from ctray.tasks.leavs.stages import question_stage
+from ctray.tasks.leavs.assemble import LeavsRun
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,11 @@ class LeavsConfig(LLMJobConfig):
     #: the release CSV's name and how Ray shuffles decide no answer
     result_neutral_fields: ClassVar[frozenset[str]] = frozenset(
         {"csv_name", "shuffle_partitions", "shuffle_strategy"})
-    job: str = "leavs"
-    corpus: CorpusConfig = Field(default_factory=_default_corpus)
-    backend: BackendConfig = Field(default_factory=_default_backend)
+    job: str = "label-leavs"
+    corpus: CorpusConfig = Field(
+        default_factory=_default_corpus, description="the reports to read (path, columns, limit)")
+    backend: BackendConfig = Field(
+        default_factory=_default_backend, description="the LLM backend (kind, model, batching)")
     organs: list[str] = Field(
         default_factory=lambda: list(schema.ORGANS), description="Organs or body regions to label "
         "(the release's nine by default).")
@@ -110,14 +113,6 @@ class LeavsConfig(LLMJobConfig):
         return cleaned
 
 
-@dataclass
-class LeavsRun:
-    output: str
-    passes: dict[str, RunSummary | None]
-    manifest: dict[str, Any]
-    csv: str
-
-
 def _results(out: str, name: str, columns: list[str] | None = None):
     import ray
 
@@ -147,7 +142,7 @@ UPSTREAM = {"filter_check": ("filter_list",), "finding_types": ("filter_list", "
 
 
 def _run_pass(cfg: LeavsConfig, out: str, name: str, make_ds) -> RunSummary | None:
-    print(f"[ctray leavs] stage {PASSES.index(name) + 1}/{len(PASSES)}: {name}")
+    print(f"[ctray label-leavs] stage {PASSES.index(name) + 1}/{len(PASSES)}: {name}")
     extra = {"leavs": {"pass": name, "keys": list(PASS_KEYS[name]), "cot": not cfg.no_cot,
                        "fast": cfg.fast, "unselected_types": cfg.unselected_types}}
     upstream = [f"{out}/{u}" for u in UPSTREAM.get(name, ())
@@ -289,7 +284,7 @@ def run_leavs(cfg: LeavsConfig) -> LeavsRun:
     with _data_context(cfg):
         for name in passes:
             summaries[name] = _run_pass(cfg, out, name, inputs[name])
-        print("[ctray leavs] assembling labels per (report, organ)")
+        print("[ctray label-leavs] assembling labels per (report, organ)")
         labels = assemble_labels(cfg, out, run_id)
         per_report = usage_per_report(out, cfg.shuffle_partitions)
     by_stage = {p: (summaries[p].manifest["usage"] if summaries[p] else None) for p in passes}
@@ -299,7 +294,7 @@ def run_leavs(cfg: LeavsConfig) -> LeavsRun:
                 "cot": not cfg.no_cot, "fast": cfg.fast,
                 "unselected_types": cfg.unselected_types, "organs": cfg.organs},
         usage_by_stage=by_stage, per_report=per_report, labels=labels)
-    print(f"[ctray leavs] {labels['organs_labelled']} organs labelled, "
+    print(f"[ctray label-leavs] {labels['organs_labelled']} organs labelled, "
           f"{labels['organs_incomplete']} incomplete {labels['incomplete_by_stage'] or ''}; "
           f"{manifest['this_run_usage']['llm_calls']} LLM calls this run; "
           f"labels {labels['parquet']}, CSV {labels['csv']}, manifest {out}/manifest.json")

@@ -1,10 +1,11 @@
-"""The ``text-stats`` job (discovered by ctray.jobs.load_job_modules)."""
+"""The ``stats-text`` job (discovered by ctray.jobs.load_job_modules)."""
 
 from ctray.jobs import JobSpec, register
 
 register(JobSpec(
-    "text-stats",
+    "stats-text",
     "per-report text statistics (characters, words, sentences)",
     "ctray.tasks.textstats.stats_job:TextStatsConfig",
     "ctray.tasks.textstats.stats_job:run_text_stats",
+    aliases=("text-stats",),
 ))

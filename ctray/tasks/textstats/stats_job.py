@@ -1,4 +1,4 @@
-"""The ``text-stats`` job: characters, words, sentences and unique words per report."""
+"""The ``stats-text`` job: characters, words, sentences and unique words per report."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from pydantic import Field
 
 from ctray.config import CorpusJobConfig
 from ctray.pipeline.job import run_corpus_job
-from ctray.tasks.textstats.stage import TextStatsStage
+from ctray.pipeline.text_stats import TextStatsStage
 
 
 class TextStatsConfig(CorpusJobConfig):
-    job: str = "text-stats"
+    job: str = "stats-text"
     lang: str = Field("auto", description="en, ja or auto (detected per report)")
 
 

@@ -1,4 +1,4 @@
-"""Registers ``translate`` and ``translate-eval`` (imported by ctray.jobs.load_job_modules)."""
+"""Registers ``translate`` and ``eval-translate`` (imported by ctray.jobs.load_job_modules)."""
 
 from ctray.jobs import JobSpec, register
 
@@ -10,10 +10,11 @@ register(JobSpec(
     flags={"--back-translate": "back_translate", "--target-lang": "prompt.target_lang"},
 ))
 register(JobSpec(
-    "translate-eval",
+    "eval-translate",
     "BLEU / ROUGE of translations against references, and text statistics (markdown + CSV)",
     "ctray.tasks.translate.eval_job:TranslateEvalConfig",
     "ctray.tasks.translate.eval_job:run_translate_eval",
     flags={"--hypotheses": "hypotheses.path", "--references": "references.path"},
     needs_ray=False,
+    aliases=("translate-eval",),
 ))

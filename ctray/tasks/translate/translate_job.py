@@ -24,7 +24,7 @@ from ctray.pipeline.chain import run_pass, write_chain_manifest
 from ctray.pipeline.runner import RunSummary
 from ctray.pipeline.stage import LIGHT_TASK
 from ctray.tasks.translate.prompts import TranslationPromptConfig, back_translation_prompt
-from ctray.tasks.translate.task import (BACK_TRANSLATION_COL, SOURCE_COL, TRANSLATION_COL,
+from ctray.tasks.translate.llm_tasks import (BACK_TRANSLATION_COL, SOURCE_COL, TRANSLATION_COL,
                                         TranslateTask, back_translation_rows, section_rows)
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ def _default_backend() -> BackendConfig:
 
 class TranslateConfig(LLMJobConfig):
     job: str = "translate"
-    backend: BackendConfig = Field(default_factory=_default_backend)
+    backend: BackendConfig = Field(
+        default_factory=_default_backend, description="the LLM backend (kind, model, batching)")
     sections: list[str] = Field(
         default_factory=lambda: ["findings", "impressions"], description="Report sections "
         "translated one request each (names of corpus.sections).")
@@ -81,18 +82,19 @@ def estimated_cost(usage: dict[str, int], backend: BackendConfig) -> dict[str, A
             "note": "estimate over every run in this folder, failed rows included"}
 
 
-def _record_cost(summary: RunSummary, backend: BackendConfig) -> None:
-    # Usage totals exist only after the run, so the estimate is added to the
-    # manifest the runner has just written.
-    cost = estimated_cost(summary.manifest.get("usage", {}), backend)
-    if cost is None:
-        return
-    this_run = estimated_cost(summary.usage, backend)
-    cost["this_run_total"] = this_run["total"] if this_run else None
-    summary.manifest["estimated_cost"] = cost
-    OutputLayout(summary.output).write_json(summary.manifest)
-    print(f"[ctray translate] estimated cost: {cost['total']:.4f} USD in total, "
-          f"{cost['this_run_total']:.4f} USD this run")
+def _cost(backend: BackendConfig):
+    """The ``after_run`` of a translation pass: the cost estimate in its manifest."""
+    def cost_fields(output: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        cost = estimated_cost(manifest.get("usage", {}), backend)
+        if cost is None:
+            return {}
+        this_run = estimated_cost(manifest["runs"][-1].get("usage", {}), backend)
+        cost["this_run_total"] = this_run["total"] if this_run else None
+        print(f"[ctray translate] estimated cost: {cost['total']:.4f} USD in total, "
+              f"{cost['this_run_total']:.4f} USD this run")
+        return {"estimated_cost": cost}
+
+    return cost_fields
 
 
 def _rate_budget(backend: BackendConfig) -> dict[str, Any]:
@@ -134,7 +136,7 @@ def run_translate(cfg: TranslateConfig) -> dict[str, RunSummary]:
         cfg, "translate", [_stage(cfg, cfg.prompt, cfg.backend)], sections,
         output=f"{out}/translate", key_columns=KEYS, fingerprint=fingerprint,
         extra_manifest=_pass_info(cfg, cfg.prompt, cfg.backend, "translate"),
-        after_run=lambda s: _record_cost(s, cfg.backend))}
+        after_run=_cost(cfg.backend))}
     if cfg.back_translate:
         summaries["back_translate"] = _run_back_translation(cfg, out)
     write_chain_manifest(cfg, started, out, summaries)
@@ -166,21 +168,21 @@ def _run_back_translation(cfg: TranslateConfig, out: str) -> RunSummary | None:
                        fingerprint=fingerprint,
                        extra_manifest=_pass_info(cfg, prompt, backend, "back_translate"),
                        upstream=[f"{out}/translate"],
-                       after_run=lambda s: _record_cost(s, backend))
+                       after_run=_cost(backend))
     if cfg.evaluate_back_translation:
         evaluate_back_translation(cfg, output)
     return summary
 
 
 def evaluate_back_translation(cfg: TranslateConfig, output: str) -> dict[str, Any] | None:
-    from ctray.tasks.translate.eval_job import (TranslateEvalConfig, TranslationInput,
-                                                  evaluate)
+    from ctray.tasks.translate.eval_job import TranslateEvalConfig, TranslationInput
+    from ctray.tasks.translate.evaluation import evaluate
 
     if not OutputLayout(output).parquet_files("results"):
         return None
     if "://" in output:
         log.warning("translate: the back-translation report is written locally only; run "
-                    "translate-eval on %s from a machine that can write there", output)
+                    "eval-translate on %s from a machine that can write there", output)
         return None
     lang = cfg.prompt.source_lang if cfg.prompt.source_lang in ("ja", "en") else "en"
     eval_cfg = TranslateEvalConfig(

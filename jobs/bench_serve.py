@@ -1,0 +1,8 @@
+"""``ray job submit --working-dir . -- python jobs/bench_serve.py --config configs/bench_serve.yaml``"""
+
+import sys
+
+from ctray.cli import job_entrypoint
+
+if __name__ == "__main__":
+    sys.exit(job_entrypoint("bench-serve"))

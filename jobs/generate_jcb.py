@@ -1,0 +1,8 @@
+"""``ray job submit --working-dir . -- python jobs/generate_jcb.py --config configs/generate_jcb.yaml``"""
+
+import sys
+
+from ctray.cli import job_entrypoint
+
+if __name__ == "__main__":
+    sys.exit(job_entrypoint("generate-jcb"))
