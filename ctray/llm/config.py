@@ -218,8 +218,9 @@ class VLLMConfig(BaseBackendConfig):
     cpus_per_engine: float = Field(1.0, description="CPU only: the engine's placement-group bundle")
     cpu_reserved_cores: int | None = Field(
         None, ge=0, description="CPU only: cores vLLM keeps free of its compute threads "
-        "(VLLM_CPU_NUM_OF_RESERVED_CPU); None: vLLM's default, one per engine worker, which on "
-        "a 2-core machine leaves one core computing")
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU). None: 0 for a one-process engine (Serve replicas, the "
+        "shared engine; it has no scheduler process to keep a core for), vLLM's default (one "
+        "per engine worker) for ray.data.llm processors")
     enforce_eager: bool | None = Field(None, description="None: True on CPU (no graph compile)")
     enable_prefix_caching: bool = Field(
         True, description="reuse the KV of shared prompt prefixes (every row's instructions)")

@@ -34,6 +34,11 @@ class VLLMBackend(LLMBackend):
             # import torch and vLLM again, which dominates the start on a small machine.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             self.args.setdefault("distributed_executor_backend", "uni")
+            if cfg.cpu_reserved_cores is None:
+                # vLLM keeps one core free for a scheduler process that this
+                # one-process engine does not have: on 2 cores that halved prompt
+                # throughput (docs/benchmarks.md, "CPU dtype and cores").
+                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import LLM
 
         started = time.perf_counter()
