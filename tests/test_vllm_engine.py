@@ -99,7 +99,7 @@ def test_demo_cli_runs_through_ray_data_llm_and_exits_without_a_traceback(tmp_pa
         [sys.executable, "-m", "ctray.cli", "demo", "--config", str(REPO / "configs" / "demo.yaml"),
          "--limit", "8", "--set", f"run.output={out}", "--set", "run.num_cpus=2",
          *[f"--set={o}" for o in ENGINE]],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=840)
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=840)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, done.stderr[-6000:]
     assert "engine dtype " + cpu_dtype().dtype in done.stdout
