@@ -288,6 +288,15 @@ def _wait(driver, predicate, timeout: float = 30):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
 
 
+def _settled(driver, timeout: float = 30) -> None:
+    """Wait until the page has no request in flight (it counts them in <body data-pending>),
+    so no re-render is still coming that would replace the elements the test holds."""
+    from selenium.webdriver.common.by import By
+
+    _wait(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute(
+        "data-pending") == "0", timeout)
+
+
 def _downloaded(folder: Path, prefix: str, timeout: float = 20) -> Path:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -308,6 +317,7 @@ def _open(driver, url: str, reviewer: str) -> None:
     driver.find_element(By.ID, "token").send_keys(TOKEN, Keys.TAB)
     driver.find_element(By.ID, "reviewer").send_keys(reviewer, Keys.TAB)
     _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#labeler option")) > 0)
+    _settled(driver)  # the review queues load after the labelers
 
 
 def _value(driver, key: str) -> str:
@@ -326,6 +336,7 @@ def _review_items(driver, name: str, pick: str) -> dict[str, str]:
     for rid in list(EXPECTED_DIFF)[:2]:
         driver.find_element(By.CSS_SELECTOR, f'#queue-items tr[data-id="{rid}"]').click()
         _wait(driver, lambda d: d.find_element(By.ID, "item-id").text == rid)
+        _settled(driver)
         for row in driver.find_elements(By.CSS_SELECTOR, "#item-table tbody tr"):
             cells = row.find_elements(By.TAG_NAME, "td")
             chosen = cells[1 if pick == "a" else 2].text.split(" ")[0]
@@ -417,6 +428,7 @@ def test_browser_walkthrough(served, tmp_path):
         assert order == list(EXPECTED_DIFF)
         alice.find_element(By.CSS_SELECTOR, '#queue-items tr[data-id="r3"]').click()
         _wait(alice, lambda d: d.find_element(By.ID, "item-id").text == "r3")
+        _settled(alice)
         alice.save_screenshot(str(IMG / "review_4_item.png"))
 
         # 4. two reviewers at once: alice keeps the rules' values, bob the second labeler's
@@ -426,6 +438,7 @@ def test_browser_walkthrough(served, tmp_path):
         Select(bob.find_element(By.ID, "queue")).select_by_value(queue)
         _wait(bob, lambda d: d.find_element(By.ID, "queue-items").get_attribute(
             "data-queue") == queue)
+        _settled(bob)
         with cf.ThreadPoolExecutor(2) as pool:
             a_done = pool.submit(_review_items, alice, "alice", "a")
             b_done = pool.submit(_review_items, bob, "bob", "b")
@@ -433,6 +446,7 @@ def test_browser_walkthrough(served, tmp_path):
 
         # 5. export the gold file (eval-cxr reads it) and the agreement table
         alice.find_element(By.ID, "refresh-btn").click()
+        _settled(alice)
         alice.find_element(By.ID, "export-btn").click()
         gold = read_labels(LabelsInput(path=str(_downloaded(tmp_path / "dl_alice", "gold_"))),
                            "gold")
@@ -451,6 +465,7 @@ def test_browser_walkthrough(served, tmp_path):
         assert rows["Lung Opacity"][1:] == ["2", "0.00", "0.000"]
         # Pleural Effusion: both 0 on r3 and blank on r2: full agreement, kappa 1.
         assert rows["Pleural Effusion"][1:] == ["2", "1.00", "1.000"]
+        alice.execute_script("document.getElementById('kappa').scrollIntoView()")
         alice.save_screenshot(str(IMG / "review_5_kappa.png"))
 
         # 6. /docs works offline

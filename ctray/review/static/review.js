@@ -2,7 +2,7 @@
 // Report text and labels are inserted with textContent only (never innerHTML).
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { labelers: [], tasks: [], job: null, jobInfo: null, queue: null, item: null, poll: null };
+const state = { labelers: [], tasks: [], job: null, jobInfo: null, queue: null, item: null, itemQueue: null, poll: null };
 
 class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
@@ -15,7 +15,18 @@ function formatDetail(detail) {
   return typeof detail === "string" ? detail : JSON.stringify(detail);
 }
 
+// <body data-pending> counts requests in flight, so a script (or a test) can tell when the
+// page has settled.
+function pending(delta) {
+  document.body.dataset.pending = String(Number(document.body.dataset.pending || 0) + delta);
+}
+
 async function api(path, opts = {}) {
+  pending(1);
+  try { return await request(path, opts); } finally { pending(-1); }
+}
+
+async function request(path, opts) {
   const headers = Object.assign({}, opts.headers || {});
   const token = $("token").value.trim();
   if (token) headers.Authorization = "Bearer " + token;
@@ -35,7 +46,7 @@ async function api(path, opts = {}) {
     try { detail = formatDetail((await r.json()).detail); } catch (e) { /* not JSON */ }
     throw new ApiError(r.status, `${detail} (HTTP ${r.status})`);
   }
-  return opts.raw ? r : r.json();
+  return opts.raw ? r : await r.json();
 }
 
 function showMessage(text, kind = "error") {
@@ -248,6 +259,8 @@ async function loadQueues(select) {
 
 async function loadQueue() {
   state.queue = $("queue").value;
+  // An open report of another queue must not be saved into this one.
+  if (state.itemQueue !== state.queue) { state.item = null; state.itemQueue = null; $("item").hidden = true; }
   const reviewer = $("reviewer").value.trim();
   const out = await api(`api/reviews/${encodeURIComponent(state.queue)}?` + new URLSearchParams({ reviewer }));
   $("head-a").textContent = out.name_a; $("head-b").textContent = out.name_b;
@@ -267,10 +280,12 @@ async function loadQueue() {
 }
 
 async function openItem(reportId) {
+  // Clicking the report that is already open keeps the choices not saved yet.
+  if (state.item === reportId && state.itemQueue === state.queue && !$("item").hidden) return;
   const reviewer = $("reviewer").value.trim();
   const it = await api(`api/reviews/${encodeURIComponent(state.queue)}/items/${encodeURIComponent(reportId)}?` +
     new URLSearchParams({ reviewer }));
-  state.item = reportId;
+  state.item = reportId; state.itemQueue = state.queue;
   for (const tr of $("queue-items").querySelectorAll("tbody tr")) tr.classList.toggle("current", tr.dataset.id === reportId);
   $("item").hidden = false;
   $("item-id").textContent = reportId;
