@@ -238,6 +238,20 @@ def jsonl_lines(data: bytes):
             yield number, line
 
 
+def jsonl_objects(path: str, data: bytes):
+    """``(line number, object, problem)`` for every line of a JSONL file; a line that is
+    not a JSON object stops with the file and line named."""
+    for number, line in jsonl_lines(data):
+        try:
+            raw, problem = parse_jsonl_line(line)
+        except ValueError as exc:
+            raise CorpusError(f"{path}: line {number} is not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise CorpusError(f"{path}: line {number} is not a JSON object "
+                              f"(got {type(raw).__name__})")
+        yield number, raw, problem
+
+
 def _jsonl_rows(batch, cfg: "CorpusConfig", wanted: list[str]) -> pd.DataFrame:
     """One file (a binary-files row) -> its normalized rows; a line that is not a JSON
     object names the file and line (the driver-side preflight does the same for local
@@ -245,14 +259,7 @@ def _jsonl_rows(batch, cfg: "CorpusConfig", wanted: list[str]) -> pd.DataFrame:
     normalize = _Normalize(cfg, wanted)
     rows = []
     for path, data in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist()):
-        for number, line in jsonl_lines(data):
-            try:
-                raw, problem = parse_jsonl_line(line)
-            except ValueError as exc:
-                raise CorpusError(f"{path}: line {number} is not valid JSON ({exc})") from None
-            if not isinstance(raw, dict):
-                raise CorpusError(f"{path}: line {number} is not a JSON object "
-                                  f"(got {type(raw).__name__})")
+        for number, raw, problem in jsonl_objects(path, data):
             raw["path"] = path
             rows.append(normalize._row(raw, [f"line {number} {problem}"] if problem else []))
     return pd.DataFrame(rows, columns=normalize.columns())

@@ -148,18 +148,11 @@ def _check_parquet(path: str, cfg: "CorpusConfig", wanted: list[str]) -> pd.Data
 def _check_jsonl(path: str, cfg: "CorpusConfig", wanted: list[str]) -> pd.DataFrame:
     """Every line must be a JSON object; a wanted key must occur in at least one line
     (a line without it is a row error, all lines without it a missing column)."""
-    from ctray.io.corpus import CorpusError, jsonl_lines, parse_jsonl_line
+    from ctray.io.corpus import jsonl_objects
 
     data = Path(path).read_bytes()
     ids, numbers, seen = [], [], set()
-    for number, line in jsonl_lines(data):
-        try:
-            raw, _ = parse_jsonl_line(line)
-        except ValueError as exc:
-            raise CorpusError(f"{path}: line {number} is not valid JSON ({exc})") from None
-        if not isinstance(raw, dict):
-            raise CorpusError(f"{path}: line {number} is not a JSON object "
-                              f"(got {type(raw).__name__})")
+    for number, raw, _ in jsonl_objects(path, data):
         seen.update(raw)
         if cfg.id_column:
             ids.append(raw.get(cfg.id_column))
