@@ -56,8 +56,10 @@ def scored(tmp_path_factory):
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(path)
     out = root / "score"
+    # The five open models' CLU files hold 1,000 of GPT's 1,001 items: scored, cells marked '*'.
     summary = run_jcb_score(JcbScoreConfig(generated=str(tree), run={"output": str(out)},
-                                           reference=str(reference), bootstrap=0, chart=False))
+                                           reference=str(reference), bootstrap=0, chart=False,
+                                           allow_incomplete=True))
     with open(out / "table4.csv", encoding="utf-8") as fh:
         table = {r["model"]: r for r in csv.DictReader(fh)}
     with open(out / "reference_check.csv", encoding="utf-8") as fh:
@@ -69,10 +71,13 @@ def scored(tmp_path_factory):
 def test_table4_cells_of_all_seven_models(scored):
     table = scored["table"]
     assert set(PAPER) <= set(table)  # every model was scored from its outputs
-    compared, matched = 0, 0
+    compared, matched, starred = 0, 0, set()
     for model, values in PAPER.items():
         for label, value in zip(LABELS, values):
             cell = table[model][label]
+            if cell.endswith("*"):
+                starred.add((model, label))
+                cell = cell[:-1]
             if cell == "":  # the release has no MCQA outputs for four open models
                 assert label == "ExamQA" and model not in ("gpt-4o", "gpt-5",
                                                            "Meta-Llama-3-70B-Instruct")
@@ -84,6 +89,9 @@ def test_table4_cells_of_all_seven_models(scored):
             assert float(cell) == value, (model, label, cell, value)
             matched += 1
     assert (compared, matched) == (87, 86)
+    open_models = set(PAPER) - {"gpt-4o", "gpt-5"}
+    assert starred == {(m, label) for m in open_models
+                       for label in ("NER-D", "NER-Med", "RE-Ent", "RE-Time")}
 
 
 @pytest.mark.shared_data
