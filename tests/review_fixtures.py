@@ -63,25 +63,3 @@ def cxr_value(v: float) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def deploy(config: dict, timeout: float = 600) -> None:
-    """What ``serve deploy`` does: apply a declarative config, wait until RUNNING."""
-    import time
-
-    from ray import serve
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
-
-    serve_start().deploy_apps(ServeDeploySchema.model_validate(config))
-    names = {a["name"] for a in config["applications"]}
-    deadline = time.time() + timeout
-    states: dict = {}
-    while time.time() < deadline:
-        apps = serve.status().applications
-        states = {n: apps[n].status for n in names if n in apps}
-        if len(states) == len(names) and set(states.values()) == {"RUNNING"}:
-            return
-        failed = {n: apps[n].message for n, s in states.items() if s == "DEPLOY_FAILED"}
-        if failed:
-            raise RuntimeError(f"deploy failed: {failed}")
-        time.sleep(0.5)
-    raise TimeoutError(f"apps not running after {timeout}s: {states}")

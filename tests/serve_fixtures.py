@@ -113,3 +113,65 @@ def findings_json_responder(request: LLMRequest) -> str:
         "pleural_effusion": int(bool(re.search(r"(?<!no )pleural effusion", report))),
         "cardiomegaly": int("cardiomegaly" in report),
     })
+
+
+# ----------------------------------------------------------------- deploying in tests
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def serve_apps(name: str) -> list[dict]:
+    """The applications of a shipped ``serve/<name>.yaml``."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "serve" / f"{name}.yaml").read_text(encoding="utf-8"))
+    return config["applications"]
+
+
+def fit_for_tests(app: dict, health_check_period_s: float | None = None, **env: str) -> dict:
+    """A shipped app on the test Ray: one zero-CPU, zero-GPU replica per deployment (several
+    apps share two CPUs), tests/ importable by the replicas, extra env vars added."""
+    import copy
+
+    app = copy.deepcopy(app)
+    app["runtime_env"] = {"env_vars": {"PYTHONPATH": f"{REPO / 'tests'}:{REPO}", **env}}
+    for dep in app["deployments"]:
+        dep.pop("autoscaling_config", None)
+        dep["num_replicas"] = 1
+        dep["ray_actor_options"] = {**dep.get("ray_actor_options", {}), "num_cpus": 0,
+                                    "num_gpus": 0}
+        if health_check_period_s is not None:
+            dep["health_check_period_s"] = health_check_period_s
+    return app
+
+
+def deploy(config: dict, timeout: float = 240) -> None:
+    """What ``serve deploy`` / ``serve run config.yaml`` do: apply a declarative config and
+    wait until every app is RUNNING (a DEPLOY_FAILED app fails at once)."""
+    from ray import serve
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    serve_start().deploy_apps(ServeDeploySchema.model_validate(config))
+    names = {a["name"] for a in config["applications"]}
+    deadline = time.time() + timeout
+    states: dict = {}
+    while time.time() < deadline:
+        apps = serve.status().applications
+        states = {n: apps[n].status for n in names if n in apps}
+        if len(states) == len(names) and set(states.values()) == {"RUNNING"}:
+            return
+        failed = {n: apps[n].message for n, s in states.items() if s == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"deploy failed: {failed}")
+        time.sleep(0.5)
+    raise TimeoutError(f"apps not running after {timeout}s: {states}")
+
+
+def ray_log_files_containing(marker: str) -> list[str]:
+    """Names of the session's log files holding ``marker`` (after the replicas flushed)."""
+    import ray
+
+    time.sleep(1.0)  # replicas flush their log files asynchronously
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    return [p.name for p in logs.rglob("*") if p.is_file() and marker.encode() in p.read_bytes()]

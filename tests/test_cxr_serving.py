@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from pathlib import Path
 
 import httpx
@@ -20,26 +19,14 @@ import pytest
 import yaml
 
 from openai_stub_server import StubOpenAIServer
-from serve_fixtures import free_port
+from serve_fixtures import (deploy, fit_for_tests, free_port, ray_log_files_containing,
+                            serve_apps)
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "cxr-token-51c2"
 SECRET_MARKER = "Quetzalcoatlqux"
 
 
-def _apps() -> list[dict]:
-    return yaml.safe_load((REPO / "serve" / "cxr.yaml").read_text(encoding="utf-8"))["applications"]
-
-
-def _fit(app: dict) -> dict:
-    app = copy.deepcopy(app)
-    app["runtime_env"] = {"env_vars": {"PYTHONPATH": f"{REPO / 'tests'}:{REPO}"}}
-    for dep in app["deployments"]:
-        dep.pop("autoscaling_config", None)
-        dep["num_replicas"] = 1
-        dep["ray_actor_options"] = {**dep.get("ray_actor_options", {}), "num_cpus": 0,
-                                    "num_gpus": 0}
-    return app
 
 
 def sft_model(body: dict) -> str:
@@ -57,26 +44,6 @@ def sft_model(body: dict) -> str:
     return answer_text(CxrRuleLabeler().label(report).labels)
 
 
-def deploy(config: dict, timeout: float = 240) -> None:
-    """What ``serve deploy`` does: apply a declarative config, wait until RUNNING."""
-    from ray import serve
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
-
-    serve_start().deploy_apps(ServeDeploySchema.model_validate(config))
-    names = {a["name"] for a in config["applications"]}
-    deadline = time.time() + timeout
-    states: dict = {}
-    while time.time() < deadline:
-        apps = serve.status().applications
-        states = {n: apps[n].status for n in names if n in apps}
-        if len(states) == len(names) and set(states.values()) == {"RUNNING"}:
-            return
-        failed = {n: apps[n].message for n, s in states.items() if s == "DEPLOY_FAILED"}
-        if failed:
-            raise RuntimeError(f"deploy failed: {failed}")
-        time.sleep(0.5)
-    raise TimeoutError(f"apps not running after {timeout}s: {states}")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +57,7 @@ def server(ray_local, llm_server):
     from ray import serve
 
     pytest.importorskip("ctray.tasks.cxr.sft_format")
-    rules, llm = (_fit(a) for a in _apps())
+    rules, llm = (fit_for_tests(a) for a in serve_apps("cxr"))
     rules["deployments"][0]["user_config"].update(max_chars=2000, max_items=5)
     secure = copy.deepcopy(rules)
     secure.update(name="cxr-rules-secure", route_prefix="/cxr-secure")
@@ -172,13 +139,8 @@ def test_llm_app_serves_the_fine_tuned_format(server):
 
 
 def test_report_text_never_logged(server):
-    import ray
-
     for route in ("/cxr-rules/label", "/cxr-llm/label"):
         r = server.post(route, json={"texts": [f"{SECRET_MARKER} has a pleural effusion."]})
         assert r.status_code == 200
-    time.sleep(1.0)
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
-    leaked = [p.name for p in logs.rglob("*") if p.is_file()
-              and SECRET_MARKER.encode() in p.read_bytes()]
+    leaked = ray_log_files_containing(SECRET_MARKER)
     assert not leaked, leaked

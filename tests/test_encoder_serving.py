@@ -14,7 +14,6 @@ import concurrent.futures as cf
 import copy
 import json
 import math
-import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
-from serve_fixtures import free_port
+from serve_fixtures import (deploy, fit_for_tests, free_port, ray_log_files_containing,
+                            serve_apps)
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "enc-token-7f1e"
@@ -75,15 +75,6 @@ def build_minilm_findings_export(out_dir: Path) -> str:
     return str(out_dir)
 
 
-def _fit(app: dict) -> dict:
-    app = copy.deepcopy(app)
-    app["runtime_env"] = {"env_vars": {"PYTHONPATH": f"{REPO / 'tests'}:{REPO}"}}
-    for dep in app["deployments"]:
-        dep.pop("autoscaling_config", None)
-        dep["num_replicas"] = 1
-        dep["ray_actor_options"] = {**dep.get("ray_actor_options", {}), "num_cpus": 0,
-                                    "num_gpus": 0}
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +88,7 @@ def checkpoints(tmp_path_factory):
 def server(ray_local, checkpoints):
     from ray import serve
 
-    from test_cxr_serving import deploy
-
-    apps = yaml.safe_load((REPO / "serve" / "encoders.yaml").read_text())["applications"]
-    cxr, findings = (_fit(a) for a in apps)
+    cxr, findings = (fit_for_tests(a) for a in serve_apps("encoders"))
     cxr["deployments"][0]["user_config"].update(
         checkpoint=f"file://{checkpoints['cxr']}", max_batch_size=8, batch_wait_timeout_s=0.2,
         max_chars=2000, max_items=5)
@@ -208,15 +196,10 @@ def test_findings_app_serves_the_packaged_encoder_export(server, checkpoints):
 
 
 def test_report_text_never_logged(server):
-    import ray
-
     for route in ("/cxr-encoder/label", "/findings-encoder/label"):
         r = server.post(route, json={"texts": [f"{SECRET_MARKER} has a pleural effusion."]})
         assert r.status_code == 200
-    time.sleep(1.0)
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
-    leaked = [p.name for p in logs.rglob("*") if p.is_file()
-              and SECRET_MARKER.encode() in p.read_bytes()]
+    leaked = ray_log_files_containing(SECRET_MARKER)
     assert not leaked, leaked
 
 

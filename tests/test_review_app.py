@@ -10,23 +10,20 @@ places). The last test removes the second labeler ("labeler down").
 from __future__ import annotations
 
 import concurrent.futures as cf
-import copy
 import io
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
-import yaml
 
-from review_fixtures import (EXPECTED_DIFF, REPORTS, deploy, report_text, reports_csv,
+from review_fixtures import (EXPECTED_DIFF, REPORTS, report_text, reports_csv,
                              second_opinion)
-from serve_fixtures import free_port
+from serve_fixtures import deploy, fit_for_tests, free_port, serve_apps
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "review-token-93b1"
@@ -36,20 +33,8 @@ EN_REPORT = "Small right pleural effusion. No pneumothorax. Heart size is normal
 JA_REPORT = "両側に胸水を認める。肺結節は認めない。"
 
 
-def _fit(app: dict, **env: str) -> dict:
-    app = copy.deepcopy(app)
-    app["runtime_env"] = {"env_vars": {"PYTHONPATH": f"{REPO / 'tests'}:{REPO}",
-                                       "CTRAY_SERVE_TOKEN": TOKEN, **env}}
-    for dep in app["deployments"]:
-        dep.pop("autoscaling_config", None)
-        dep["num_replicas"] = 1
-        dep["ray_actor_options"] = {**dep.get("ray_actor_options", {}), "num_cpus": 0}
-    return app
 
 
-def _yaml_apps(name: str) -> dict[str, dict]:
-    config = yaml.safe_load((REPO / "serve" / f"{name}.yaml").read_text(encoding="utf-8"))
-    return {a["name"]: a for a in config["applications"]}
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +42,12 @@ def served(ray_local, tmp_path_factory):
     from ray import serve
 
     work = tmp_path_factory.mktemp("review-work")
-    apps = _yaml_apps("review")
-    review = _fit(apps["review"])
+    apps = {a["name"]: a for a in serve_apps("review")}
+    review = fit_for_tests(apps["review"], CTRAY_SERVE_TOKEN=TOKEN)
     review["args"].update(work_dir=str(work), max_paste_chars=2000, max_upload_bytes=50_000,
                           max_upload_rows=50, chunk=4)
-    second = _fit(_yaml_apps("cxr")["cxr-llm"])
+    second = fit_for_tests({a["name"]: a for a in serve_apps("cxr")}["cxr-llm"],
+                           CTRAY_SERVE_TOKEN=TOKEN)
     second.update(name="cxr-second", route_prefix="/cxr-second")
     second["args"] = {"answer_format": "sft", "max_tokens": 200, "backend": {
         "kind": "fake", "model": "second-opinion",
@@ -69,7 +55,9 @@ def served(ray_local, tmp_path_factory):
     second["deployments"][0]["user_config"].update(max_batch_size=4, batch_wait_timeout_s=0.05)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
-    deploy({"applications": [review, _fit(apps["cxr-rules"]), _fit(apps["rules"]), second]})
+    deploy({"applications": [review, fit_for_tests(apps["cxr-rules"], CTRAY_SERVE_TOKEN=TOKEN),
+                              fit_for_tests(apps["rules"], CTRAY_SERVE_TOKEN=TOKEN), second]},
+           timeout=600)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=AUTH) as client:
         yield {"client": client, "url": f"http://127.0.0.1:{port}", "work": work}
     serve.shutdown()
@@ -237,7 +225,6 @@ def test_bad_input_answers_4xx_json_and_writes_nothing(served):
 
 
 def test_offline_docs_pages(served):
-    client = served["client"]
     for app in ("review", "cxr-rules", "cxr-second"):
         html = httpx.get(f"{served['url']}/{app}/docs").text
         assert f"/{app}/docs-assets/swagger-ui-bundle.js" in html and "cdn" not in html.lower()

@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from openai_stub_server import StubOpenAIServer
-from serve_fixtures import (UNPARSEABLE, build_findings_checkpoint, fake_translation, free_port,
+from serve_fixtures import (UNPARSEABLE, build_findings_checkpoint, deploy, fake_translation,
+                            fit_for_tests, free_port, ray_log_files_containing, serve_apps,
                             reseeded_checkpoint)
 from tiny_bert import sample_texts
 
@@ -42,22 +43,6 @@ JA_REPORTS = sample_texts("ja")[:6]
 TEXTS = [*JA_REPORTS, "食道裂孔ヘルニアを認める。"]
 
 
-def _load_app(name: str) -> dict:
-    config = yaml.safe_load((REPO / "serve" / f"{name}.yaml").read_text(encoding="utf-8"))
-    return config["applications"][0]
-
-
-def _fit_for_tests(app: dict) -> dict:
-    """One zero-CPU replica per deployment: six apps must share two CPUs."""
-    app = copy.deepcopy(app)
-    app["runtime_env"] = {"env_vars": {"PYTHONPATH": f"{REPO / 'tests'}:{REPO}"}}
-    for dep in app["deployments"]:
-        dep.pop("autoscaling_config", None)
-        dep["num_replicas"] = 1
-        dep["ray_actor_options"] = {**dep.get("ray_actor_options", {}), "num_cpus": 0,
-                                    "num_gpus": 0}
-        dep["health_check_period_s"] = 2
-    return app
 
 
 def _fake_backend(responder: str) -> dict:
@@ -81,18 +66,18 @@ def rule_labeler_as_llm(body: dict) -> str:
 
 
 def apps_config(checkpoint: str, llm_url: str) -> dict:
-    findings = _fit_for_tests(_load_app("findings"))
+    findings = fit_for_tests(serve_apps("findings")[0], health_check_period_s=2)
     findings["deployments"][0]["user_config"].update(
         checkpoint=checkpoint, max_batch_size=8, batch_wait_timeout_s=0.1, max_chars=5000,
         max_items=10)
-    rules = _fit_for_tests(_load_app("rules"))
+    rules = fit_for_tests(serve_apps("rules")[0], health_check_period_s=2)
     rules["deployments"][0]["user_config"].update(max_chars=5000, max_items=10)
     secure = copy.deepcopy(rules)
     secure.update(name="rules-secure", route_prefix="/secure")
     # The token reaches the replica through its environment only.
     secure["deployments"][0]["ray_actor_options"]["runtime_env"] = {
         "env_vars": {"CTRAY_SERVE_TOKEN": TOKEN}}
-    translate = _fit_for_tests(_load_app("translate"))
+    translate = fit_for_tests(serve_apps("translate")[0], health_check_period_s=2)
     translate["args"]["backend"] = _fake_backend("translate_responder")
     translate["args"]["repair"] = True
     translate["deployments"][0]["user_config"].update(max_batch_size=4, batch_wait_timeout_s=0.1)
@@ -101,32 +86,13 @@ def apps_config(checkpoint: str, llm_url: str) -> dict:
     slow["args"]["backend"] = _fake_backend("slow_translate_responder")
     slow["deployments"][0].update(max_ongoing_requests=1, max_queued_requests=1,
                                   user_config={"max_batch_size": 1})
-    llm = _fit_for_tests(_load_app("llm_findings"))
+    llm = fit_for_tests(serve_apps("llm_findings")[0], health_check_period_s=2)
     # The production path on a GPU cluster: the replica calls an OpenAI-compatible server.
     llm["args"]["backend"] = {"kind": "openai", "model": "stub-model", "base_url": llm_url}
     llm["deployments"][0]["user_config"].update(max_batch_size=8, batch_wait_timeout_s=0.1)
     return {"applications": [findings, rules, secure, translate, slow, llm]}
 
 
-def deploy(config: dict, timeout: float = 240) -> None:
-    """What ``serve deploy`` / ``serve run config.yaml`` do: apply a declarative config."""
-    from ray import serve
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
-
-    serve_start().deploy_apps(ServeDeploySchema.model_validate(config))
-    names = {a["name"] for a in config["applications"]}
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        apps = serve.status().applications
-        states = {n: apps[n].status for n in names if n in apps}
-        if len(states) == len(names) and set(states.values()) == {"RUNNING"}:
-            return
-        failed = {n: apps[n].message for n, s in states.items() if s == "DEPLOY_FAILED"}
-        if failed:
-            raise RuntimeError(f"deploy failed: {failed}")
-        time.sleep(0.5)
-    raise TimeoutError(f"apps not running after {timeout}s: {states}")
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +153,7 @@ def test_serve_configs_are_valid_deploy_configs():
     assert "bench-serve" in JOBS
     # serve/all.yaml holds exactly the per-app blocks (one `serve deploy` for all apps).
     combined = yaml.safe_load((REPO / "serve" / "all.yaml").read_text())["applications"]
-    singles = [_load_app(n) for n in ("findings", "rules", "llm_findings", "translate")]
+    singles = [serve_apps(n)[0] for n in ("findings", "rules", "llm_findings", "translate")]
     assert combined == singles
 
 
@@ -385,11 +351,8 @@ def test_report_text_never_logged(server):
                        ("/llm-findings/label", {"texts": [text, f"{UNPARSEABLE} {text}"]}),
                        ("/findings/label", {"texts": [text * 400]})):  # 413 path too
         server["http"].post(path, json=body)
-    time.sleep(1.0)  # log files are flushed by the replicas asynchronously
+    assert not ray_log_files_containing(SECRET_MARKER)
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())
-    leaked = [p.name for p in logs.rglob("*") if p.is_file()
-              and SECRET_MARKER.encode() in p.read_bytes()]
-    assert not leaked
     serve_logs = "".join(p.read_text(errors="ignore") for p in (logs / "serve").glob("*.log"))
     assert "items=1 chars=" in serve_logs  # what is logged instead: counts and lengths
 
