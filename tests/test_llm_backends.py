@@ -254,9 +254,20 @@ def test_packaged_gguf_resolves_to_the_installed_package():
 
 
 @pytest.mark.slow
-def test_real_gemma_gguf_converts_once_then_loads_from_cache(tmp_path):
+def test_real_gemma_gguf_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
+    import gguf
+
     from ctray.llm.config import DEFAULT_HF_MODEL
     from ctray.llm.hf import CACHE_MARKER, HFBackend
+
+    parses = []
+    real_init = gguf.GGUFReader.__init__
+
+    def counted_init(self, path, *args, **kwargs):
+        parses.append(str(path))
+        real_init(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", counted_init)
 
     cfg = backend_config(kind="hf", model=DEFAULT_HF_MODEL, cache_dir=str(tmp_path / "cache"))
     started = time.perf_counter()
@@ -268,6 +279,10 @@ def test_real_gemma_gguf_converts_once_then_loads_from_cache(tmp_path):
     assert first.use_chat_template  # Gemma's turn format, not a plain transcript
     # Only the converted model stays: the assembled GGUF was an intermediate.
     assert not list((tmp_path / "cache").glob("gguf/*.gguf"))
+    # Config, tokenizer and weights share one parse of the file (parsing the 262k-token
+    # vocabulary's metadata costs more than de-quantising the weights).
+    assert len(parses) == 1, parses
+    assert gguf.GGUFReader is not None and isinstance(gguf.GGUFReader, type)  # restored
     del first
 
     started = time.perf_counter()

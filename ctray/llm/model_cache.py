@@ -186,9 +186,39 @@ def _load_from_pretrained(location: str, dtype, revision: str | None = None,
         kwargs["revision"] = revision
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Share one ``gguf.GGUFReader`` per file while transformers loads a GGUF model.
+
+    transformers parses the file three times (config, tokenizer, weights), and parsing the
+    metadata of Gemma's 262k-token vocabulary, one numpy memmap view per field part, costs
+    more than de-quantising the weights; the reader only reads, so one parse serves all
+    three."""
+    try:
+        import gguf
+    except ImportError:  # not a GGUF load path in this environment
+        yield
+        return
+    original = gguf.GGUFReader
+    readers: dict[tuple, Any] = {}
+
+    def shared_reader(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
 
 
 def _cache_key(source: ResolvedSource, dtype: str, revision: str | None) -> tuple[ResolvedSource, str]:
