@@ -32,3 +32,19 @@ def ray_local():
                  configure_logging=False,
                  runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray
+
+
+def pytest_addoption(parser):
+    parser.addoption("--extended", action="store_true", default=False,
+                     help="also run the extended tier: multi-minute end-to-end runs whose "
+                          "parts the default tier covers with smaller runs (outside CI's "
+                          "30-minute budget on 2 cores)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--extended") or os.environ.get("CTRAY_EXTENDED_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="extended tier: python -m pytest --extended")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)

@@ -42,6 +42,7 @@ def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([f1_score(y[:, j], pred[:, j], zero_division=0) for j in range(y.shape[1])]))
 
 
+@pytest.mark.extended
 def test_two_workers_learn_the_corpus_and_resume_from_the_next_epoch(ray_local, tmp_path):
     from ctray.tasks.findings.model import FindingsClassifier
     from ctray.tasks.findings.train_job import (load_labeled_reports, run_train_findings,

@@ -183,6 +183,7 @@ def trained(ray_local, phantoms):
     return first, second
 
 
+@pytest.mark.extended
 def test_train_grounding_lowers_the_loss_and_resumes(trained, phantoms):
     from ctray.errors import UserError
     from ctray.tasks.grounding.model_dir import load_grounding_model

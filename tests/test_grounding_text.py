@@ -413,6 +413,7 @@ def write_ct_rate(path: Path, rows: list[tuple[str, str, str]]) -> Path:
     return path
 
 
+@pytest.mark.extended
 def test_ground_text_job_writes_three_passes_and_the_final_table_and_resumes(ray_local, tmp_path):
     csv = write_ct_rate(tmp_path / "reports.csv", [
         ("r1", BASE + "A cyst of 1.26 cm is seen in the left kidney.", "Right lung nodule."),

@@ -79,6 +79,7 @@ def _run(argv: list[str]) -> int:
     return main(argv)
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_generate_then_score_through_the_fake_backend(ray_local, tmp_path, capsys):
     bench = _mini_benchmarks(tmp_path)

@@ -797,6 +797,7 @@ class NoduleTask(EchoTask):
     name = "nodule_question"
 
 
+@pytest.mark.extended
 def test_llm_stage_with_hf_backend_over_ray_data(ray_local, tiny_lm_dir):
     import ray
 

@@ -153,6 +153,7 @@ def _config(tmp_path, model: str, max_steps: int, exclude: str | None = None):
     })
 
 
+@pytest.mark.extended
 def test_two_worker_sft_learns_a_toy_mapping_and_resumes(ray_local, tmp_path, tiny_lm):
     from ctray.errors import UserError
     from ctray.tasks.cxr.train_job import run_train_llm_labeler
