@@ -649,7 +649,10 @@ def run_train_cxr_encoder(cfg: TrainCxrEncoderConfig) -> dict[str, Any]:
         units = fold_units(len(g_ids), cfg.gold.folds, cfg.training.seed, cfg.gold.epochs)
         print(f"[train-cxr-encoder] stage 2 (gold): {len(g_ids)} reports, {cfg.gold.folds}-fold "
               "cross-validation, then the full fit", flush=True)
-        s2 = _run_stage(cfg, "gold", rules_model, [texts[i] for i in g_ids],
+        # Absolute: the Ray Train worker's working directory is not the driver's, so a
+        # relative run.output (runs/...) named no folder there.
+        s2_base = rules_model if "://" in rules_model else os.path.abspath(rules_model)
+        s2 = _run_stage(cfg, "gold", s2_base, [texts[i] for i in g_ids],
                         targets(gold.loc[g_ids]), units, [], storage, g_params)
         cv = np.zeros((len(g_ids), len(OBSERVATIONS)), dtype=np.int64)
         scored = np.zeros(len(g_ids), dtype=np.int64)
