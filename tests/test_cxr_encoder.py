@@ -153,12 +153,13 @@ def test_conventions_on_predictions():
 # ----------------------------------------------------------------------------- Ray
 
 
-def _config(tmp_path, model, corpus, labels, epochs, gold=None, lr=1e-2, head_lr=3e-2):
+def _config(tmp_path, model, corpus, labels, epochs, gold=None, lr=1e-2, head_lr=3e-2,
+            output=None):
     from ctray.tasks.cxr.encoder_train_job import TrainCxrEncoderConfig
     from ctray.tasks.cxr.label_job import openi_corpus
 
     return TrainCxrEncoderConfig.model_validate({
-        "run": {"output": str(tmp_path / "run")},
+        "run": {"output": output or str(tmp_path / "run")},
         "model": model,
         "corpus": openi_corpus(corpus),
         "labels": {"path": labels, "id_column": "uid"},
@@ -176,7 +177,8 @@ def _config(tmp_path, model, corpus, labels, epochs, gold=None, lr=1e-2, head_lr
     })
 
 
-def test_train_resume_gold_cv_and_label_cxr_with_the_encoder(ray_local, tmp_path, tiny_encoder):
+def test_train_resume_gold_cv_and_label_cxr_with_the_encoder(ray_local, tmp_path, tiny_encoder,
+                                                            monkeypatch):
     from ctray.tasks.cxr.encoder_model import CXREncoderLabeler, targets
     from ctray.tasks.cxr.encoder_train_job import run_train_cxr_encoder
     from ctray.tasks.cxr.evaluation import f1_table
@@ -189,14 +191,17 @@ def test_train_resume_gold_cv_and_label_cxr_with_the_encoder(ray_local, tmp_path
     gold_cfg = {"labels": {"path": str(tmp_path / "gold.csv"), "id_column": "uid"}, "folds": 3,
                 "epochs": 2, "encoder_lr": 1e-3, "head_lr": 1e-3, "batch_size": 4}
 
+    # A relative run.output, as users write it (runs/...): the Ray Train workers do not share
+    # the driver's working directory, so every folder they open must be absolute.
+    monkeypatch.chdir(tmp_path)
     first = run_train_cxr_encoder(_config(tmp_path, tiny_encoder, corpus, labels_path, 1,
-                                          gold=gold_cfg | {"labels": None}))
+                                          gold=gold_cfg | {"labels": None}, output="run"))
     assert first["data"]["excluded_labelled"] == 24
     assert first["data"]["train_reports"] + first["data"]["val_reports"] == 126
 
     epochs = 12
     second = run_train_cxr_encoder(_config(tmp_path, tiny_encoder, corpus, labels_path, epochs,
-                                           gold=gold_cfg))
+                                           gold=gold_cfg, output="run"))
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     rules_log = [h for h in log if h["stage"] == "rules"]
     # Resumed: epoch 1 came from the first run's checkpoint, epochs 2-12 from this one.

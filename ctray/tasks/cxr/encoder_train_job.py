@@ -46,8 +46,8 @@ from ctray.errors import UserError
 from ctray.io.corpus import CorpusConfig
 from ctray.tasks.cxr.schema import OBSERVATIONS
 from ctray.train.labeler import IdList, LabelTable
-from ctray.train.common import (CheckpointParams, ScalingParams, announce_resume, check_resume,
-                                gather, make_trainer, run_locations, use_gpu)
+from ctray.train.common import (CheckpointParams, ScalingParams, abs_uri, announce_resume,
+                                check_resume, gather, make_trainer, run_locations, use_gpu)
 
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 GOLD_PATH = "tests/data/cxr_dev_gold.csv"
@@ -651,7 +651,7 @@ def run_train_cxr_encoder(cfg: TrainCxrEncoderConfig) -> dict[str, Any]:
               "cross-validation, then the full fit", flush=True)
         # Absolute: the Ray Train worker's working directory is not the driver's, so a
         # relative run.output (runs/...) named no folder there.
-        s2_base = rules_model if "://" in rules_model else os.path.abspath(rules_model)
+        s2_base = abs_uri(rules_model)
         s2 = _run_stage(cfg, "gold", s2_base, [texts[i] for i in g_ids],
                         targets(gold.loc[g_ids]), units, [], storage, g_params)
         cv = np.zeros((len(g_ids), len(OBSERVATIONS)), dtype=np.int64)
