@@ -54,6 +54,22 @@ def check_submitted_output(output: str, cwd: str | None = None) -> None:
             "to s3://... / gs://... or an absolute path on a volume every node mounts")
 
 
+def keep_cpu_work_off_gpu_nodes() -> None:
+    """On a cluster with GPU nodes, Datasets created from now on schedule their CPU
+    tasks with Ray's ``DEFAULT`` policy instead of Ray Data's ``SPREAD`` (see
+    :func:`pass_scheduling`): reads take it from the context current when they are
+    created, so the CLI calls this once Ray is up, before a job reads its input."""
+    import ray
+
+    if not ray.is_initialized() or ray.cluster_resources().get("GPU", 0) <= 0:
+        return
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    if ctx.scheduling_strategy == "SPREAD":
+        ctx.scheduling_strategy = "DEFAULT"
+
+
 @contextmanager
 def pass_scheduling(data_context=None, wants_gpus: bool = False):
     """Ray settings for one Ray Data pass of a job, on a cluster with GPU nodes.
