@@ -25,11 +25,13 @@ from tiny_bert import SAMPLE_DIR, build_ja_tokenizer, build_tiny_bert
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 pytest.importorskip("fugashi", reason="the tohoku-style Japanese tokenizer needs fugashi")
-EPOCHS = 8
+EPOCHS = 5
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob("checkpoint_*")) if run_dir.exists() else []
+    # Ray Train's checkpoint folders (not its checkpoint_manager_snapshot.json).
+    return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir()) \
+        if run_dir.exists() else []
 
 
 def test_train_findings_survives_a_worker_node_kill_and_resumes_from_its_checkpoint(tmp_path):
@@ -53,22 +55,24 @@ def test_train_findings_survives_a_worker_node_kill_and_resumes_from_its_checkpo
     cluster = LocalCluster(workers=2, worker_cpus=1, dashboard=False)
     try:
         started = time.time()
+        log_file = tmp_path / "driver.log"  # a file, not a pipe nobody drains mid-run
         proc = subprocess.Popen(
             [sys.executable, "-m", "ctray.cli", "train-findings", "--config", str(config),
              "--set", f"run.ray_address={cluster.address}"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=REPO, stdout=log_file.open("w"), stderr=subprocess.STDOUT,
             env={**os.environ, "RAY_ADDRESS": cluster.address})
         run_dir = out / "checkpoints" / "chaos"
         try:
-            wait_for(lambda: len(checkpoints(run_dir)) >= 2 or proc.poll() is not None, 300,
-                     "the second checkpoint")
+            wait_for(lambda: checkpoints(run_dir) or proc.poll() is not None, 600,
+                     "the first checkpoint")
         except TimeoutError:
             proc.kill()
             raise
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert proc.poll() is None, log_file.read_text()[-3000:]
         killed_after = len(checkpoints(run_dir))
         cluster.kill_worker(cluster.workers[0])  # a preemption; a fresh node joins
-        log, _ = proc.communicate(timeout=400)
+        proc.wait(timeout=400)
+        log = log_file.read_text()
         seconds = time.time() - started
     finally:
         cluster.shutdown()
@@ -80,9 +84,9 @@ def test_train_findings_survives_a_worker_node_kill_and_resumes_from_its_checkpo
     assert manifest["started_at_epoch"] >= 2, manifest
     resumed_from = manifest["started_at_epoch"] - 1
     assert manifest["epochs_run"] == list(range(resumed_from + 1, EPOCHS + 1))
-    # ... at most one epoch behind what was on disk when the node died, and the history
-    # keeps every epoch once, the ones before the kill from the first worker group.
-    assert resumed_from >= killed_after - 1
+    # ... not behind what was on disk when the node died, and the history keeps every
+    # epoch once, the ones before the kill from the first worker group.
+    assert resumed_from >= killed_after
     history = manifest["history"]
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
     assert all(h["resumed_from_epoch"] == 0 for h in history[:resumed_from])
