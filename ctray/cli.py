@@ -11,7 +11,7 @@ from typing import Any
 from ctray.config import describe_fields, load_config
 from ctray.errors import UserError
 from ctray.jobs import ALIASES, JOBS, JobSpec, load_job_modules, resolve
-from ctray.pipeline.ray_session import check_submitted_output, init_ray
+from ctray.pipeline.ray_session import check_submitted_output, init_ray, keep_cpu_work_off_gpu_nodes
 
 COMMON_FLAGS = {
     "--output": ("run.output", str, "output folder or s3:// / gs:// URI"),
@@ -131,12 +131,14 @@ def run_job(name: str, argv: list[str]) -> Any:
     if hasattr(cfg, "run"):
         check_submitted_output(cfg.run.output)
     if not (spec.needs_ray and hasattr(cfg, "run")) or ray_is_running():
+        keep_cpu_work_off_gpu_nodes()
         return spec.run_function(cfg)
     try:
         init_ray(cfg.run)
     except (ConnectionError, TimeoutError) as exc:
         raise UserError(f"cannot join Ray at {cfg.run.ray_address!r} ({exc})") from None
     try:
+        keep_cpu_work_off_gpu_nodes()
         return spec.run_function(cfg)
     finally:
         end_ray_session()

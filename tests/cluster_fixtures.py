@@ -36,7 +36,8 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 class _SlowClock:
     """``time`` for ray._private.node while a node starts: Ray waits a fixed 30 s
     (``raylet_start_wait_time_s``, not configurable) for a new raylet to register, which
-    a loaded 2-core CI machine can exceed; read through this clock it waits 4x longer."""
+    a loaded 2-core CI machine can exceed; read through this clock it waits 4x longer.
+    The dashboard's 60 s start-up limit is raised the same way (below)."""
 
     def __getattr__(self, name):
         return getattr(time, name)
@@ -50,6 +51,7 @@ class _SlowClock:
 def _no_shared_address_file():
     import ray._common.utils
     import ray._private.node
+    import ray._private.ray_constants
     import ray._private.utils
 
     # Token auth off for this cluster's processes, said explicitly: with RAY_AUTH_MODE
@@ -58,7 +60,9 @@ def _no_shared_address_file():
     with mock.patch.object(ray._private.utils, "write_ray_address", lambda *a, **k: None), \
             mock.patch.object(ray._common.utils, "reset_ray_address", lambda *a, **k: None), \
             mock.patch.dict(os.environ, {"RAY_AUTH_MODE": "disabled"}), \
-            mock.patch.object(ray._private.node, "time", _SlowClock()):
+            mock.patch.object(ray._private.node, "time", _SlowClock()), \
+            mock.patch.object(ray._private.ray_constants, "RAY_DASHBOARD_STARTUP_TIMEOUT_S",
+                              max(240, ray._private.ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S)):
         yield
 
 

@@ -571,7 +571,15 @@ def test_build_vllm_config_sets_engine_kwargs():
     assert config.accelerator_type == "H100"
     assert config.should_continue_on_error is True
 
-    assert config.placement_group_config is None  # GPU: Ray's default bundle (a GPU each)
+    # tensor_parallel_size=2 on GPU: one bundle per shard, all on one node (Ray's default
+    # PACK group may split a tensor-parallel engine over two 1-GPU nodes).
+    pg = config.placement_group_config
+    assert pg["strategy"] == "STRICT_PACK"
+    assert [(b["GPU"], b["CPU"]) for b in pg["bundles"]] == [(1, 1), (1, 1)]
+    assert build_vllm_config(vllm_cfg(tensor_parallel_size=1), "gpu").placement_group_config \
+        is None  # one GPU: Ray's default (the engine actor takes it)
+    assert build_vllm_config(vllm_cfg(pipeline_parallel_size=2), "gpu") \
+        .placement_group_config["strategy"] == "PACK"  # pipeline stages may span nodes
     assert "dtype" not in kw and "enforce_eager" not in kw
 
     off = build_vllm_config(vllm_cfg(enable_prefix_caching=False, max_model_len=None), "gpu")

@@ -159,9 +159,20 @@ def engine_env(cfg, device: str) -> dict[str, str]:
 
 
 def placement_group(cfg, device: str) -> dict[str, Any] | None:
-    """CPU: one bundle of ``cpus_per_engine`` CPUs per engine worker (Ray's default
-    bundle asks for a GPU). GPU: None, Ray's default (one GPU per TP/PP worker)."""
-    if device != "cpu":
-        return None
+    """The engine's placement group (``ray.data.llm`` ``placement_group_config``).
+
+    CPU: one bundle of ``cpus_per_engine`` CPUs per engine worker (Ray's default bundle
+    asks for a GPU). GPU, one worker: None, Ray's default (the engine actor takes a GPU).
+    GPU, tensor parallel: one ``{GPU: 1, CPU: 1}`` bundle per worker, ``STRICT_PACK``:
+    Ray's default group is ``PACK``, which on a cluster of 1-GPU nodes (cluster.yaml's
+    ``gpu_worker``) splits one engine's tensor-parallel shards over several nodes, each
+    layer's all-reduce then crossing the network. A tensor-parallel group belongs on one
+    node; pipeline stages (``pipeline_parallel_size`` > 1) may span nodes, so such groups
+    keep ``PACK``."""
     workers = cfg.tensor_parallel_size * cfg.pipeline_parallel_size
-    return {"bundles": [{"CPU": cfg.cpus_per_engine}] * workers, "strategy": "PACK"}
+    if device == "cpu":
+        return {"bundles": [{"CPU": cfg.cpus_per_engine}] * workers, "strategy": "PACK"}
+    if workers == 1:
+        return None
+    strategy = "STRICT_PACK" if cfg.pipeline_parallel_size == 1 else "PACK"
+    return {"bundles": [{"GPU": 1, "CPU": 1} for _ in range(workers)], "strategy": strategy}

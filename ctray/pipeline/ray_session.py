@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -51,3 +52,73 @@ def check_submitted_output(output: str, cwd: str | None = None) -> None:
             f"run.output {output!r} would be written into Ray's temporary working directory "
             f"({package}), which is deleted with the job's runtime environment; set --output "
             "to s3://... / gs://... or an absolute path on a volume every node mounts")
+
+
+def keep_cpu_work_off_gpu_nodes() -> None:
+    """On a cluster with GPU nodes, Datasets created from now on schedule their CPU
+    tasks with Ray's ``DEFAULT`` policy instead of Ray Data's ``SPREAD`` (see
+    :func:`pass_scheduling`): reads take it from the context current when they are
+    created, so the CLI calls this once Ray is up, before a job reads its input."""
+    import ray
+
+    if not ray.is_initialized() or ray.cluster_resources().get("GPU", 0) <= 0:
+        return
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    if ctx.scheduling_strategy == "SPREAD":
+        ctx.scheduling_strategy = "DEFAULT"
+
+
+@contextmanager
+def pass_scheduling(data_context=None, wants_gpus: bool = False):
+    """Ray settings for one Ray Data pass of a job, on a cluster with GPU nodes.
+
+    * CPU work off GPU nodes: Ray Data schedules its tasks (read, light maps, the
+      Parquet writer) with ``SPREAD``, which ignores Ray's preference for keeping
+      CPU-only work off GPU nodes; on a cluster with GPU nodes (or a pass asking for
+      GPUs, whose nodes an autoscaler is about to add) they get Ray's ``DEFAULT``
+      policy, which places CPU-only work on GPU nodes only when no CPU node can take it.
+      ``data_context`` is the pass's Dataset's (``ds.context``: Ray Data copies the
+      current context when a Dataset is read, so setting the global one here is too late).
+    * The placement groups of this pass are removed when it ends. Ray's vLLM engine
+      stage (``ray.data.llm``, tensor/pipeline parallel) creates one per engine actor
+      and nobody removes it until the driver exits: the next pass of a multi-pass job
+      (LEAVS, translate + back-translate) then waited forever for GPUs the finished
+      pass still held (tests/test_cluster_gpu.py)."""
+    import ray
+
+    if not ray.is_initialized():
+        yield
+        return
+    from ray.data import DataContext
+
+    ctx = data_context or DataContext.get_current()
+    before_strategy = ctx.scheduling_strategy
+    if ray.cluster_resources().get("GPU", 0) > 0 or wants_gpus:
+        if before_strategy == "SPREAD":
+            ctx.scheduling_strategy = "DEFAULT"
+    job = ray.get_runtime_context().get_job_id()
+    before_groups = set(ray.util.placement_group_table())
+    try:
+        yield
+    finally:
+        ctx.scheduling_strategy = before_strategy
+        _remove_new_groups(job, before_groups)
+
+
+def _remove_new_groups(job: str, before: set[str]) -> None:
+    import ray
+    from ray.util.placement_group import PlacementGroup
+
+    from ray._raylet import PlacementGroupID
+
+    for group_id, info in ray.util.placement_group_table().items():
+        # A placement group's id ends with its creator's job id: only this driver's.
+        if group_id in before or not group_id.endswith(job) or info.get("state") == "REMOVED":
+            continue
+        try:
+            ray.util.remove_placement_group(
+                PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
+        except Exception:  # noqa: BLE001 - already gone
+            pass

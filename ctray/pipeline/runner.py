@@ -23,6 +23,7 @@ import pandas as pd
 from ctray.errors import UserError
 from ctray.io.manifest import config_hash, job_manifest, scrub_secrets
 from ctray.io.output import INPUT_COLS_SEP, USAGE_COLS, OutputLayout, write_shard
+from ctray.pipeline.ray_session import pass_scheduling
 from ctray.pipeline.stage import ATTEMPT_COL, INPUT_COLS_COL, LIGHT_TASK, Stage
 
 log = logging.getLogger(__name__)
@@ -305,8 +306,10 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
         batch_format="pandas", batch_size=spec.writer_batch_size, **LIGHT_TASK,
     )
     _start(layout, spec, run_id, started, fingerprint, digest, previous, extra_manifest)
+    wants_gpus = any(getattr(getattr(s, "resources", None), "num_gpus", 0) for s in stages)
     try:
-        summaries = counts.take_all()  # one small row per written shard
+        with pass_scheduling(counts.context, wants_gpus):
+            summaries = counts.take_all()  # one small row per written shard
     except BaseException as exc:
         if isinstance(exc, Exception):  # Ctrl-C leaves the run "unfinished", like a kill
             _mark_failed(layout, run_id, exc)
