@@ -23,7 +23,9 @@ from cluster_fixtures import LocalCluster, wait_for
 from tiny_bert import SAMPLE_DIR, build_ja_tokenizer, build_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+# Minutes each on 2 cores (node starts and submitted jobs dominate, not rows): outside
+# CI's budget until the cluster modules share one cluster (docs/cluster.md).
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 pytest.importorskip("fugashi", reason="the tohoku-style Japanese tokenizer needs fugashi")
 EPOCHS = 5
 
