@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +29,10 @@ from serve_fixtures import deploy, fit_for_tests, free_port, serve_apps
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "review-token-93b1"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-IMG = REPO / "docs" / "img"
+# The walkthrough's screenshots refresh docs/img only when asked; a plain test run must not
+# rewrite tracked files.
+IMG = (REPO / "docs" / "img" if os.environ.get("CTRAY_UPDATE_SCREENSHOTS") == "1"
+       else Path(tempfile.mkdtemp(prefix="ctray-review-shots-")))
 EN_REPORT = "Small right pleural effusion. No pneumothorax. Heart size is normal."
 JA_REPORT = "両側に胸水を認める。肺結節は認めない。"
 
