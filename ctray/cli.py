@@ -11,7 +11,8 @@ from typing import Any
 from ctray.config import describe_fields, load_config
 from ctray.errors import UserError
 from ctray.jobs import ALIASES, JOBS, JobSpec, load_job_modules, resolve
-from ctray.pipeline.ray_session import check_submitted_output, init_ray, keep_cpu_work_off_gpu_nodes
+from ctray.pipeline.ray_session import (check_submitted_output, init_ray,
+                                        keep_cpu_work_off_gpu_nodes)
 
 COMMON_FLAGS = {
     "--output": ("run.output", str, "output folder or s3:// / gs:// URI"),

@@ -65,7 +65,12 @@ def keep_cpu_work_off_gpu_nodes() -> None:
         return
     from ray.data import DataContext
 
-    ctx = DataContext.get_current()
+    _default_not_spread(DataContext.get_current())
+
+
+def _default_not_spread(ctx) -> None:
+    """Ray Data's ``SPREAD`` ignores Ray's preference for keeping CPU-only work off GPU
+    nodes; ``DEFAULT`` keeps it (an explicit other strategy is left alone)."""
     if ctx.scheduling_strategy == "SPREAD":
         ctx.scheduling_strategy = "DEFAULT"
 
@@ -96,8 +101,7 @@ def pass_scheduling(data_context=None, wants_gpus: bool = False):
     ctx = data_context or DataContext.get_current()
     before_strategy = ctx.scheduling_strategy
     if ray.cluster_resources().get("GPU", 0) > 0 or wants_gpus:
-        if before_strategy == "SPREAD":
-            ctx.scheduling_strategy = "DEFAULT"
+        _default_not_spread(ctx)
     job = ray.get_runtime_context().get_job_id()
     before_groups = set(ray.util.placement_group_table())
     try:
