@@ -95,7 +95,12 @@ def main(argv: list[str]) -> int:
     ray.init(address=address, log_to_driver=False)
     from ctray.cli import main as ctray_main
 
-    codes = [ctray_main(job) for job in jobs]
+    codes = []
+    for job in jobs:
+        # Which job a failure belongs to, in the test's failure message.
+        print(f"gpu_placement_probe: job {len(codes)}: {job[0]} {job[-2:]}", file=sys.stderr,
+              flush=True)
+        codes.append(ctray_main(job))
     # Placement groups live as long as this driver: read them before leaving.
     groups = ray.util.placement_group_table()
     time.sleep(2)  # task events reach the state API with a delay

@@ -12,6 +12,7 @@ findings classifier and segmentation run their real models on the CPU of the GPU
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,14 +84,24 @@ def gpu_jobs(root: Path) -> dict[str, list[str]]:
     }
 
 
+def _failure(stderr: str) -> str:
+    """The probe's job markers (which job failed) and the end of its stderr."""
+    marks = [line for line in stderr.splitlines() if line.startswith("gpu_placement_probe:")]
+    return "\n".join(marks) + "\n...\n" + stderr[-4000:]
+
+
 def run_probe(address: str, root: Path, jobs: dict[str, list[str]]) -> dict:
     """The jobs in one driver process on the cluster; its placement report."""
     report = root / "report.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests" / "gpu_placement_probe.py"), address,
          str(report), *(json.dumps(j) for j in jobs.values())],
-        cwd=REPO, capture_output=True, text=True, timeout=480)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+        cwd=REPO, capture_output=True, text=True, timeout=480,
+        # The cluster runs without token auth (cluster_fixtures); a session-wide local Ray
+        # started earlier in this pytest process left RAY_AUTH_MODE=token in os.environ,
+        # with which the probe's actors on the cluster were cancelled before they started.
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 0, _failure(proc.stderr)
     out = json.loads(report.read_text())
     assert out["codes"] == [0] * len(jobs), proc.stderr[-4000:]
     out["root"] = root
