@@ -213,7 +213,32 @@ def test_train_grounding_lowers_the_loss_and_resumes(trained, phantoms):
 
 
 @pytest.fixture(scope="module")
-def segmented(trained, phantoms):
+def segment_model(phantoms):
+    """A seeded, untrained FiLM U-Net saved as train-grounding saves one: what segment
+    checks (scan grid, one read per volume, job = in-process inference, prompts reach
+    the model) does not need a trained model, and training (Ray Train, two runs) is
+    the extended tier's test_train_grounding_lowers_the_loss_and_resumes."""
+    import torch
+
+    from ctray.tasks.grounding.model import FiLM
+    from ctray.tasks.grounding.model_dir import (GroundingModelMeta, build_model,
+                                                 save_grounding_model)
+    from ctray.tasks.grounding.preprocess import PreprocessConfig
+
+    torch.manual_seed(0)
+    meta = GroundingModelMeta(text_encoder=phantoms["encoder"], text_dim=32,
+                              features=FEATURES, preprocess=PreprocessConfig(axial_size=AXIAL),
+                              roi_size=CROP)
+    model = build_model(meta)
+    # FiLM starts at zero (text has no effect until trained); random FiLM weights stand
+    # in for trained ones so that different prompts give different masks.
+    for film in (m for m in model.modules() if isinstance(m, FiLM)):
+        torch.nn.init.normal_(film.proj.weight, std=0.5)
+    return save_grounding_model(phantoms["root"] / "segment_model", model.state_dict(), meta)
+
+
+@pytest.fixture(scope="module")
+def segmented(segment_model, phantoms):
     """segment over the phantoms plus a truncated .nii.gz with two findings."""
     import torch
 
@@ -237,9 +262,9 @@ def segmented(trained, phantoms):
     rows = pd.concat([manifest, extra], ignore_index=True).sample(frac=1.0, random_state=0)
     rows.to_csv(root / "segment_manifest.csv", index=False)
 
-    # A model trained for 3 epochs predicts little at 0.5: threshold at the 80th
-    # percentile of its own probabilities so the masks below are not all empty.
-    model, meta, local = load_grounding_model(trained[1]["model_dir"])
+    # Threshold at the 80th percentile of the model's own probabilities so the masks
+    # below are not all empty.
+    model, meta, local = load_grounding_model(segment_model)
     encoder = TextEncoder(resolve_encoder(meta, local))
     transform = build_preprocess(meta.preprocess)
     vid = manifest.volume_id[1]
@@ -256,7 +281,7 @@ def segmented(trained, phantoms):
     cfg = SegmentConfig.model_validate({
         "run": {"output": str(root / "segment")},
         "manifest": {"path": str(root / "segment_manifest.csv")},
-        "model": trained[1]["model_dir"],
+        "model": segment_model,
         "inference": {"threshold": threshold, "sw_batch_size": 2, "prompts_per_pass": 2},
         # Whole-CPU actor on a 2-CPU Ray: the light read/write tasks keep the other.
         "resources": {"num_cpus": 1.0, "batch_size": 32},
