@@ -68,7 +68,7 @@ class EncoderTrainingParams(BaseModel):
                                 "LayerNorm)")
     batch_size: int = Field(16, description="reports per worker per step")
     eval_batch_size: int = Field(32, description="reports per forward pass when predicting")
-    epochs: int = Field(3, description="epochs per training unit")
+    epochs: int = Field(6, description="epochs per training unit (stage 1)")
     warmup_ratio: float = Field(0.06, description="linear warm-up share of the steps")
     max_grad_norm: float = Field(1.0, description="gradient clipping norm")
     class_weight_power: float = Field(
