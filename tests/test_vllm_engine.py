@@ -148,6 +148,7 @@ def test_llm_findings_labeling_guided_json_every_row_parses(shared_engine, tmp_p
     assert_vllm_cpu(summary.manifest, "shared engine actor")
 
 
+@pytest.mark.extended
 def test_leavs_a_few_reports_every_stage(shared_engine, tmp_path):
     from ctray.tasks.leavs import assemble as A
     from ctray.tasks.leavs.leavs_job import LeavsConfig, run_leavs
@@ -254,6 +255,7 @@ def test_llm_findings_serve_app_answers_through_vllm(ray_local):
         serve.shutdown()
 
 
+@pytest.mark.extended
 def test_leavs_serve_app_labels_one_report_on_the_shared_engine(shared_engine):
     """The LEAVS app runs every stage in the replica; here its backend is the module's
     engine (engine_mode: shared), so the test costs no further engine start."""
