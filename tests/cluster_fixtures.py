@@ -47,6 +47,10 @@ class _SlowClock:
         return time.monotonic() / 4
 
 
+#: what this cluster's processes run with, and so what every process joining it needs
+CLUSTER_ENV = {"RAY_AUTH_MODE": "disabled"}
+
+
 @contextlib.contextmanager
 def _no_shared_address_file():
     import ray._common.utils
@@ -59,7 +63,7 @@ def _no_shared_address_file():
     # Ray user on the machine may create or regenerate while this cluster runs.
     with mock.patch.object(ray._private.utils, "write_ray_address", lambda *a, **k: None), \
             mock.patch.object(ray._common.utils, "reset_ray_address", lambda *a, **k: None), \
-            mock.patch.dict(os.environ, {"RAY_AUTH_MODE": "disabled"}), \
+            mock.patch.dict(os.environ, CLUSTER_ENV), \
             mock.patch.object(ray._private.node, "time", _SlowClock()), \
             mock.patch.object(ray._private.ray_constants, "RAY_DASHBOARD_STARTUP_TIMEOUT_S",
                               max(240, ray._private.ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S)):
@@ -121,6 +125,14 @@ class LocalCluster:
     @property
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for a process that joins this cluster (``ray.init`` with its
+        address): a session-wide local Ray started earlier in the same pytest process
+        leaves ``RAY_AUTH_MODE=token`` in ``os.environ`` (``~/.ray/auth_token`` exists),
+        and a driver joining this no-auth cluster with it had its actors cancelled
+        before they started."""
+        return {**os.environ, **CLUSTER_ENV, "RAY_ADDRESS": self.address}
 
     def add_worker(self, num_cpus: float | None = None, num_gpus: float = 0,
                    resources: dict[str, float] | None = None):

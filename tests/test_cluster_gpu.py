@@ -12,7 +12,6 @@ findings classifier and segmentation run their real models on the CPU of the GPU
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,20 +89,16 @@ def _failure(stderr: str) -> str:
     return "\n".join(marks) + "\n...\n" + stderr[-4000:]
 
 
-def run_probe(address: str, root: Path, jobs: dict[str, list[str]]) -> dict:
+def run_probe(cluster: LocalCluster, root: Path, jobs: dict[str, list[str]]) -> dict:
     """The jobs in one driver process on the cluster; its placement report."""
     report = root / "report.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "gpu_placement_probe.py"), address,
+        [sys.executable, str(REPO / "tests" / "gpu_placement_probe.py"), cluster.address,
          str(report), *(json.dumps(j) for j in jobs.values())],
-        cwd=REPO, capture_output=True, text=True, timeout=480,
-        # The cluster runs without token auth (cluster_fixtures); a session-wide local Ray
-        # started earlier in this pytest process left RAY_AUTH_MODE=token in os.environ,
-        # with which the probe's actors on the cluster were cancelled before they started.
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        cwd=REPO, capture_output=True, text=True, timeout=480, env=cluster.client_env())
     assert proc.returncode == 0, _failure(proc.stderr)
     out = json.loads(report.read_text())
-    assert out["codes"] == [0] * len(jobs), proc.stderr[-4000:]
+    assert out["codes"] == [0] * len(jobs), _failure(proc.stderr)
     out["root"] = root
     return out
 
@@ -114,7 +109,7 @@ def placements(gpu_cluster, tmp_path_factory):
     segmentation, run on the fake-GPU cluster; the driver's placement report."""
     cluster, _ = gpu_cluster
     root = tmp_path_factory.mktemp("gpu")
-    return run_probe(cluster.address, root, gpu_jobs(root))
+    return run_probe(cluster, root, gpu_jobs(root))
 
 
 def test_tensor_parallel_engine_gets_one_placement_group_of_gpu_bundles_on_one_node(

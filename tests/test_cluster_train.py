@@ -10,7 +10,6 @@ in its history, and export a model that loads and predicts.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -69,7 +68,7 @@ def test_train_findings_survives_a_worker_node_kill_and_resumes_from_its_checkpo
             [sys.executable, "-m", "ctray.cli", "train-findings", "--config", str(config),
              "--set", f"run.ray_address={cluster.address}"],
             cwd=REPO, stdout=log_file.open("w"), stderr=subprocess.STDOUT,
-            env={**os.environ, "RAY_ADDRESS": cluster.address})
+            env=cluster.client_env())
         run_dir = out / "checkpoints" / "chaos"
         try:
             wait_for(lambda: registered_epochs(run_dir) or proc.poll() is not None, 600,

@@ -14,7 +14,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,10 +28,6 @@ from serve_fixtures import deploy, fit_for_tests, free_port, serve_apps
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "review-token-93b1"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-# The walkthrough's screenshots refresh docs/img only when asked; a plain test run must not
-# rewrite tracked files.
-IMG = (REPO / "docs" / "img" if os.environ.get("CTRAY_UPDATE_SCREENSHOTS") == "1"
-       else Path(tempfile.mkdtemp(prefix="ctray-review-shots-")))
 EN_REPORT = "Small right pleural effusion. No pneumothorax. Heart size is normal."
 JA_REPORT = "両側に胸水を認める。肺結節は認めない。"
 
@@ -353,7 +348,11 @@ def test_browser_walkthrough(served, tmp_path):
     from ctray.tasks.cxr.eval_job import LabelsInput, read_labels
 
     url = served["url"]
-    IMG.mkdir(parents=True, exist_ok=True)
+    # The screenshots refresh docs/img only when asked; a plain test run must not rewrite
+    # tracked files.
+    img = (REPO / "docs" / "img" if os.environ.get("CTRAY_UPDATE_SCREENSHOTS") == "1"
+           else tmp_path / "screenshots")
+    img.mkdir(parents=True, exist_ok=True)
     alice = _chrome(tmp_path / "alice", tmp_path / "dl_alice")
     bob = None
     try:
@@ -371,7 +370,7 @@ def test_browser_walkthrough(served, tmp_path):
         evidence = CxrRuleLabeler().label(EN_REPORT).evidence
         assert marks == {s for s in evidence.values() if s}
         assert {"Small right pleural effusion.", "No pneumothorax.", "Heart size is normal."} <= marks
-        alice.save_screenshot(str(IMG / "review_1_paste.png"))
+        alice.save_screenshot(str(img / "review_1_paste.png"))
         # a Japanese CT report with the CT-RATE rules
         Select(alice.find_element(By.ID, "task")).select_by_value("ctrate")
         Select(alice.find_element(By.ID, "labeler")).select_by_value("rules")
@@ -382,7 +381,7 @@ def test_browser_walkthrough(served, tmp_path):
         assert _value(alice, "pleural_effusion") == "1" and _value(alice, "lung_nodule") == "0"
         assert [m.text for m in alice.find_elements(By.CSS_SELECTOR, "#report-view mark")] == \
             ["両側に胸水を認める。"]
-        alice.save_screenshot(str(IMG / "review_2_paste_ja.png"))
+        alice.save_screenshot(str(img / "review_2_paste_ja.png"))
         # bad input gets a message on the page
         alice.execute_script("document.getElementById('report').value = 'x'.repeat(2500)")
         alice.find_element(By.ID, "label-btn").click()
@@ -400,7 +399,7 @@ def test_browser_walkthrough(served, tmp_path):
         _wait(alice, lambda d: d.find_element(By.ID, "job-status").get_attribute(
             "data-status") == "finished", timeout=90)
         assert "12/12 labeled, 1 failed" in alice.find_element(By.ID, "job-status").text
-        alice.save_screenshot(str(IMG / "review_3_upload.png"))
+        alice.save_screenshot(str(img / "review_3_upload.png"))
         alice.find_element(By.ID, "download-cxr-rules").click()
         labels = read_labels(LabelsInput(path=str(_downloaded(tmp_path / "dl_alice",
                                                               "labels_cxr-rules"))), "labels")
@@ -420,7 +419,7 @@ def test_browser_walkthrough(served, tmp_path):
         alice.find_element(By.CSS_SELECTOR, '#queue-items tr[data-id="r3"]').click()
         _wait(alice, lambda d: d.find_element(By.ID, "item-id").text == "r3")
         _settled(alice)
-        alice.save_screenshot(str(IMG / "review_4_item.png"))
+        alice.save_screenshot(str(img / "review_4_item.png"))
 
         # 4. two reviewers at once: alice keeps the rules' values, bob the second labeler's
         bob = _chrome(tmp_path / "bob", tmp_path / "dl_bob")
@@ -457,12 +456,12 @@ def test_browser_walkthrough(served, tmp_path):
         # Pleural Effusion: both 0 on r3 and blank on r2: full agreement, kappa 1.
         assert rows["Pleural Effusion"][1:] == ["2", "1.00", "1.000"]
         alice.execute_script("document.getElementById('kappa').scrollIntoView()")
-        alice.save_screenshot(str(IMG / "review_5_kappa.png"))
+        alice.save_screenshot(str(img / "review_5_kappa.png"))
 
         # 6. /docs works offline
         alice.get(url + "/review/docs")
         _wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))
-        alice.save_screenshot(str(IMG / "review_6_docs.png"))
+        alice.save_screenshot(str(img / "review_6_docs.png"))
     finally:
         alice.quit()
         if bob is not None:
