@@ -131,8 +131,9 @@ def print_run(run: Path) -> None:
         return
     for line in log.read_text().splitlines():
         h = json.loads(line)
+        rate = h.get("train_examples_per_s", h.get("train_reports_per_s", float("nan")))
         print(f"  {h['stage']:5s} {h['unit']:6s} epoch {h['epoch']}: {h['train_s']:.0f} s, "
-              f"{h['train_tokens_per_s']:.0f} tokens/s, {h['train_reports_per_s']:.2f} reports/s, "
+              f"{h['train_tokens_per_s']:.0f} tokens/s, {rate:.2f} examples/s, "
               f"loss {h['train_loss']:.4f}")
 
 

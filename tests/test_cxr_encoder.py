@@ -122,6 +122,50 @@ def test_class_weights_favour_rare_classes_and_keep_the_loss_scale():
     assert capped[1] / capped[0] <= 10.0 + 1e-9
 
 
+def test_spans_are_sentences_and_adjacent_pairs_labelled_by_the_rules():
+    from ctray.tasks.cxr.encoder_model import targets
+    from ctray.tasks.cxr.rules import CxrRuleLabeler
+    from ctray.tasks.cxr.span_teacher import build_span_set, report_spans
+
+    text = "Heart size is normal. Biapical pleural thickening. No pneumothorax."
+    assert report_spans(text, 2) == [
+        "Heart size is normal.", "Biapical pleural thickening.", "No pneumothorax.",
+        "Heart size is normal. Biapical pleural thickening.",
+        "Biapical pleural thickening. No pneumothorax."]
+    reports = [text, "No pneumothorax.  Heart size is normal.", "Cardiomegaly. No pneumothorax."]
+    spans = build_span_set(reports, max_sentences=2)
+    assert len(spans.texts) == len(set(spans.texts)) == 8  # boilerplate kept once
+    labeler = CxrRuleLabeler()
+    expect = targets(pd.DataFrame([labeler.label(t).labels for t in spans.texts]))
+    assert np.array_equal(spans.y, expect)
+    assert spans.p.sum() == pytest.approx(1.0)
+    j = OBSERVATIONS.index("Pleural Other")
+    rare = spans.y[:, j] == 1
+    assert rare.any() and spans.p[rare].min() > spans.p[~rare].max() - 1e-12
+    assert spans.stats["non_blank_spans"]["Pleural Other"] == int(rare.sum())
+
+
+def test_span_weights_follow_the_rarest_label_and_sampling_avoids_repeats():
+    from ctray.tasks.cxr.span_teacher import sample_spans, span_weights
+
+    y = np.zeros((100, 2), dtype=np.int64)
+    y[:10, 0] = 1   # rare in head 0
+    y[:50, 1] = 2   # common in head 1
+    p = span_weights(y, power=1.0, cap=100.0)
+    assert p[0] > p[20] > p[60] - 1e-12 and p[20] == pytest.approx(p[60])
+    assert p[0] / p[60] == pytest.approx(9.0)  # 90 blank vs 10 positive in head 0
+    capped = span_weights(y, power=1.0, cap=3.0)
+    assert capped[0] / capped[60] == pytest.approx(3.0)
+    rng = np.random.default_rng(0)
+    drawn = sample_spans(100, p, 60, rng)
+    assert len(drawn) == 60 == len(set(drawn.tolist()))
+    assert len(sample_spans(100, p, 250, rng)) == 250
+    assert len(sample_spans(100, p, 0, rng)) == 0
+    # Oversampling: the 10 rare spans are 10 % of the spans, far more of the draws.
+    draws = np.concatenate([sample_spans(100, p, 20, np.random.default_rng(s)) for s in range(50)])
+    assert (draws < 10).mean() > 0.25
+
+
 def test_folds_score_every_gold_report_once_with_a_model_not_trained_on_it():
     from ctray.tasks.cxr.encoder_train_job import fold_units
 
@@ -171,7 +215,8 @@ def _config(tmp_path, model, corpus, labels, epochs, gold=None, lr=1e-2, head_lr
         # Windows of 24 tokens make most reports span several windows.
         "training": {"epochs": epochs, "encoder_lr": lr, "head_lr": head_lr, "batch_size": 4,
                      "max_length": 24, "stride": 4, "log_every_steps": 0,
-                     "freeze_embeddings": False, "class_weight_power": 0.0},
+                     "freeze_embeddings": False, "class_weight_power": 0.0,
+                     "span_ratio": 0.25, "span_batch_size": 8},
         "gold": gold,
         "scaling": {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1},
     })
@@ -209,6 +254,12 @@ def test_train_resume_gold_cv_and_label_cxr_with_the_encoder(ray_local, tmp_path
     assert all(h["resumed_from"] == {"unit": 0, "epoch": 1} for h in rules_log[1:])
     assert rules_log[-1]["train_loss"] < rules_log[0]["train_loss"] * 0.7
     assert rules_log[-1]["train_tokens_per_s"] > 0
+    # Rule-labelled spans of the training reports joined every epoch's reports.
+    spans = second["data"]["spans"]
+    assert spans["spans"] > 20 and spans["per_epoch"] == round(0.25 * second["data"]["train_reports"])
+    per_epoch = (second["data"]["train_reports"] // 2 + spans["per_epoch"] // 2) * 2  # 2 ranks
+    assert all(h["train_examples"] == per_epoch and h["train_spans"] == spans["per_epoch"]
+               for h in rules_log)
 
     # Learned the rules: better than the majority class of each head on held-out reports.
     held = labels.set_index("uid")

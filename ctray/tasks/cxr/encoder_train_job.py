@@ -68,7 +68,7 @@ class EncoderTrainingParams(BaseModel):
                                 "LayerNorm)")
     batch_size: int = Field(16, description="reports per worker per step")
     eval_batch_size: int = Field(32, description="reports per forward pass when predicting")
-    epochs: int = Field(6, description="epochs per training unit (stage 1)")
+    epochs: int = Field(5, description="epochs per training unit (stage 1)")
     warmup_ratio: float = Field(0.06, description="linear warm-up share of the steps")
     max_grad_norm: float = Field(1.0, description="gradient clipping norm")
     class_weight_power: float = Field(
@@ -88,6 +88,17 @@ class EncoderTrainingParams(BaseModel):
     stride: int = Field(64, description="tokens shared by consecutive windows")
     consistency: bool = Field(True, description="apply the Lung Opacity parent and No Finding "
                               "rules of docs/cxr_labeling.md to predictions")
+    span_ratio: float = Field(
+        1.0, ge=0.0, description="rule-labelled spans (single sentences and runs of up to "
+        "span_sentences sentences of the training reports) sampled per stage-1 epoch, as a "
+        "share of the training reports; 0 = whole reports only (span_teacher.py)")
+    span_sentences: int = Field(2, ge=1, description="longest span, in sentences")
+    span_batch_size: int = Field(32, ge=1, description="spans per worker per step (spans are "
+                                 "short: about a third of a report's tokens on Open-i)")
+    span_weight_power: float = Field(
+        1.0, description="spans are drawn by the rarest label they carry, rarity counted "
+        "on the training reports: (n_most_frequent / n_class) ** power per head")
+    span_weight_max: float = Field(20.0, description="cap on a span's sampling weight")
     seed: int = Field(42, description="seed of splits, folds, batches and head init")
     log_every_steps: int = Field(25, description="steps between progress lines")
 
@@ -331,6 +342,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     from ctray.tasks.cxr.encoder_model import n_classes, save_encoder_labeler
     from ctray.models.windows import pad_chunks, window_token_ids
+    from ctray.tasks.cxr.span_teacher import sample_spans
 
     p = config["params"]
     units: list[dict] = config["units"]
@@ -388,9 +400,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         net = ray.train.torch.prepare_model(net)
         module = getattr(net, "module", net)
         train_idx = np.array(unit["train"], dtype=np.int64)
+        spans = unit.get("spans") or {"index": [], "p": [], "per_epoch": 0}
+        span_idx = np.asarray(spans["index"], dtype=np.int64)
+        span_p = np.asarray(spans["p"], dtype=np.float64)
+        n_spans = int(spans["per_epoch"])
         # Equal batch counts on every rank (DDP steps in lockstep).
-        per_rank = len(train_idx) // world
-        steps_per_epoch = -(-per_rank // p["batch_size"])
+        per_rank, spans_per_rank = len(train_idx) // world, n_spans // world
+        steps_per_epoch = (-(-per_rank // p["batch_size"])
+                           + -(-spans_per_rank // p["span_batch_size"]))
         optimizer = _optimizer(net, p["encoder_lr"], p["head_lr"], p["weight_decay"])
         total = max(1, steps_per_epoch * unit["epochs"])
         scheduler = get_linear_schedule_with_warmup(optimizer, int(p["warmup_ratio"] * total), total)
@@ -407,11 +424,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         for epoch in range(state["epoch"], unit["epochs"]):
             rng = np.random.default_rng([p["seed"], state["unit"], epoch])
             shard = rng.permutation(train_idx)[rank * per_rank:(rank + 1) * per_rank]
-            batches = length_batches(lengths[shard], p["batch_size"], rng)
+            drawn = span_idx[sample_spans(len(span_idx), span_p, n_spans, rng)]
+            span_shard = drawn[rank * spans_per_rank:(rank + 1) * spans_per_rank]
+            # Spans in batches of their own (span_batch_size): a span costs a third of a report.
+            batches = [shard[b] for b in length_batches(lengths[shard], p["batch_size"], rng)]
+            batches += [span_shard[b] for b in
+                        length_batches(lengths[span_shard], p["span_batch_size"], rng)]
+            batches = [batches[i] for i in rng.permutation(len(batches))]
             net.train()
             started, seen, loss_sum, tokens = time.time(), 0, 0.0, 0
-            for step, b in enumerate(batches):
-                idx = shard[b]
+            for step, idx in enumerate(batches):
                 input_ids, mask, owner = batch_tensors(idx)
                 target = torch.as_tensor(y[idx], device=device)
                 logits = net(input_ids, mask, owner, len(idx))
@@ -435,9 +457,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             train_s = float(ranks[:, 3].max())
             record = {"stage": config["stage"], "unit": unit["name"], "epoch": epoch + 1,
                       "train_loss": float(totals[1] / max(totals[0], 1)),
-                      "train_reports": int(totals[0]), "train_tokens": int(totals[2]),
+                      "train_examples": int(totals[0]), "train_spans": int(spans["per_epoch"]),
+                      "train_tokens": int(totals[2]),
                       "train_s": train_s, "train_tokens_per_s": float(totals[2] / max(train_s, 1e-9)),
-                      "train_reports_per_s": float(totals[0] / max(train_s, 1e-9)),
+                      "train_examples_per_s": float(totals[0] / max(train_s, 1e-9)),
                       "resumed_from": resumed_from}
             last = epoch + 1 == unit["epochs"]
             if last and (unit["predict"] or predict_extra):
@@ -580,6 +603,7 @@ def mean_f1(gold: pd.DataFrame, preds: dict[str, pd.DataFrame]) -> dict[str, flo
 def run_train_cxr_encoder(cfg: TrainCxrEncoderConfig) -> dict[str, Any]:
     from ctray.io.manifest import write_job_manifest
     from ctray.tasks.cxr.encoder_model import targets
+    from ctray.tasks.cxr.span_teacher import build_span_set
 
     started = time.time()
     output, storage, _, export_to = run_locations(cfg)
@@ -604,6 +628,19 @@ def run_train_cxr_encoder(cfg: TrainCxrEncoderConfig) -> dict[str, Any]:
     unit = {"name": "rules", "train": list(range(n_tr)), "predict": [],
             "epochs": cfg.training.epochs, "export": True}
     extra = list(range(n_tr, n_tr + n_val + len(dev_ids)))
+    if cfg.training.span_ratio > 0:
+        spans = build_span_set(train_df["text"].tolist(), targets(train_df),
+                               cfg.training.span_sentences, cfg.training.span_weight_power,
+                               cfg.training.span_weight_max)
+        first = len(s1_texts)
+        s1_texts += spans.texts
+        s1_y = np.concatenate([s1_y, spans.y])
+        unit["spans"] = {"index": list(range(first, first + len(spans.texts))),
+                         "p": spans.p.tolist(),
+                         "per_epoch": int(round(cfg.training.span_ratio * n_tr))}
+        data_stats["spans"] = {**spans.stats, "per_epoch": unit["spans"]["per_epoch"]}
+        print(f"[train-cxr-encoder] rules as teacher on {len(spans.texts)} distinct spans of the "
+              f"training reports; {unit['spans']['per_epoch']} drawn per epoch", flush=True)
     s1 = _run_stage(cfg, "rules", base, s1_texts, s1_y, [unit], extra, storage, params)
     pred = s1["state"]["predictions"]["rules"]
     classes = np.asarray(pred["classes"], dtype=np.int64)
