@@ -193,3 +193,39 @@ def test_proxy_503_becomes_json_with_retry_after_and_json_errors_pass_through():
     assert json.loads(body) == {"detail": "model check failed"} and headers["retry-after"] == "1"
     status, headers, body = call(app_sending(200, b"text/plain", b"ok"))
     assert (status, body) == (200, b"ok") and "retry-after" not in headers
+    # The proxy's own plain-text 500 (the replica died mid-request): a retryable 503.
+    status, headers, body = call(app_sending(500, b"text/plain; charset=utf-8",
+                                             b"Internal Server Error"))
+    assert status == 503 and headers["retry-after"] == "1"
+    assert "retry" in json.loads(body)["detail"]
+    # An app's JSON 500 stays a 500.
+    status, headers, body = call(app_sending(500, b"application/json",
+                                             b'{"detail":"internal error (ValueError)"}'))
+    assert status == 500 and json.loads(body)["detail"] == "internal error (ValueError)"
+    # The proxy raising before it answered (its replica's actor died): a retryable 503 too.
+    async def raising(scope, receive, send):
+        raise RuntimeError("ActorDiedError")
+
+    async def silent(scope, receive, send):
+        return None
+
+    for app in (raising, silent):  # raised, or returned without answering
+        status, headers, body = call(app)
+        assert status == 503 and headers["retry-after"] == "1"
+        assert "retry" in json.loads(body)["detail"]
+
+
+def test_an_unhandled_exception_in_an_app_answers_json_without_the_message():
+    from fastapi.testclient import TestClient
+
+    from ctray.serving.service import service_api
+
+    api = service_api("t", "t")
+
+    @api.post("/boom")
+    def boom():
+        raise ValueError("Patient John Doe: 3 cm mass")  # report text must not leak
+
+    reply = TestClient(api, raise_server_exceptions=False).post("/boom")
+    assert reply.status_code == 500 and reply.headers["content-type"] == "application/json"
+    assert reply.json() == {"detail": "internal error (ValueError)"}

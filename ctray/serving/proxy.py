@@ -8,6 +8,13 @@ text body) into ``{"detail": "..."}`` like FastAPI's ``HTTPException`` responses
 gives every 503 a ``Retry-After`` header (``RETRY_AFTER_S`` unless one is set), so
 clients can handle every error one way.
 
+A plain-text 500 is the proxy's own answer too: every ctray app answers its errors in JSON
+(``service_api`` installs a JSON handler for unhandled exceptions), so a text 500 means
+the request was lost outside the app, typically because the replica handling it died
+with its node (a spot preemption; ``tests/test_cluster_serve.py`` reproduces it). The
+request did not complete and labeling is idempotent, so it becomes a 503 with
+``Retry-After``: clients retry it instead of treating it as a server bug.
+
 It runs in the proxy actor, not in the replicas, and is enabled by
 ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=ctray.serving.proxy:middlewares`` in the proxy's
 environment, read when the proxy starts. Every shipped ``serve/*.yaml`` sets it in
@@ -22,6 +29,9 @@ from typing import Any
 
 RETRY_AFTER_S = 1
 PROXY_ERRORS = (408, 429, 503)
+#: detail of a request lost with its replica (the proxy's plain-text 500)
+REPLICA_LOST = ("the replica handling this request stopped before answering (for example, "
+                "its node was lost); retry the request")
 
 
 class JSONErrorMiddleware:
@@ -36,25 +46,32 @@ class JSONErrorMiddleware:
             return await self.app(scope, receive, send)
         held: dict[str, Any] = {}
         body: list[bytes] = []
+        started = False
 
         async def relay(message):
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+                ctype = dict((k.lower(), v) for k, v in headers).get(b"content-type", b"")
+                from_proxy = not ctype.startswith(b"application/json")
+                if status == 500 and from_proxy:
+                    status = 503
+                    held["detail"] = REPLICA_LOST
                 names = {k.lower() for k, _ in headers}
                 if status == 503 and b"retry-after" not in names:
                     headers.append((b"retry-after", self.retry_after))
-                ctype = dict((k.lower(), v) for k, v in headers).get(b"content-type", b"")
-                message = {**message, "headers": headers}
-                if status in PROXY_ERRORS and not ctype.startswith(b"application/json"):
+                message = {**message, "status": status, "headers": headers}
+                if status in PROXY_ERRORS and from_proxy:
                     held["start"] = message  # rewrite the body once it is complete
                     return
+                nonlocal started
+                started = True
                 return await send(message)
-            if held and message["type"] == "http.response.body":
+            if "start" in held and message["type"] == "http.response.body":
                 body.append(message.get("body", b""))
                 if message.get("more_body"):
                     return
-                detail = b"".join(body).decode("utf-8", "replace").strip()
+                detail = held.get("detail") or b"".join(body).decode("utf-8", "replace").strip()
                 payload = json.dumps({"detail": detail or "service unavailable"}).encode()
                 start = held["start"]
                 headers = [(k, v) for k, v in start["headers"]
@@ -65,7 +82,27 @@ class JSONErrorMiddleware:
                 return await send({"type": "http.response.body", "body": payload})
             return await send(message)
 
-        return await self.app(scope, receive, relay)
+        try:
+            await self.app(scope, receive, relay)
+        except Exception:
+            # The proxy raised instead of answering (the replica's actor died with the
+            # request in flight): uvicorn would send a bare text 500 and close.
+            if started or "start" in held:
+                raise
+            await self._send_lost(send)
+            return
+        if not started and "start" not in held:
+            # Returned without answering at all (seen when a replica's node is killed
+            # mid-request): uvicorn would send a bare text 500 and close.
+            await self._send_lost(send)
+
+    async def _send_lost(self, send) -> None:
+        payload = json.dumps({"detail": REPLICA_LOST}).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode()),
+                                (b"retry-after", self.retry_after)]})
+        await send({"type": "http.response.body", "body": payload})
 
 
 def middlewares() -> list:

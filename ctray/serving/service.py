@@ -207,7 +207,18 @@ def service_api(title: str, description: str) -> FastAPI:
 
     api = FastAPI(title=title, version=ctray.__version__, description=description)
     use_offline_docs(api)
+    api.add_exception_handler(Exception, _json_internal_error)
     return api
+
+
+async def _json_internal_error(request: Request, exc: Exception):
+    """Unhandled exceptions answer in JSON like every other error of the app, so that a
+    plain-text 500 can only come from the Serve proxy (a lost replica: ctray.serving.proxy).
+    Logged by type only: the message may quote the report."""
+    from fastapi.responses import JSONResponse
+
+    log.error("unhandled %s in %s", type(exc).__name__, request.url.path)
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
 
 def ingress(api: FastAPI, request_model: type[BaseModel], response_model: type[BaseModel],
