@@ -187,7 +187,7 @@ def test_every_config_field_has_a_description():
 # plumbing (train/) sit below the task packages, which build on them.
 RANK = {"errors": 0, "hardware": 0, "__init__": 0, "_api": 0, "io": 1, "text": 1, "models": 1,
         "metrics": 2, "pipeline": 2, "llm": 3, "config": 4, "train": 5, "jobs": 5, "serving": 5,
-        "tasks": 6, "review": 7, "cli": 8}
+        "tasks": 6, "review": 7, "cli": 8, "local_cluster": 8}
 
 
 def _part(module: str) -> str:
