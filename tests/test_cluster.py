@@ -141,6 +141,7 @@ class LocalHead:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI: tests/test_local_cluster.py submits through the Job API and the CLI
 def test_job_submission_to_a_local_head(tmp_path):
     from ray.job_submission import JobStatus
 

@@ -478,6 +478,7 @@ def test_csv_round_trips_into_the_evaluation_loader(leavs_run):
             assert (pd.isna(got) and u == -1) or got == u
 
 
+@pytest.mark.extended  # CI: tests/test_chain.py resumes a chained job and skips unchanged passes
 def test_rerun_resumes_every_stage_without_llm_calls(leavs_run):
     from ctray.tasks.leavs.leavs_job import run_leavs
 

@@ -99,6 +99,20 @@ def test_a_job_scales_cpu_workers_up_and_idle_nodes_down(tmp_path, cluster_yaml)
         started = {n.node_id: n.resources_total for n in seen}
         assert started, "no worker node was started"
         assert all(r.get("CPU") == 2 and "GPU" not in r for r in started.values()), started
+        # docs/cluster.md's command as written (the CLI uploads the working dir), without
+        # --output: refused, since runs/ would land in Ray's temporary working dir.
+        import os
+        import subprocess
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(cluster.env(), RAY_ADDRESS=cluster.dashboard_url)
+        proc = subprocess.run(
+            ["ray", "job", "submit", "--working-dir", ".", "--", "python", "jobs/stats_text.py",
+             "--config", "configs/stats_text.yaml", "--limit", "3"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        printed = proc.stdout + proc.stderr
+        assert "would be written into Ray's temporary working directory" in printed, printed[-3000:]
+        assert "working_dir_files/_ray_pkg_" in printed
         # Scaled down: idle past the timeout, every worker node is removed.
         wait_for(lambda: not alive_workers(), 240, "idle worker nodes to be removed", poll=2)
     finally:

@@ -115,6 +115,7 @@ def test_demo_cli_runs_through_ray_data_llm_and_exits_without_a_traceback(tmp_pa
 
 # ------------------------------------------------------------------ shared engine jobs
 
+@pytest.mark.extended  # CI: the findings job and Serve app on the same engine, translate on the fake backend
 def test_translate_a_few_sections(shared_engine, tmp_path):
     from ctray.tasks.translate.translate_job import TranslateConfig, run_translate
 
@@ -218,9 +219,9 @@ def test_ground_text_rewrite_findings_categories(shared_engine, tmp_path):
         _answered_through_vllm(out["categories"], int((found["n_abnormal"] > 0).sum()))
 
 
-# ------------------------------------------------------------------ Serve (engine in the replica)
+# ------------------------------------------------------------------ Serve
 
-def test_llm_findings_serve_app_answers_through_vllm(ray_local):
+def _llm_findings_serve_app_answers(backend):
     import httpx
     from ray import serve
 
@@ -228,8 +229,7 @@ def test_llm_findings_serve_app_answers_through_vllm(ray_local):
     from ctray.tasks.findings.schema import FINDING_COLUMNS
     from serve_fixtures import free_port
 
-    args = LLMFindingsAppArgs(backend=engine_config(),
-                              max_batch_size=4, batch_wait_timeout_s=0.2)
+    args = LLMFindingsAppArgs(backend=backend, max_batch_size=4, batch_wait_timeout_s=0.2)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 300})
     try:
@@ -250,6 +250,18 @@ def test_llm_findings_serve_app_answers_through_vllm(ray_local):
     finally:
         serve.delete("llm-findings-vllm")
         serve.shutdown()
+
+
+def test_llm_findings_serve_app_answers_through_vllm_on_the_shared_engine(shared_engine):
+    """The app's replica sends its batches to the module's engine actor (engine_mode:
+    shared), so the Serve path costs no further engine start in CI."""
+    _llm_findings_serve_app_answers(shared_engine)
+
+
+@pytest.mark.extended
+def test_llm_findings_serve_app_answers_through_vllm_in_the_replica(ray_local):
+    """The engine inside the replica (the default of serve/llm_findings.yaml)."""
+    _llm_findings_serve_app_answers(engine_config())
 
 
 @pytest.mark.extended

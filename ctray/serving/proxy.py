@@ -11,7 +11,7 @@ clients can handle every error one way.
 A plain-text 500 is the proxy's own answer too: every ctray app answers its errors in JSON
 (``service_api`` installs a JSON handler for unhandled exceptions), so a text 500 means
 the request was lost outside the app, typically because the replica handling it died
-with its node (a spot preemption; ``tests/test_cluster_serve.py`` reproduces it). The
+with its node (a spot preemption; ``tests/test_cluster_chaos.py`` reproduces it). The
 request did not complete and labeling is idempotent, so it becomes a 503 with
 ``Retry-After``: clients retry it instead of treating it as a server bug.
 
