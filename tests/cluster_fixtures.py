@@ -203,17 +203,9 @@ class LocalCluster:
 def kill_processes_of(temp_dir: str) -> int:
     """SIGKILL the Ray processes whose command line names ``temp_dir`` (GCS, raylets,
     dashboard, agents of this cluster only; their workers exit with their raylet)."""
-    import psutil
+    from ctray.local_cluster import kill_processes_naming
 
-    killed = 0
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if proc.pid != os.getpid() and temp_dir in " ".join(proc.info["cmdline"] or ()):
-                proc.kill()
-                killed += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return killed
+    return kill_processes_naming(temp_dir)
 
 
 def wait_job(client, job_id: str, timeout: float = 240, poll: float = 0.5) -> str:

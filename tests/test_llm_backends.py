@@ -238,7 +238,10 @@ def test_hf_describe_names_model_source_and_dtype(tiny_backend, tiny_lm_dir):
     info = tiny_backend.describe()
     assert info["kind"] == "hf" and info["model"] == tiny_lm_dir
     assert info["source"] == str(Path(tiny_lm_dir).resolve())
-    assert info["dtype"] == "float32" and info["max_context"] == 64
+    # The CPU dtype rule: bfloat16 only on a CPU with native bf16 (AVX-512 BF16 / AMX).
+    from ctray.hardware import cpu_dtype
+
+    assert info["dtype"] == cpu_dtype().dtype and info["max_context"] == 64
 
 
 def test_packaged_gguf_resolves_to_the_installed_package():
