@@ -22,7 +22,9 @@ import pytest
 from cluster_fixtures import LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+# Cluster start and five GPU jobs in one driver (about a minute on 2 cores): extended tier,
+# to keep CI within 30 minutes with the node-loss tests in it (docs/architecture.md).
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 ACCEL = "accelerator_type:H100"
 
 

@@ -23,9 +23,8 @@ from cluster_fixtures import LocalCluster, wait_for
 from tiny_bert import SAMPLE_DIR, build_ja_tokenizer, build_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
-# Minutes each on 2 cores (node starts and submitted jobs dominate, not rows): outside
-# CI's budget until the cluster modules share one cluster (docs/cluster.md).
-pytestmark = [pytest.mark.slow, pytest.mark.extended]
+# train-findings (about a minute on 2 cores) is in CI; the causal-LM run is extended.
+pytestmark = pytest.mark.slow
 pytest.importorskip("fugashi", reason="the tohoku-style Japanese tokenizer needs fugashi")
 EPOCHS = 5
 
@@ -114,6 +113,7 @@ def test_train_findings_survives_a_worker_node_kill_and_resumes_from_its_checkpo
     assert ((probs >= 0) & (probs <= 1)).all()
 
 
+@pytest.mark.extended
 def test_train_cxr_labeler_survives_a_worker_node_kill_and_continues_its_step_count(tmp_path):
     """SFT of a tiny causal LM (HF Trainer inside Ray Train): after the kill the new
     worker group resumes the Trainer's state from the last registered checkpoint, so the

@@ -257,6 +257,7 @@ def test_packaged_gguf_resolves_to_the_installed_package():
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI converts the real GGUF once anyway: the vLLM demo test loads it
 def test_real_gemma_gguf_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
     import gguf
 

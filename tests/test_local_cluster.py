@@ -64,7 +64,7 @@ def test_a_job_scales_cpu_workers_up_and_idle_nodes_down(tmp_path, cluster_yaml)
     from cluster_fixtures import wait_for, wait_job
 
     cluster = LocalAutoscalingCluster(REPO / "cluster.yaml", worker_cpus=2,
-                                      max_workers_per_type=2, idle_timeout_s=10)
+                                      max_workers_per_type=2, idle_timeout_s=5)
     try:
         cluster.wait_ready()
         client = JobSubmissionClient(cluster.dashboard_url)

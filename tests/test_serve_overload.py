@@ -39,6 +39,7 @@ def _post(url: str, body: bytes) -> tuple[int, dict, bytes]:
         return e.code, dict(e.headers), e.read()
 
 
+@pytest.mark.extended  # CI: test_serving's overload test, and the chaos Serve test's 503s through serve/rules.yaml's proxy hook
 def test_serve_run_overload_burst_gets_json_503_with_retry_after(tmp_path):
     config = yaml.safe_load((REPO / "serve" / "rules.yaml").read_text(encoding="utf-8"))
     port = free_port()

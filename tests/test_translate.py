@@ -351,6 +351,7 @@ def test_translate_then_evaluate_on_the_hf_backend(ray_local, tmp_path, scripted
 
 # ------------------------------------------------------------------ openai backend, stub server
 
+@pytest.mark.extended  # CI: the fake-backend translate run resumes; the OpenAI backend has its own tests
 def test_openai_translation_resumes_without_translating_any_row_twice(ray_local, tmp_path):
     from openai_stub_server import StubOpenAIServer, prompt_token_count
 
