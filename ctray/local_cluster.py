@@ -118,14 +118,14 @@ class LocalAutoscalingCluster:
                  max_workers_per_type: int = 2, idle_timeout_s: float = 60,
                  object_store_mb: int = 100, temp_dir: str | None = None) -> None:
         cluster = yaml.safe_load(Path(cluster_yaml).read_text())
-        # Short path: raylet socket names must fit in 107 bytes.
-        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="ctray-as-", dir="/tmp")
         self.port = free_port()
         self.gcs_address = f"127.0.0.1:{self.port}"
         self.dashboard_port = free_port()
         self.config = fake_autoscaling_config(cluster, self.gcs_address, worker_cpus,
                                               max_workers_per_type, idle_timeout_s,
                                               object_store_mb)
+        # Short path: raylet socket names must fit in 107 bytes.
+        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="ctray-as-", dir="/tmp")
         self.config_path = Path(self.temp_dir) / "autoscaling.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         head_resources = dict(self.config["available_node_types"][FAKE_HEAD_TYPE]["resources"])
@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except (RuntimeError, TimeoutError) as e:
+        print(f"ctray: local cluster: {e}", file=sys.stderr)
+        return 2
     finally:
         cluster.stop()
 

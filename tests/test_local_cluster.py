@@ -56,6 +56,18 @@ def test_a_config_without_its_head_type_is_refused(cluster_yaml):
         fake_autoscaling_config(broken, "127.0.0.1:7000")
 
 
+def test_a_missing_or_broken_cluster_yaml_is_one_ctray_line(tmp_path, capsys):
+    from ctray.local_cluster import main
+
+    assert main(["--cluster-yaml", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ctray: ") and "nope.yaml" in err and "Traceback" not in err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("available_node_types: {a: {resources: {CPU: 1}}}\nhead_node_type: b\n")
+    assert main(["--cluster-yaml", str(broken)]) == 2
+    assert "head_node_type 'b'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_job_scales_cpu_workers_up_and_idle_nodes_down(tmp_path, cluster_yaml):
     from ray.job_submission import JobSubmissionClient
