@@ -54,7 +54,9 @@ def fake_autoscaling_config(cluster: dict[str, Any], gcs_address: str, worker_cp
     the same worker node types by name, their custom resources (``GPU``,
     ``accelerator_type:*``, ...) kept, CPUs capped at ``worker_cpus`` (logical CPUs: may
     exceed the machine's), at most ``max_workers_per_type`` nodes of each type."""
-    types = cluster.get("available_node_types") or {}
+    if not isinstance(cluster, dict) or not isinstance(cluster.get("available_node_types"), dict):
+        raise ValueError("not a Ray cluster config (no available_node_types mapping)")
+    types = cluster["available_node_types"]
     head_type = cluster.get("head_node_type")
     if head_type not in types:
         raise ValueError(f"head_node_type {head_type!r} is not one of available_node_types "

@@ -66,6 +66,9 @@ def test_a_missing_or_broken_cluster_yaml_is_one_ctray_line(tmp_path, capsys):
     broken.write_text("available_node_types: {a: {resources: {CPU: 1}}}\nhead_node_type: b\n")
     assert main(["--cluster-yaml", str(broken)]) == 2
     assert "head_node_type 'b'" in capsys.readouterr().err
+    broken.write_text("- just a list\n")
+    assert main(["--cluster-yaml", str(broken)]) == 2
+    assert "not a Ray cluster config" in capsys.readouterr().err
 
 
 @pytest.mark.slow
