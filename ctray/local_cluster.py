@@ -39,12 +39,27 @@ import yaml
 
 #: the fake provider tags its head with this node type, so the generated config uses it
 FAKE_HEAD_TYPE = "ray.head.default"
+#: what a local cluster's processes run with, and so what every process joining it needs:
+#: token auth off (localhost only), said explicitly, since with RAY_AUTH_MODE unset Ray
+#: turns it on whenever ~/.ray/auth_token exists
+LOCAL_CLUSTER_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def head_port_flags(port: int, dashboard_port: int) -> list[str]:
+    """``ray start --head`` flags putting every listening port of the head on a free one
+    (several Rays share this machine; Ray's defaults would collide)."""
+    ports = {"--port": port, "--dashboard-port": dashboard_port,
+             "--ray-client-server-port": free_port(),
+             "--dashboard-agent-listen-port": free_port(),
+             "--dashboard-agent-grpc-port": free_port(),
+             "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port()}
+    return [f"{flag}={value}" for flag, value in ports.items()]
 
 
 def fake_autoscaling_config(cluster: dict[str, Any], gcs_address: str, worker_cpus: float = 2,
@@ -131,11 +146,6 @@ class LocalAutoscalingCluster:
         self.config_path = Path(self.temp_dir) / "autoscaling.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         head_resources = dict(self.config["available_node_types"][FAKE_HEAD_TYPE]["resources"])
-        ports = {"--port": self.port, "--dashboard-port": self.dashboard_port,
-                 "--ray-client-server-port": free_port(),
-                 "--dashboard-agent-listen-port": free_port(),
-                 "--dashboard-agent-grpc-port": free_port(),
-                 "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port()}
         self.cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                     f"--num-cpus={head_resources.pop('CPU', 0)}",
                     f"--num-gpus={head_resources.pop('GPU', 0)}",
@@ -143,7 +153,7 @@ class LocalAutoscalingCluster:
                     f"--autoscaling-config={self.config_path}",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                     f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
-                    *[f"{flag}={port}" for flag, port in ports.items()]]
+                    *head_port_flags(self.port, self.dashboard_port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         # Localhost only; token auth is off so local clients need no token (a real
         # cluster keeps it on: docs/cluster.md).
@@ -159,7 +169,7 @@ class LocalAutoscalingCluster:
 
     def env(self) -> dict[str, str]:
         """What a process joining this cluster needs (driver or ``ray job submit``)."""
-        return {"RAY_AUTH_MODE": "disabled"}
+        return dict(LOCAL_CLUSTER_ENV)
 
     def wait_ready(self, timeout: float = 240) -> None:
         """Until the Job API answers (the head and dashboard are up)."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from ctray.local_cluster import LOCAL_CLUSTER_ENV as CLUSTER_ENV  # what joining processes need
 from serve_fixtures import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +48,6 @@ class _SlowClock:
         return time.monotonic() / 4
 
 
-#: what this cluster's processes run with, and so what every process joining it needs
-CLUSTER_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
 @contextlib.contextmanager

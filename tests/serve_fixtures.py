@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from pathlib import Path
 
 from ctray.llm.base import LLMRequest
+from ctray.local_cluster import free_port  # noqa: F401 - the tests' free port
 
 UNPARSEABLE = "UNPARSEABLE"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_findings_checkpoint(out_dir: str | Path, seed: int = 0, hidden: int = 32,

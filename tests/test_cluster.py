@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from ctray.local_cluster import head_port_flags
 from serve_fixtures import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,15 +90,10 @@ class LocalHead:
         self.token = secrets.token_hex(16)
         self.temp_dir = tempfile.mkdtemp(prefix="ctray-rt-", dir="/tmp")  # short socket paths
         self.dashboard_port = free_port()
-        ports = {"--port": free_port(), "--dashboard-port": self.dashboard_port,
-                 "--ray-client-server-port": free_port(),
-                 "--dashboard-agent-listen-port": free_port(),
-                 "--dashboard-agent-grpc-port": free_port(),
-                 "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port()}
         self.cmd = ["ray", "start", "--head", "--block", "--num-cpus=2",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                     f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
-                    *[f"{flag}={port}" for flag, port in ports.items()]]
+                    *head_port_flags(free_port(), self.dashboard_port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         # Token auth as on a real cluster, with a token of this test only.
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)

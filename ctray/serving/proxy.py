@@ -46,10 +46,12 @@ class JSONErrorMiddleware:
             return await self.app(scope, receive, send)
         held: dict[str, Any] = {}
         body: list[bytes] = []
-        started = False
+        started = False  # the proxy began an answer (sent or held for rewriting)
 
         async def relay(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
                 ctype = dict((k.lower(), v) for k, v in headers).get(b"content-type", b"")
@@ -64,22 +66,17 @@ class JSONErrorMiddleware:
                 if status in PROXY_ERRORS and from_proxy:
                     held["start"] = message  # rewrite the body once it is complete
                     return
-                nonlocal started
-                started = True
                 return await send(message)
             if "start" in held and message["type"] == "http.response.body":
                 body.append(message.get("body", b""))
                 if message.get("more_body"):
                     return
                 detail = held.get("detail") or b"".join(body).decode("utf-8", "replace").strip()
-                payload = json.dumps({"detail": detail or "service unavailable"}).encode()
                 start = held["start"]
                 headers = [(k, v) for k, v in start["headers"]
                            if k.lower() not in (b"content-type", b"content-length")]
-                headers += [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode())]
-                await send({**start, "headers": headers})
-                return await send({"type": "http.response.body", "body": payload})
+                return await _send_json(send, start["status"], headers,
+                                        detail or "service unavailable")
             return await send(message)
 
         try:
@@ -87,22 +84,26 @@ class JSONErrorMiddleware:
         except Exception:
             # The proxy raised instead of answering (the replica's actor died with the
             # request in flight): uvicorn would send a bare text 500 and close.
-            if started or "start" in held:
+            if started:
                 raise
             await self._send_lost(send)
             return
-        if not started and "start" not in held:
+        if not started:
             # Returned without answering at all (seen when a replica's node is killed
             # mid-request): uvicorn would send a bare text 500 and close.
             await self._send_lost(send)
 
     async def _send_lost(self, send) -> None:
-        payload = json.dumps({"detail": REPLICA_LOST}).encode()
-        await send({"type": "http.response.start", "status": 503,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode()),
-                                (b"retry-after", self.retry_after)]})
-        await send({"type": "http.response.body", "body": payload})
+        await _send_json(send, 503, [(b"retry-after", self.retry_after)], REPLICA_LOST)
+
+
+async def _send_json(send, status: int, headers: list, detail: str) -> None:
+    """One ``{"detail": ...}`` answer: ``headers`` plus the JSON content type and length."""
+    payload = json.dumps({"detail": detail}).encode()
+    headers = [*headers, (b"content-type", b"application/json"),
+               (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def middlewares() -> list:

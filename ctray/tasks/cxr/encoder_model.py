@@ -68,6 +68,13 @@ def targets(frame, observations: Sequence[str] = OBSERVATIONS) -> np.ndarray:
     return out
 
 
+def inverse_frequency(counts: np.ndarray, power: float, cap: float) -> np.ndarray:
+    """Per-class weights (n_most_frequent / n_class) ** power, at most ``cap``; a class
+    absent from the counts counts as one example. The loss weights of a head and the
+    sampling weights of rule-labelled spans both use it."""
+    return np.minimum((counts.max() / np.maximum(counts, 1.0)) ** power, cap)
+
+
 @dataclass
 class EncoderMeta:
     """What ``ctray_cxr_encoder.json`` records next to the weights."""

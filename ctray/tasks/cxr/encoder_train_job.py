@@ -230,10 +230,12 @@ def class_weights(y: np.ndarray, k: int, power: float, cap: float) -> np.ndarray
     """Per-class weights of one head: (n_most_frequent / n_class) ** power, at most ``cap``,
     renormalised so the mean weight over the training examples is 1 (the loss keeps the
     scale of plain cross-entropy). A class absent from the labels counts as one example."""
+    from ctray.tasks.cxr.encoder_model import inverse_frequency
+
     counts = np.bincount(y, minlength=k).astype(float)
     if power == 0:
         return np.ones(k)
-    w = np.minimum((counts.max() / np.maximum(counts, 1.0)) ** power, cap)
+    w = inverse_frequency(counts, power, cap)
     return w * counts.sum() / max(float((w * counts).sum()), 1e-9)
 
 
@@ -457,7 +459,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             train_s = float(ranks[:, 3].max())
             record = {"stage": config["stage"], "unit": unit["name"], "epoch": epoch + 1,
                       "train_loss": float(totals[1] / max(totals[0], 1)),
-                      "train_examples": int(totals[0]), "train_spans": int(spans["per_epoch"]),
+                      "train_examples": int(totals[0]), "train_spans": n_spans,
                       "train_tokens": int(totals[2]),
                       "train_s": train_s, "train_tokens_per_s": float(totals[2] / max(train_s, 1e-9)),
                       "train_examples_per_s": float(totals[0] / max(train_s, 1e-9)),
@@ -629,7 +631,7 @@ def run_train_cxr_encoder(cfg: TrainCxrEncoderConfig) -> dict[str, Any]:
             "epochs": cfg.training.epochs, "export": True}
     extra = list(range(n_tr, n_tr + n_val + len(dev_ids)))
     if cfg.training.span_ratio > 0:
-        spans = build_span_set(train_df["text"].tolist(), targets(train_df),
+        spans = build_span_set(train_df["text"].tolist(), s1_y[:n_tr],
                                cfg.training.span_sentences, cfg.training.span_weight_power,
                                cfg.training.span_weight_max)
         first = len(s1_texts)

@@ -64,12 +64,13 @@ def span_weights(y: np.ndarray, power: float, cap: float,
     w = np.ones(len(y))
     if len(y) == 0:
         return w
+    from ctray.tasks.cxr.encoder_model import inverse_frequency
+
     ref = y if reference is None else reference
     for j in range(y.shape[1]):
         k = int(max(y[:, j].max(), ref[:, j].max() if len(ref) else 0)) + 1
         counts = np.bincount(ref[:, j], minlength=k).astype(float)
-        per_class = np.minimum((counts.max() / np.maximum(counts, 1.0)) ** power, cap)
-        w = np.maximum(w, per_class[y[:, j]])
+        w = np.maximum(w, inverse_frequency(counts, power, cap)[y[:, j]])
     return w / w.sum()
 
 
