@@ -89,7 +89,7 @@ class StageResources(BaseModel):
         1, description="segmentation actors: n, or (min, max) to autoscale")
     # Findings per batch (also per block and per written shard, so a kill loses at
     # most this many findings); rows are sorted by volume, so a scan's findings
-    # usually share a batch.
+    # share a batch or two consecutive ones (the run keeps their order).
     batch_size: int = Field(
         16, description="findings per batch, block and written shard (what a kill can lose)")
 
@@ -196,6 +196,9 @@ def run_segment(cfg: SegmentConfig) -> dict[str, Any]:
     # A finding costs seconds, not microseconds: small blocks and shards bound what
     # a kill loses (the default writer batch would hold 256 findings in flight).
     spec.rows_per_block = spec.writer_batch_size = cfg.resources.batch_size
+    # The stage keeps the last scan it read: in order, a scan whose findings straddle
+    # two batches is read once (per actor: with several actors it may be read twice).
+    spec.preserve_order = True
     ds = ray.data.from_pandas(df)
     summary = run_pipeline(ds, [stage], spec, extra_manifest={"masks_dir": masks_dir})
     result = {"job": cfg.job, "output": summary.output, "masks_dir": masks_dir,
