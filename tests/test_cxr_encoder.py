@@ -194,6 +194,78 @@ def test_conventions_on_predictions():
     assert out[1, col["No Finding"]] == 1.0
 
 
+def test_mentions_aggregate_positive_over_uncertain_over_negative_over_blank():
+    from ctray.tasks.cxr.encoder_model import aggregate_mentions
+
+    # class indices: 0 blank, 1 positive, 2 negative, 3 uncertain
+    sentences = np.array([[0, 2, 2], [3, 2, 0],   # report 0
+                          [2, 0, 0], [1, 3, 0],   # report 1
+                          [0, 0, 0]])             # report 2
+    owner = np.array([0, 0, 1, 1, 2])
+    assert aggregate_mentions(sentences, owner, 3).tolist() == [[3, 2, 2], [1, 3, 0], [0, 0, 0]]
+
+
+def test_reading_loss_is_the_exact_distribution_of_the_aggregated_sentence_labels():
+    """mention_log_probs against brute force: every joint assignment of sentence classes,
+    weighted by its probability, aggregated by aggregate_mentions."""
+    import itertools
+
+    import torch
+
+    from ctray.tasks.cxr.encoder_model import aggregate_mentions, mention_log_probs
+
+    torch.manual_seed(0)
+    logits = [torch.randn(5, 4) * 2, torch.randn(5, 2) * 2]  # a 4-way and a 2-way head
+    owner = torch.tensor([0, 0, 0, 1, 1])
+    read = mention_log_probs(logits, owner, 2)
+    for lg, lp in zip(logits, read):
+        probs = lg.softmax(dim=1).numpy()
+        expect = np.zeros((2, probs.shape[1]))
+        for combo in itertools.product(range(probs.shape[1]), repeat=5):
+            weight = np.prod([probs[s, c] for s, c in enumerate(combo)])
+            agg = aggregate_mentions(np.array(combo)[:, None], owner.numpy(), 2)[:, 0]
+            expect[[0, 1], agg] += weight
+        assert np.allclose(lp.exp().numpy(), expect, atol=1e-5)
+    # Differentiable: the gold stage backpropagates through it to every sentence.
+    lg = torch.randn(3, 4, requires_grad=True)
+    torch.nn.functional.nll_loss(mention_log_probs([lg], torch.tensor([0, 0, 0]), 1)[0],
+                                 torch.tensor([3])).backward()
+    assert (lg.grad.abs().sum(dim=1) > 0).all()
+
+
+def test_sentence_aggregation_labels_each_sentence_and_keeps_no_finding_from_the_report(
+        tiny_encoder):
+    import torch
+
+    from ctray.tasks.cxr.encoder_model import predict_classes
+    from ctray.tasks.cxr.encoder_train_job import load_base
+
+    net, tok = load_base(tiny_encoder, {"max_length": 24, "stride": 4})
+    net.eval()
+    torch.manual_seed(3)
+    torch.nn.init.normal_(net.queries, std=1.0)
+    for head in net.heads:  # random heads: sentences disagree, so the aggregation shows
+        torch.nn.init.normal_(head.weight, std=3.0)
+    reports = [" ".join(SENTENCES[i:i + 4]) for i in range(0, len(SENTENCES) - 4, 3)]
+    nf = OBSERVATIONS.index("No Finding")
+    with torch.inference_mode():
+        net.meta.aggregation = "report"
+        whole, _ = predict_classes(net, tok, reports, "cpu", batch_size=4)
+        per_sentence = [predict_classes(net, tok, [" ".join(SENTENCES[i + k:i + k + 1])
+                                                   for k in range(4)], "cpu")[0]
+                        for i in range(0, len(SENTENCES) - 4, 3)]
+        net.meta.aggregation = "sentences"
+        read, windows = predict_classes(net, tok, reports, "cpu", batch_size=4)
+    assert (windows >= 1).all()
+    rank = np.array([0, 3, 1, 2])  # positive > uncertain > negative > blank
+    for r, classes in enumerate(per_sentence):
+        strongest = np.argsort(rank)[rank[classes].max(axis=0)]
+        expect = np.where(np.arange(14) == nf, whole[r], strongest)
+        assert read[r].tolist() == expect.tolist()
+    # Not the report-level reading under another name: the random heads make them differ.
+    assert (read != whole).any()
+
+
 # ----------------------------------------------------------------------------- Ray
 
 

@@ -88,6 +88,11 @@ class EncoderMeta:
     # (Lung Opacity takes a positive child; No Finding only without a positive or
     # uncertain pathology), as the rules and the gold set do.
     consistency: bool = True
+    # How a report's pathology labels are read off the heads (:func:`predict_classes`):
+    # "sentences" labels each sentence and aggregates them by the mention precedence of
+    # docs/cxr_labeling.md; "report" takes the heads' answer for the whole report.
+    # Folders exported before this field existed read "report", as they were evaluated.
+    aggregation: str = "report"
     base_model: str | None = None
     stage: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -216,11 +221,92 @@ def report_logits(net, tokenizer, texts: Sequence[str], device, batch_size: int 
     return out, windows
 
 
-def decode(logits: Sequence, observations: Sequence[str], consistency: bool) -> np.ndarray:
-    """Per-head argmax -> [n_reports, 14] CheXpert values (NaN = blank)."""
-    cols = [np.asarray([CLASS_VALUES[k] for k in lg.argmax(dim=1).tolist()], dtype=float)
-            for lg in logits]
-    values = np.stack(cols, axis=1) if cols else np.zeros((0, len(observations)))
+# Mention precedence of docs/cxr_labeling.md (1 beats -1 beats 0 beats blank), by class
+# index (blank, positive, negative, uncertain), and its inverse.
+_PRECEDENCE = np.array([0, 3, 1, 2])
+_BY_PRECEDENCE = np.argsort(_PRECEDENCE)
+
+
+def aggregate_mentions(classes: np.ndarray, owner: np.ndarray, n_reports: int) -> np.ndarray:
+    """[n_sentences, heads] class indices -> [n_reports, heads]: per report and head the
+    strongest class among its sentences (positive > uncertain > negative > blank)."""
+    rank = np.zeros((n_reports, classes.shape[1]), dtype=np.int64)
+    np.maximum.at(rank, np.asarray(owner, dtype=np.int64), _PRECEDENCE[classes])
+    return _BY_PRECEDENCE[rank]
+
+
+def mention_log_probs(sentence_logits, owner, n_reports: int):
+    """Per head, log P(report class) [n_reports, classes] when a report's class is the
+    strongest of its sentences' classes (:func:`aggregate_mentions`) and each sentence's
+    class is drawn from its softmax: P(report >= r) = 1 - prod_s (1 - P(sentence s >= r))
+    on the precedence scale blank < negative < uncertain < positive. Trains the sentence
+    reading on report-level labels (the gold stage): the loss sees what inference reads."""
+    import torch
+
+    rank = torch.as_tensor(_PRECEDENCE)
+    out = []
+    for lg in sentence_logits:
+        probs = lg.float().softmax(dim=1)
+        k = probs.shape[1]
+        levels = int(rank[:k].max()) + 1
+        # at_least[:, r] = P(sentence >= r), r = 1 .. levels-1
+        by_rank = torch.zeros((probs.shape[0], levels), dtype=probs.dtype, device=probs.device)
+        by_rank.index_add_(1, rank[:k].to(probs.device), probs)
+        at_least = by_rank.flip(1).cumsum(1).flip(1)[:, 1:]
+        log_none = torch.log((1 - at_least).clamp(min=1e-6))
+        summed = torch.zeros((n_reports, levels - 1), dtype=probs.dtype, device=probs.device)
+        summed.index_add_(0, owner, log_none)
+        report_at_least = torch.cat([torch.ones((n_reports, 1), dtype=probs.dtype,
+                                                device=probs.device),
+                                     1 - summed.exp(),
+                                     torch.zeros((n_reports, 1), dtype=probs.dtype,
+                                                 device=probs.device)], dim=1)
+        exact = (report_at_least[:, :-1] - report_at_least[:, 1:]).clamp(min=1e-8)
+        out.append(exact[:, rank[:k].to(probs.device)].log())
+    return out
+
+
+def predict_classes(net, tokenizer, texts: Sequence[str], device,
+                    batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Class index per report and observation [n, heads], and windows per report.
+
+    ``meta.aggregation == "sentences"``: every sentence is labelled on its own and a
+    pathology's report label is the strongest of its mentions, the labeling convention
+    itself (the student was taught the same rules on single sentences, span_teacher.py,
+    and a short input leaves a rare cue nothing to compete with); No Finding, a statement
+    about the whole report, keeps the report-level head. Gradient mode is the caller's."""
+    from ctray.tasks.cxr.span_teacher import report_spans
+
+    texts = list(texts)
+    sentences: list[str] = []
+    owner: list[int] = []
+    if getattr(net.meta, "aggregation", "report") == "sentences":
+        for k, text in enumerate(texts):
+            parts = report_spans(text, 1) or [text]
+            sentences += parts
+            owner += [k] * len(parts)
+    # Reports and sentences in one length-sorted pass: fuller batches.
+    logits, windows = report_logits(net, tokenizer, texts + sentences, device, batch_size)
+    every = _argmax(logits, len(texts) + len(sentences))
+    classes, windows = every[:len(texts)], windows[:len(texts)]
+    if sentences:
+        mentions = aggregate_mentions(every[len(texts):], np.asarray(owner), len(texts))
+        keep = [j for j, o in enumerate(net.meta.observations) if o != NO_FINDING]
+        classes[:, keep] = mentions[:, keep]
+    return classes, windows
+
+
+def _argmax(logits: Sequence, n: int) -> np.ndarray:
+    if not logits:
+        return np.zeros((n, 0), dtype=np.int64)
+    return np.stack([lg.argmax(dim=1).cpu().numpy() for lg in logits], axis=1).astype(np.int64)
+
+
+def class_values(classes: np.ndarray, observations: Sequence[str],
+                 consistency: bool) -> np.ndarray:
+    """Class indices [n, 14] -> CheXpert values (NaN = blank), conventions applied."""
+    values = np.asarray(CLASS_VALUES, dtype=float)[classes] if classes.size else \
+        np.zeros((len(classes), len(observations)))
     return apply_conventions(values, observations) if consistency else values
 
 
@@ -337,9 +423,9 @@ class CXREncoderLabeler:
         if not texts:
             return np.zeros((0, len(self.observations)))
         with torch.inference_mode():
-            logits, self.last_windows = report_logits(self.net, self.tokenizer, texts,
-                                                      self.device, self.batch_size)
-        return decode(logits, self.observations, self.meta.consistency)
+            classes, self.last_windows = predict_classes(self.net, self.tokenizer, texts,
+                                                         self.device, self.batch_size)
+        return class_values(classes, self.observations, self.meta.consistency)
 
     def label(self, texts: list[str]) -> list[dict[str, float]]:
         """One ``{observation: 1.0 / 0.0 / -1.0 / NaN}`` per report, in the 14 CheXpert

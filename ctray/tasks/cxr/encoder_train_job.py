@@ -29,6 +29,7 @@ reports), ``cv_predictions.csv`` (stage 2, out-of-fold), ``train_log.jsonl``,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -88,6 +89,10 @@ class EncoderTrainingParams(BaseModel):
     stride: int = Field(64, description="tokens shared by consecutive windows")
     consistency: bool = Field(True, description="apply the Lung Opacity parent and No Finding "
                               "rules of docs/cxr_labeling.md to predictions")
+    aggregation: Literal["sentences", "report"] = Field(
+        "sentences", description="sentences: a pathology's report label is the strongest of "
+        "its sentences' labels (1 > -1 > 0 > blank, docs/cxr_labeling.md); report: the "
+        "heads' answer for the whole report. Recorded in the export; used by every prediction")
     span_ratio: float = Field(
         1.0, ge=0.0, description="rule-labelled spans (single sentences and runs of up to "
         "span_sentences sentences of the training reports) sampled per stage-1 epoch, as a "
@@ -113,6 +118,11 @@ class GoldStage(BaseModel):
     encoder_lr: float = Field(3e-5, description="encoder learning rate in stage 2")
     head_lr: float = Field(3e-4, description="queries / heads learning rate in stage 2")
     batch_size: int = Field(8, description="reports per worker per step in stage 2")
+    loss: Literal["reading", "report"] = Field(
+        "reading", description="reading: the loss scores the report as inference reads it "
+        "(with training.aggregation sentences: the sentences' labels aggregated, "
+        "encoder_model.mention_log_probs), so expert report labels teach the sentence "
+        "reading; report: the heads' answer for the whole report")
 
 
 class EncoderCheckpoint(CheckpointParams):
@@ -313,7 +323,7 @@ def predict_classes(net, tokenizer, texts: list[str], device, batch_size: int, r
     then all gather), and how many reports needed more than one window."""
     import torch
 
-    from ctray.tasks.cxr.encoder_model import report_logits
+    from ctray.tasks.cxr.encoder_model import predict_classes as predict
 
     module = getattr(net, "module", net)
     mine = np.arange(rank, len(texts), world)
@@ -321,10 +331,9 @@ def predict_classes(net, tokenizer, texts: list[str], device, batch_size: int, r
     classes = np.zeros((len(mine), len(module.meta.observations)), dtype=np.int64)
     chunked = 0
     if len(mine):
-        with torch.inference_mode():
-            logits, windows = report_logits(module, tokenizer, [texts[i] for i in mine], device,
-                                            batch_size)
-        classes = np.stack([lg.argmax(dim=1).cpu().numpy() for lg in logits], axis=1)
+        with torch.inference_mode():  # the same reading as the exported labeler's
+            classes, windows = predict(module, tokenizer, [texts[i] for i in mine], device,
+                                       batch_size)
         chunked = int(np.sum(windows > 1))
     module.train()
     out = np.zeros((len(texts), classes.shape[1]), dtype=np.int64)
@@ -342,7 +351,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from ctray.tasks.cxr.encoder_model import n_classes, save_encoder_labeler
+    from ctray.tasks.cxr.encoder_model import (NO_FINDING, mention_log_probs, n_classes,
+                                               save_encoder_labeler)
     from ctray.models.windows import pad_chunks, window_token_ids
     from ctray.tasks.cxr.span_teacher import sample_spans
 
@@ -354,7 +364,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     texts, y, predict_extra = ray.get(config["data"])
     meta_overrides = {"pooling": p["pooling"], "max_length": p["max_length"],
                       "stride": p["stride"], "head_dropout": p["head_dropout"],
-                      "consistency": p["consistency"], "base_model": config["base_name"],
+                      "consistency": p["consistency"], "aggregation": p["aggregation"],
+                      "base_model": config["base_name"],
                       "stage": config["stage"]}
 
     state: dict[str, Any] = {"unit": 0, "epoch": 0, "predictions": {}, "history": []}
@@ -377,15 +388,43 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     lengths = np.array([len(i) for i in ids])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def batch_tensors(idx):
+    def window_tensors(sequences):
         chunks, owner = [], []
-        for k, i in enumerate(idx):
-            for w in window_token_ids(ids[i], tokenizer, p["max_length"], p["stride"]):
+        for k, seq in enumerate(sequences):
+            for w in window_token_ids(seq, tokenizer, p["max_length"], p["stride"]):
                 chunks.append(w)
                 owner.append(k)
         input_ids, mask = pad_chunks(chunks, pad)
         return (input_ids.to(device), mask.to(device),
                 torch.as_tensor(owner, dtype=torch.long, device=device))
+
+    def batch_tensors(idx):
+        return window_tensors([ids[i] for i in idx])
+
+    # The gold stage's loss through the sentence reading: each report's sentences.
+    sentence_ids = None
+    if p.get("reading_loss") and p["aggregation"] == "sentences":
+        from ctray.tasks.cxr.span_teacher import report_spans
+
+        sentence_ids = [[tokenizer(s_, add_special_tokens=False, truncation=False)["input_ids"]
+                         for s_ in (report_spans(t, 1) or [t])] for t in texts]
+
+    def step_loss(idx, losses, weights, no_finding):
+        input_ids, mask, owner = batch_tensors(idx)
+        target = torch.as_tensor(y[idx], device=device)
+        logits = net(input_ids, mask, owner, len(idx))
+        if sentence_ids is None:
+            parts = [fn(lg, target[:, j]) for j, (fn, lg) in enumerate(zip(losses, logits))]
+            return sum(parts) / len(parts), int(mask.sum())
+        seqs = [seq for i in idx for seq in sentence_ids[i]]
+        s_owner = torch.as_tensor([k for k, i in enumerate(idx) for _ in sentence_ids[i]],
+                                  dtype=torch.long, device=device)
+        s_ids, s_mask, s_win = window_tensors(seqs)
+        read = mention_log_probs(net(s_ids, s_mask, s_win, len(seqs)), s_owner, len(idx))
+        parts = [losses[j](logits[j], target[:, j]) if j == no_finding else
+                 torch.nn.functional.nll_loss(read[j], target[:, j], weight=weights[j])
+                 for j in range(len(logits))]
+        return sum(parts) / len(parts), int(mask.sum()) + int(s_mask.sum())
 
     while state["unit"] < len(units):
         unit = units[state["unit"]]
@@ -423,6 +462,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                                    dtype=torch.float32, device=device)
                    for j, o in enumerate(module.meta.observations)]
         losses = [torch.nn.CrossEntropyLoss(weight=w) for w in weights]
+        no_finding = list(module.meta.observations).index(NO_FINDING) \
+            if NO_FINDING in module.meta.observations else -1
         for epoch in range(state["epoch"], unit["epochs"]):
             rng = np.random.default_rng([p["seed"], state["unit"], epoch])
             shard = rng.permutation(train_idx)[rank * per_rank:(rank + 1) * per_rank]
@@ -436,19 +477,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             net.train()
             started, seen, loss_sum, tokens = time.time(), 0, 0.0, 0
             for step, idx in enumerate(batches):
-                input_ids, mask, owner = batch_tensors(idx)
-                target = torch.as_tensor(y[idx], device=device)
-                logits = net(input_ids, mask, owner, len(idx))
-                loss = sum(fn(lg, target[:, j]) for j, (fn, lg) in enumerate(zip(losses, logits)))
-                loss = loss / len(logits)
+                loss, n_tokens = step_loss(idx, losses, weights, no_finding)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), p["max_grad_norm"])
                 optimizer.step()
                 scheduler.step()
                 seen += len(idx)
-                tokens += int(mask.sum())
-                loss_sum += float(loss) * len(idx)
+                tokens += n_tokens
+                loss_sum += float(loss.detach()) * len(idx)
                 if rank == 0 and p["log_every_steps"] and (step + 1) % p["log_every_steps"] == 0:
                     print(f"[train-cxr-encoder] {config['stage']} {unit['name']} epoch "
                           f"{epoch + 1}/{unit['epochs']} step {step + 1}/{len(batches)} loss "
@@ -527,8 +564,11 @@ def _run_stage(cfg: TrainCxrEncoderConfig, stage: str, base: str, texts: list[st
     import ray
 
     name = f"{cfg.checkpoint.name}_{stage}"
-    if stage == "gold":  # a new stage-1 model (e.g. more epochs) starts a new gold run
-        name += f"_{_digest(base)}"
+    if stage == "gold":
+        # A new stage-1 model (e.g. more epochs) or gold recipe starts a new gold run;
+        # stage 1 is not trained again for either.
+        recipe = json.dumps(cfg.gold.model_dump(mode="json"), sort_keys=True).encode()
+        name += f"_{_digest(base)}_{hashlib.sha256(recipe).hexdigest()[:6]}"
     run_dir = f"{storage.rstrip('/')}/{name}"
     previous = check_resume(run_dir, _stage_fingerprint(cfg, stage),
                             cfg.checkpoint.allow_config_change, "model, data or recipe")
@@ -551,20 +591,16 @@ def _run_stage(cfg: TrainCxrEncoderConfig, stage: str, base: str, texts: list[st
 
 
 def _digest(model_dir: str) -> str:
-    import hashlib
-
     from ctray.tasks.cxr.encoder_model import HEADS_FILE
 
     return hashlib.sha256(Path(model_dir, HEADS_FILE).read_bytes()).hexdigest()[:10]
 
 
 def _values_frame(ids: list[str], classes: np.ndarray, consistency: bool) -> pd.DataFrame:
-    from ctray.tasks.cxr.encoder_model import CLASS_VALUES, apply_conventions
+    from ctray.tasks.cxr.encoder_model import class_values
 
-    values = np.vectorize(lambda k: CLASS_VALUES[k])(classes) if len(classes) else \
-        np.zeros((0, len(OBSERVATIONS)))
-    if consistency:
-        values = apply_conventions(values, OBSERVATIONS)
+    values = class_values(np.asarray(classes, dtype=np.int64).reshape(len(ids), -1),
+                          OBSERVATIONS, consistency)
     return pd.DataFrame(values, index=pd.Index(ids, name="uid"), columns=list(OBSERVATIONS))
 
 
@@ -684,7 +720,7 @@ def run_train_cxr_encoder(cfg: TrainCxrEncoderConfig) -> dict[str, Any]:
                             "data (add the gold file to exclude)")
         g_ids = sorted(gold.index)
         g_params = {**params, "encoder_lr": cfg.gold.encoder_lr, "head_lr": cfg.gold.head_lr,
-                    "batch_size": cfg.gold.batch_size}
+                    "batch_size": cfg.gold.batch_size, "reading_loss": cfg.gold.loss == "reading"}
         units = fold_units(len(g_ids), cfg.gold.folds, cfg.training.seed, cfg.gold.epochs)
         print(f"[train-cxr-encoder] stage 2 (gold): {len(g_ids)} reports, {cfg.gold.folds}-fold "
               "cross-validation, then the full fit", flush=True)
