@@ -257,13 +257,34 @@ def test_sentence_aggregation_labels_each_sentence_and_keeps_no_finding_from_the
         net.meta.aggregation = "sentences"
         read, windows = predict_classes(net, tok, reports, "cpu", batch_size=4)
     assert (windows >= 1).all()
+    from ctray.tasks.cxr.encoder_model import PATHOLOGIES
+
     rank = np.array([0, 3, 1, 2])  # positive > uncertain > negative > blank
+    path = [OBSERVATIONS.index(o) for o in PATHOLOGIES]
     for r, classes in enumerate(per_sentence):
         strongest = np.argsort(rank)[rank[classes].max(axis=0)]
-        expect = np.where(np.arange(14) == nf, whole[r], strongest)
+        # No Finding: the report head, unless a positive / uncertain pathology blanks it
+        # under the conventions anyway (then the report pass is skipped).
+        blocked = np.isin(strongest[path], (1, 3)).any()
+        expect = np.where(np.arange(14) == nf, 0 if blocked else whole[r], strongest)
         assert read[r].tolist() == expect.tolist()
     # Not the report-level reading under another name: the random heads make them differ.
     assert (read != whole).any()
+    # Repeated sentences are encoded once: the same reading as one report at a time.
+    with torch.inference_mode():
+        alone = np.concatenate([predict_classes(net, tok, [t], "cpu")[0] for t in reports])
+    assert alone.tolist() == read.tolist()
+    # Where no pathology is positive or uncertain (all-blank pathology heads), or without
+    # the conventions, No Finding is the report head's answer for every report.
+    with torch.inference_mode():
+        net.meta.consistency = False
+        free, _ = predict_classes(net, tok, reports, "cpu")
+        net.meta.consistency = True
+        for j in path:
+            net.heads[j].bias.data[0] = 1e4
+        quiet, _ = predict_classes(net, tok, reports, "cpu")
+    assert free[:, nf].tolist() == whole[:, nf].tolist() == quiet[:, nf].tolist()
+    assert (quiet[:, path] == 0).all()
 
 
 # ----------------------------------------------------------------------------- Ray

@@ -274,25 +274,40 @@ def predict_classes(net, tokenizer, texts: Sequence[str], device,
     pathology's report label is the strongest of its mentions, the labeling convention
     itself (the student was taught the same rules on single sentences, span_teacher.py,
     and a short input leaves a rare cue nothing to compete with); No Finding, a statement
-    about the whole report, keeps the report-level head. Gradient mode is the caller's."""
+    about the whole report, comes from the report-level head. Two exact savings: a
+    sentence repeated across the batch (Open-i's boilerplate) is encoded once, and the
+    report pass runs only for reports whose No Finding the conventions do not already
+    blank (no pathology positive or uncertain). Gradient mode is the caller's."""
+    from ctray.models.windows import encode_reports
     from ctray.tasks.cxr.span_teacher import report_spans
 
     texts = list(texts)
+    if getattr(net.meta, "aggregation", "report") != "sentences" or not texts:
+        logits, windows = report_logits(net, tokenizer, texts, device, batch_size)
+        return _argmax(logits, len(texts)), windows
     sentences: list[str] = []
     owner: list[int] = []
-    if getattr(net.meta, "aggregation", "report") == "sentences":
-        for k, text in enumerate(texts):
-            parts = report_spans(text, 1) or [text]
-            sentences += parts
-            owner += [k] * len(parts)
-    # Reports and sentences in one length-sorted pass: fuller batches.
-    logits, windows = report_logits(net, tokenizer, texts + sentences, device, batch_size)
-    every = _argmax(logits, len(texts) + len(sentences))
-    classes, windows = every[:len(texts)], windows[:len(texts)]
-    if sentences:
-        mentions = aggregate_mentions(every[len(texts):], np.asarray(owner), len(texts))
-        keep = [j for j, o in enumerate(net.meta.observations) if o != NO_FINDING]
-        classes[:, keep] = mentions[:, keep]
+    for k, text in enumerate(texts):
+        parts = report_spans(text, 1) or [text]
+        sentences += parts
+        owner += [k] * len(parts)
+    distinct = {s: i for i, s in enumerate(dict.fromkeys(sentences))}
+    s_logits, _ = report_logits(net, tokenizer, list(distinct), device, batch_size)
+    per_sentence = _argmax(s_logits, len(distinct))[[distinct[s] for s in sentences]]
+    classes = aggregate_mentions(per_sentence, np.asarray(owner), len(texts))
+    windows = encode_reports(tokenizer, texts, net.meta.max_length, net.meta.stride).windows()
+    observations = list(net.meta.observations)
+    if NO_FINDING in observations:
+        nf = observations.index(NO_FINDING)
+        classes[:, nf] = 0
+        need = np.arange(len(texts))
+        if net.meta.consistency:
+            path = [j for j, o in enumerate(observations) if o in PATHOLOGIES]
+            need = need[~np.isin(classes[:, path], (1, 3)).any(axis=1)]
+        if len(need):
+            r_logits, _ = report_logits(net, tokenizer, [texts[i] for i in need], device,
+                                        batch_size)
+            classes[need, nf] = r_logits[nf].argmax(dim=1).cpu().numpy()
     return classes, windows
 
 
