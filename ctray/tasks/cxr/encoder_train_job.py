@@ -118,6 +118,9 @@ class GoldStage(BaseModel):
     encoder_lr: float = Field(3e-5, description="encoder learning rate in stage 2")
     head_lr: float = Field(3e-4, description="queries / heads learning rate in stage 2")
     batch_size: int = Field(8, description="reports per worker per step in stage 2")
+    class_weight_power: float | None = Field(
+        None, description="class weights of stage 2 (as training.class_weight_power, counted "
+        "on the fold's gold reports); null: the stage-1 setting")
     loss: Literal["reading", "report"] = Field(
         "reading", description="reading: the loss scores the report as inference reads it "
         "(with training.aggregation sentences: the sentences' labels aggregated, "
@@ -721,6 +724,8 @@ def run_train_cxr_encoder(cfg: TrainCxrEncoderConfig) -> dict[str, Any]:
         g_ids = sorted(gold.index)
         g_params = {**params, "encoder_lr": cfg.gold.encoder_lr, "head_lr": cfg.gold.head_lr,
                     "batch_size": cfg.gold.batch_size, "reading_loss": cfg.gold.loss == "reading"}
+        if cfg.gold.class_weight_power is not None:
+            g_params["class_weight_power"] = cfg.gold.class_weight_power
         units = fold_units(len(g_ids), cfg.gold.folds, cfg.training.seed, cfg.gold.epochs)
         print(f"[train-cxr-encoder] stage 2 (gold): {len(g_ids)} reports, {cfg.gold.folds}-fold "
               "cross-validation, then the full fit", flush=True)
