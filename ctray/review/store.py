@@ -57,7 +57,8 @@ class ReviewError(ValueError):
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1e6) % 10**6:06d}Z"
+    t = time.time()  # one reading: seconds and microseconds of the same instant
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1e6) % 10**6:06d}Z"
 
 
 def check_reviewer(name: Any) -> str:
@@ -190,8 +191,10 @@ class ReviewStore:
                 clean[key] = spec.value(raw)
             except (TypeError, ValueError) as exc:
                 raise ReviewError(f"{key}: {exc}", 422) from None
-        now = _now()
         with self._write() as con:
+            # Stamped under the write lock: stamps follow commit order, so a concurrent
+            # save that commits later never carries an earlier updated_at.
+            now = _now()
             if not con.execute("SELECT 1 FROM items WHERE queue_id=? AND report_id=?",
                                (queue_id, report_id)).fetchone():
                 raise ReviewError(f"report {report_id!r} is not in queue {queue_id!r}", 404)
