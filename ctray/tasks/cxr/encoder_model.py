@@ -243,15 +243,14 @@ def mention_log_probs(sentence_logits, owner, n_reports: int):
     reading on report-level labels (the gold stage): the loss sees what inference reads."""
     import torch
 
-    rank = torch.as_tensor(_PRECEDENCE)
     out = []
     for lg in sentence_logits:
         probs = lg.float().softmax(dim=1)
-        k = probs.shape[1]
-        levels = int(rank[:k].max()) + 1
+        rank = torch.as_tensor(_PRECEDENCE[:probs.shape[1]], device=probs.device)
+        levels = int(rank.max()) + 1
         # at_least[:, r] = P(sentence >= r), r = 1 .. levels-1
         by_rank = torch.zeros((probs.shape[0], levels), dtype=probs.dtype, device=probs.device)
-        by_rank.index_add_(1, rank[:k].to(probs.device), probs)
+        by_rank.index_add_(1, rank, probs)
         at_least = by_rank.flip(1).cumsum(1).flip(1)[:, 1:]
         log_none = torch.log((1 - at_least).clamp(min=1e-6))
         summed = torch.zeros((n_reports, levels - 1), dtype=probs.dtype, device=probs.device)
@@ -262,7 +261,7 @@ def mention_log_probs(sentence_logits, owner, n_reports: int):
                                      torch.zeros((n_reports, 1), dtype=probs.dtype,
                                                  device=probs.device)], dim=1)
         exact = (report_at_least[:, :-1] - report_at_least[:, 1:]).clamp(min=1e-8)
-        out.append(exact[:, rank[:k].to(probs.device)].log())
+        out.append(exact[:, rank].log())
     return out
 
 
@@ -279,16 +278,16 @@ def predict_classes(net, tokenizer, texts: Sequence[str], device,
     report pass runs only for reports whose No Finding the conventions do not already
     blank (no pathology positive or uncertain). Gradient mode is the caller's."""
     from ctray.models.windows import encode_reports
-    from ctray.tasks.cxr.span_teacher import report_spans
+    from ctray.tasks.cxr.span_teacher import reading_sentences
 
     texts = list(texts)
-    if getattr(net.meta, "aggregation", "report") != "sentences" or not texts:
+    if net.meta.aggregation != "sentences" or not texts:
         logits, windows = report_logits(net, tokenizer, texts, device, batch_size)
         return _argmax(logits, len(texts)), windows
     sentences: list[str] = []
     owner: list[int] = []
     for k, text in enumerate(texts):
-        parts = report_spans(text, 1) or [text]
+        parts = reading_sentences(text)
         sentences += parts
         owner += [k] * len(parts)
     distinct = {s: i for i, s in enumerate(dict.fromkeys(sentences))}

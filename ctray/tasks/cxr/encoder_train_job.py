@@ -320,13 +320,13 @@ def freeze(net, embeddings: bool, layers: int) -> None:
                 prm.requires_grad_(False)
 
 
-def predict_classes(net, tokenizer, texts: list[str], device, batch_size: int, rank: int,
+def predict_sharded(net, tokenizer, texts: list[str], device, batch_size: int, rank: int,
                     world: int) -> tuple[np.ndarray, int]:
     """Class index per report and observation [n, 14] (each rank scores a disjoint share,
     then all gather), and how many reports needed more than one window."""
     import torch
 
-    from ctray.tasks.cxr.encoder_model import predict_classes as predict
+    from ctray.tasks.cxr.encoder_model import predict_classes
 
     module = getattr(net, "module", net)
     mine = np.arange(rank, len(texts), world)
@@ -335,8 +335,8 @@ def predict_classes(net, tokenizer, texts: list[str], device, batch_size: int, r
     chunked = 0
     if len(mine):
         with torch.inference_mode():  # the same reading as the exported labeler's
-            classes, windows = predict(module, tokenizer, [texts[i] for i in mine], device,
-                                       batch_size)
+            classes, windows = predict_classes(module, tokenizer, [texts[i] for i in mine],
+                                               device, batch_size)
         chunked = int(np.sum(windows > 1))
     module.train()
     out = np.zeros((len(texts), classes.shape[1]), dtype=np.int64)
@@ -407,10 +407,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # The gold stage's loss through the sentence reading: each report's sentences.
     sentence_ids = None
     if p.get("reading_loss") and p["aggregation"] == "sentences":
-        from ctray.tasks.cxr.span_teacher import report_spans
+        from ctray.tasks.cxr.span_teacher import reading_sentences
 
         sentence_ids = [[tokenizer(s_, add_special_tokens=False, truncation=False)["input_ids"]
-                         for s_ in (report_spans(t, 1) or [t])] for t in texts]
+                         for s_ in reading_sentences(t)] for t in texts]
 
     def step_loss(idx, losses, weights, no_finding):
         input_ids, mask, owner = batch_tensors(idx)
@@ -508,7 +508,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             if last and (unit["predict"] or predict_extra):
                 started_pred = time.time()
                 pred_idx = list(unit["predict"]) + list(predict_extra)
-                classes, chunked = predict_classes(net, tokenizer, [texts[i] for i in pred_idx],
+                classes, chunked = predict_sharded(net, tokenizer, [texts[i] for i in pred_idx],
                                                    device, p["eval_batch_size"], rank, world)
                 state["predictions"][unit["name"]] = {"index": pred_idx,
                                                       "classes": classes.tolist()}

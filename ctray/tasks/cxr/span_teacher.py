@@ -42,6 +42,12 @@ def report_spans(text: str, max_sentences: int) -> list[str]:
             for i in range(len(sentences) - n + 1)]
 
 
+def reading_sentences(text: str) -> list[str]:
+    """The sentences the encoder's sentence reading labels one by one (the whole text when
+    it has no sentence boundary): inference and the gold stage's reading loss share it."""
+    return report_spans(text, 1) or [text]
+
+
 def distinct_spans(texts: Iterable[str], max_sentences: int) -> list[str]:
     """Every distinct span of the reports, in first-seen order (Open-i repeats its
     boilerplate sentences thousands of times; one copy of each is enough)."""
