@@ -116,15 +116,17 @@ def kill_processes_naming(text: str) -> int:
     dir: its GCS, raylets, dashboard, agents, autoscaler; their workers follow)."""
     import psutil
 
-    killed = 0
+    killed = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             if proc.pid != os.getpid() and text in " ".join(proc.info["cmdline"] or ()):
                 proc.kill()
-                killed += 1
+                killed.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    return killed
+    # Wait for them: a process still dying can write into the temp dir after it is removed.
+    psutil.wait_procs(killed, timeout=10)
+    return len(killed)
 
 
 class LocalAutoscalingCluster:
@@ -201,7 +203,19 @@ class LocalAutoscalingCluster:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self._log.close()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        remove_tree(self.temp_dir)
+
+
+def remove_tree(path: str, timeout: float = 30) -> None:
+    """Remove ``path``, retrying while late writers (a worker's last log line, a
+    dying agent) recreate files under it; CI once found the temp dir left behind."""
+    deadline = time.time() + timeout
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path) or time.time() > deadline:
+            return
+        kill_processes_naming(path)
+        time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:

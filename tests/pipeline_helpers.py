@@ -36,3 +36,22 @@ class CountingLength(Stage):
 
 def processed_ids(log_dir: str) -> list[str]:
     return [p.name.split(".")[0] for p in Path(log_dir).iterdir() if not p.name.startswith("FAIL-")]
+
+
+class BatchOrder(Stage):
+    """Numbers the batches one actor runs (``batch_seq``), to show the order it ran them."""
+
+    name = "batch_order"
+    input_columns = ("report_id",)
+    output_columns = ("batch_seq",)
+    output_types = {"batch_seq": "int64"}
+
+    def __init__(self, in_order: bool):
+        self.resources = Resources(batch_size=2, in_order=in_order)
+
+    def setup(self) -> None:
+        self.batches = 0
+
+    def process_batch(self, batch):
+        self.batches += 1
+        return batch.assign(batch_seq=self.batches)

@@ -18,7 +18,7 @@ import pytest
 
 from ctray.io.corpus import CorpusConfig, read_corpus
 from ctray.pipeline.runner import ConfigChangedError, RunSpec, run_pipeline
-from pipeline_helpers import CountingLength, processed_ids
+from pipeline_helpers import BatchOrder, CountingLength, processed_ids
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,19 @@ def test_row_errors_do_not_stop_the_job(ray_local, tmp_path):
     assert set(err["attempt"]) == {1}
     replay = json.loads(err.sort_values("report_id")["input_json"].iloc[0])
     assert replay["report_id"] == "r003" and replay["findings"].startswith("Finding number 3")
+
+
+def test_an_in_order_stage_runs_its_batches_in_input_order(ray_local, tmp_path):
+    """The grounding stage keeps the last scan it read across batches; that only saves a
+    read if its one actor runs the batches in the order of the (sorted) input."""
+    csv = write_corpus(tmp_path / "c.csv", 40)
+    spec = RunSpec(job="t", output=str(tmp_path / "out"), rows_per_block=2, writer_batch_size=2)
+    spec.preserve_order = True
+    assert run_pipeline(read_corpus(CorpusConfig(path=str(csv))), [BatchOrder(in_order=True)],
+                        spec).ok == 40
+    res = results(tmp_path / "out").sort_values("report_id")
+    assert res["batch_seq"].is_monotonic_increasing, res["batch_seq"].tolist()
+    assert res["batch_seq"].nunique() == 20
 
 
 def test_resume_skips_finished_rows_and_retry_failed_reprocesses_only_failures(ray_local, tmp_path):

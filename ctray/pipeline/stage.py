@@ -44,14 +44,22 @@ class Resources:
     batch_size: int = 32
     # int n: fixed pool of n actors; (m, n): autoscaling pool.
     concurrency: int | tuple[int, int] = 1
+    # Ray Data sends an actor several batches at once and lets it run a later one while
+    # an earlier one waits for its input; a stage that carries state from batch to
+    # batch (the last scan read) needs one batch in flight per actor, run in the order
+    # sent (``allow_out_of_order_execution`` would say so too, through the
+    # ``ray_remote_args`` that Ray 2.64 removes).
+    in_order: bool = False
 
     def map_batches_kwargs(self) -> dict[str, Any]:
         from ray.data import ActorPoolStrategy
 
+        in_flight = {"max_tasks_in_flight_per_actor": 1} if self.in_order else {}
         if isinstance(self.concurrency, int):
-            pool = ActorPoolStrategy(size=self.concurrency)
+            pool = ActorPoolStrategy(size=self.concurrency, **in_flight)
         else:
-            pool = ActorPoolStrategy(min_size=self.concurrency[0], max_size=self.concurrency[1])
+            pool = ActorPoolStrategy(min_size=self.concurrency[0], max_size=self.concurrency[1],
+                                     **in_flight)
         kwargs: dict[str, Any] = {
             "num_cpus": self.num_cpus,
             "batch_size": self.batch_size,

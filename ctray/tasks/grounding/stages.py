@@ -55,7 +55,8 @@ class SegmentStage(Stage):
         self.masks_dir = masks_dir.rstrip("/")
         r = cfg.resources
         self.resources = Resources(num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-                                   batch_size=r.batch_size, concurrency=r.concurrency)
+                                   batch_size=r.batch_size, concurrency=r.concurrency,
+                                   in_order=True)
 
     def preflight(self) -> None:
         _, local = load_grounding_meta(self.model_path)
