@@ -2,7 +2,7 @@
 
     python benchmarks/cxr_label.py [--repeat 3] [--skip-job]
     python benchmarks/cxr_label.py --skip-rules --skip-job --llm-model runs/train_llm_labeler/model \
-        [--llm-reports 120] [--device gpu]
+        [--llm-reports 120] [--device gpu] [--llm-answer-format sft]
 
 1. In-process: reports/s of ``CxrRuleLabeler`` over the 3,851 Open-i reports (findings +
    impression, one process; the shipped 12-report sample repeated when ../shared/data is
@@ -77,7 +77,7 @@ def bench_job(path: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def bench_llm_job(path: Path, model: str, n: int, device: str) -> None:
+def bench_llm_job(path: Path, model: str, n: int, device: str, answer_format: str) -> None:
     import json
 
     from ctray.cli import main
@@ -91,13 +91,15 @@ def bench_llm_job(path: Path, model: str, n: int, device: str) -> None:
         rc = main(["label-cxr", "--config", str(REPO / "configs" / "label_cxr.yaml"),
                    "--labeler", "llm", "--set", f"corpus.path={corpus}",
                    "--set", f"run.output={out / 'run'}", "--set", "backend.kind=vllm",
-                   "--set", f"backend.model={model}", "--set", f"backend.device={device}"])
+                   "--set", f"backend.model={model}", "--set", f"backend.device={device}",
+                   "--set", f"llm.answer_format={answer_format}"])
         wall = time.perf_counter() - started
         manifest = json.loads((out / "run" / "manifest.json").read_text())
         usage = manifest.get("usage", {})
         done = manifest.get("counts", {})
         print(json.dumps({"label_cxr_llm": {
-            "model": model, "device": device, "rc": rc, "reports": len(df),
+            "model": model, "device": device, "answer_format": answer_format, "rc": rc,
+            "reports": len(df),
             "counts": done, "wall_s": round(wall, 1),
             "reports_per_s_wall": round(len(df) / wall, 3),
             "completion_tokens": usage.get("completion_tokens"),
@@ -116,6 +118,10 @@ def main() -> None:
     parser.add_argument("--llm-model", help="also time label-cxr --labeler llm on this model")
     parser.add_argument("--llm-reports", type=int, default=120)
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    # sft on a base model: the fine-tuned labeler's prompt and answer grammar with the
+    # base weights, i.e. its cost per prompt and per answer token without its folder.
+    parser.add_argument("--llm-answer-format", choices=["auto", "json-4class", "sft"],
+                        default="auto")
     args = parser.parse_args()
     path = OPENI if OPENI.exists() else SAMPLE
     if not args.skip_rules:
@@ -123,7 +129,8 @@ def main() -> None:
     if not args.skip_job:
         bench_job(path)
     if args.llm_model:
-        bench_llm_job(path, args.llm_model, args.llm_reports, args.device)
+        bench_llm_job(path, args.llm_model, args.llm_reports, args.device,
+                      args.llm_answer_format)
 
 
 if __name__ == "__main__":
