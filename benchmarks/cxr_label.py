@@ -2,7 +2,7 @@
 
     python benchmarks/cxr_label.py [--repeat 3] [--skip-job]
     python benchmarks/cxr_label.py --skip-rules --skip-job --llm-model runs/train_llm_labeler/model \
-        [--llm-reports 120] [--device gpu] [--llm-answer-format sft]
+        [--llm-reports 120] [--device gpu] [--llm-set llm.answer_format=sft ...]
 
 1. In-process: reports/s of ``CxrRuleLabeler`` over the 3,851 Open-i reports (findings +
    impression, one process; the shipped 12-report sample repeated when ../shared/data is
@@ -77,37 +77,44 @@ def bench_job(path: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def bench_llm_job(path: Path, model: str, n: int, device: str, answer_format: str) -> None:
+def bench_label_job(path: Path, labeler: str, n: int, overrides: list[str]) -> None:
+    """``label-cxr --labeler <labeler>`` on the first ``n`` rows of ``path``, end to end
+    (local Ray start, model or engine load, Parquet writer, manifest): the same harness
+    for every labeler, so their reports/s compare as a user would see them."""
     import json
 
     from ctray.cli import main
 
-    out = Path(tempfile.mkdtemp(prefix="cxr-bench-llm-"))
+    out = Path(tempfile.mkdtemp(prefix=f"cxr-bench-{labeler}-"))
     try:
         df = pd.read_csv(path, dtype=str).head(n)
         corpus = out / "reports.csv"
         df.to_csv(corpus, index=False)
         started = time.perf_counter()
         rc = main(["label-cxr", "--config", str(REPO / "configs" / "label_cxr.yaml"),
-                   "--labeler", "llm", "--set", f"corpus.path={corpus}",
-                   "--set", f"run.output={out / 'run'}", "--set", "backend.kind=vllm",
-                   "--set", f"backend.model={model}", "--set", f"backend.device={device}",
-                   "--set", f"llm.answer_format={answer_format}"])
+                   "--labeler", labeler, "--set", f"corpus.path={corpus}",
+                   "--set", f"run.output={out / 'run'}",
+                   *[a for o in overrides for a in ("--set", o)]])
         wall = time.perf_counter() - started
         manifest = json.loads((out / "run" / "manifest.json").read_text())
         usage = manifest.get("usage", {})
-        done = manifest.get("counts", {})
-        print(json.dumps({"label_cxr_llm": {
-            "model": model, "device": device, "answer_format": answer_format, "rc": rc,
-            "reports": len(df),
-            "counts": done, "wall_s": round(wall, 1),
-            "reports_per_s_wall": round(len(df) / wall, 3),
-            "completion_tokens": usage.get("completion_tokens"),
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens_per_s_wall": round((usage.get("completion_tokens") or 0) / wall, 1),
-            "manifest_wall_s": manifest.get("wall_time_s")}}, indent=2))
+        figures = {"labeler": labeler, "overrides": overrides, "rc": rc, "reports": len(df),
+                   "counts": manifest.get("counts", {}), "wall_s": round(wall, 1),
+                   "reports_per_s_wall": round(len(df) / wall, 3),
+                   "manifest_wall_s": manifest.get("wall_time_s")}
+        if usage.get("completion_tokens"):
+            figures.update(completion_tokens=usage["completion_tokens"],
+                           prompt_tokens=usage.get("prompt_tokens"),
+                           completion_tokens_per_s_wall=round(
+                               usage["completion_tokens"] / wall, 1))
+        print(json.dumps({f"label_cxr_{labeler}": figures}, indent=2))
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_llm_job(path: Path, model: str, n: int, device: str, overrides: list[str]) -> None:
+    bench_label_job(path, "llm", n, ["backend.kind=vllm", f"backend.model={model}",
+                                     f"backend.device={device}", *overrides])
 
 
 def main() -> None:
@@ -118,10 +125,11 @@ def main() -> None:
     parser.add_argument("--llm-model", help="also time label-cxr --labeler llm on this model")
     parser.add_argument("--llm-reports", type=int, default=120)
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    # sft on a base model: the fine-tuned labeler's prompt and answer grammar with the
-    # base weights, i.e. its cost per prompt and per answer token without its folder.
-    parser.add_argument("--llm-answer-format", choices=["auto", "json-4class", "sft"],
-                        default="auto")
+    # e.g. llm.answer_format=sft llm.max_tokens=35 on a base model: the fine-tuned
+    # labeler's prompt, grammar and answer length (about 35 tokens on Open-i) with the
+    # base weights, i.e. its compute per report without its folder.
+    parser.add_argument("--llm-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="label-cxr --set overrides for the LLM run")
     args = parser.parse_args()
     path = OPENI if OPENI.exists() else SAMPLE
     if not args.skip_rules:
@@ -129,8 +137,7 @@ def main() -> None:
     if not args.skip_job:
         bench_job(path)
     if args.llm_model:
-        bench_llm_job(path, args.llm_model, args.llm_reports, args.device,
-                      args.llm_answer_format)
+        bench_llm_job(path, args.llm_model, args.llm_reports, args.device, args.llm_set)
 
 
 if __name__ == "__main__":

@@ -274,6 +274,38 @@ def test_sentence_aggregation_labels_each_sentence_and_keeps_no_finding_from_the
     with torch.inference_mode():
         alone = np.concatenate([predict_classes(net, tok, [t], "cpu")[0] for t in reports])
     assert alone.tolist() == read.tolist()
+    # A cache carried across calls reads the same, and the second time encodes nothing.
+    from ctray.tasks.cxr import encoder_model
+    from ctray.tasks.cxr.span_teacher import reading_sentences
+
+    cache = encoder_model.ReadingCache()
+    encoded: list[int] = []
+    real = encoder_model.report_logits
+
+    def counting(net_, tok_, texts, *args):
+        encoded.append(len(texts))
+        return real(net_, tok_, texts, *args)
+
+    encoder_model.report_logits = counting
+    try:
+        with torch.inference_mode():
+            first = np.concatenate([predict_classes(net, tok, [t], "cpu", cache=cache)[0]
+                                    for t in reports + reports[:2]])
+            n_first = sum(encoded)
+            again, _ = predict_classes(net, tok, reports[::-1], "cpu", cache=cache)
+    finally:
+        encoder_model.report_logits = real
+    assert first.tolist() == read.tolist() + read[:2].tolist()
+    assert again.tolist() == read[::-1].tolist()
+    assert sum(encoded) == n_first  # nothing new to encode
+    distinct_sentences = len({s for t in reports for s in reading_sentences(t)})
+    assert 0 < n_first <= distinct_sentences + len(reports)
+    assert cache.hits > 0 and len(cache._tables["sentence"]) == distinct_sentences
+    small = encoder_model.ReadingCache(max_entries=2)
+    small.add("sentence", {"a": 1, "b": 2})
+    small.known("sentence", ["a"])  # "a" used last: "b" is the one dropped
+    small.add("sentence", {"c": 3})
+    assert list(small._tables["sentence"]) == ["a", "c"]
     # Where no pathology is positive or uncertain (all-blank pathology heads), or without
     # the conventions, No Finding is the report head's answer for every report.
     with torch.inference_mode():

@@ -56,6 +56,11 @@ class EncoderOptions(BaseModel):
     num_gpus: float = Field(0.0, description="GPUs per encoder actor")
     rows_per_batch: int = Field(64, description="rows per Ray Data batch")
     concurrency: int | tuple[int, int] = Field(1, description="encoder actors")
+    cache_entries: int = Field(100_000, ge=0, description=(
+        "sentences and reports each actor remembers it has read (exact: a repeated "
+        "sentence is not encoded again); 0 turns it off"))
+    torch_threads: int | None = Field(None, ge=1, description=(
+        "torch threads per actor (default: Ray's, the actor's whole num_cpus)"))
 
 
 class LLMOptions(BaseModel):
@@ -146,6 +151,7 @@ def build_stage(cfg: LabelCxrConfig) -> Stage:
             raise UserError("--labeler encoder needs encoder.model: a folder exported by "
                             "ctray train-cxr-encoder (e.g. --set encoder.model=runs/train_cxr_encoder/model)")
         return CxrEncoderStage(e.model, device=e.device, batch_size=e.batch_size,
+                               cache_entries=e.cache_entries, torch_threads=e.torch_threads,
                                resources=Resources(num_cpus=e.num_cpus, num_gpus=e.num_gpus,
                                                    batch_size=e.rows_per_batch,
                                                    concurrency=e.concurrency))

@@ -48,8 +48,11 @@ class CxrEncoderStage(Stage):
     name = "encoder_cxr"
 
     def __init__(self, model_path: str, text_column: str = "text", device: str | None = None,
-                 batch_size: int = 32, resources: Resources | None = None):
+                 batch_size: int = 32, resources: Resources | None = None,
+                 cache_entries: int = 100_000, torch_threads: int | None = None):
         self.model_path = model_path
+        self.cache_entries = cache_entries
+        self.torch_threads = torch_threads
         self.text_column = text_column
         self.device = device
         self.batch_size = batch_size
@@ -71,8 +74,13 @@ class CxrEncoderStage(Stage):
     def setup(self) -> None:
         from ctray.tasks.cxr.encoder_model import CXREncoderLabeler
 
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
         self.labeler = CXREncoderLabeler.load(self.model_path, device=self.device,
-                                              batch_size=self.batch_size)
+                                              batch_size=self.batch_size,
+                                              cache_entries=self.cache_entries)
 
     def process_batch(self, batch):
         import pandas as pd
