@@ -133,6 +133,29 @@ def bench_training(labeler, texts: list[str], steps: int, batch_size: int) -> No
           f"reports; peak RSS {peak_rss_mib():.0f} MiB")
 
 
+def bench_bf16(labeler, texts: list[str], repeat: int) -> None:
+    """The export's reading in float32 and under CPU bf16 autocast, each with the reading
+    cache off (every call computes): reports/s and how many reports' labels differ."""
+    import numpy as np
+    import torch
+
+    from ctray.hardware import this_cpu
+
+    cache, labeler.cache = labeler.cache, None
+    try:
+        fp32 = labeler.predict_values(texts)
+        t32 = best_of(lambda: labeler.predict_values(texts), repeat)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = labeler.predict_values(texts)
+            t16 = best_of(lambda: labeler.predict_values(texts), repeat)
+    finally:
+        labeler.cache = cache
+    differ = int((np.nan_to_num(fp32, nan=9) != np.nan_to_num(bf16, nan=9)).any(axis=1).sum())
+    print(f"bf16 autocast (native bf16: {this_cpu().has_native_bf16()}): "
+          f"{len(texts) / t16:.1f} reports/s vs float32 {len(texts) / t32:.1f}; "
+          f"{differ} of {len(texts)} reports labelled differently")
+
+
 def print_run(run: Path) -> None:
     log = run / "train_log.jsonl"
     if not log.exists():
@@ -154,6 +177,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=0)
     parser.add_argument("--run", help="a train-cxr-encoder output folder: print its epochs")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time the reading under CPU bf16 autocast")
     parser.add_argument("--lm-model", help="fine-tuned LM folder (train-cxr-labeler) or a "
                         "base model name / folder with --lm-set")
     parser.add_argument("--lm-set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -184,6 +209,8 @@ def main() -> None:
               f"{int((labeler.last_windows > 1).sum())} reports over one window); "
               f"peak RSS {peak_rss_mib():.0f} MiB")
     labeler.meta.aggregation = recorded
+    if args.bf16:
+        bench_bf16(labeler, texts, args.repeat)
     if args.train_steps:
         bench_training(labeler, texts, args.train_steps, 16)
     if args.run:
