@@ -319,6 +319,35 @@ def test_sentence_aggregation_labels_each_sentence_and_keeps_no_finding_from_the
     assert (quiet[:, path] == 0).all()
 
 
+def test_the_labeler_computes_in_the_dtype_the_cpu_rule_picks(tiny_encoder, monkeypatch):
+    import torch
+
+    from ctray import hardware
+    from ctray.tasks.cxr.encoder_model import CXREncoderLabeler, inference_dtype
+    from ctray.tasks.cxr.encoder_train_job import load_base
+
+    native = hardware.CpuInfo("x", "x86_64", frozenset({"avx512_bf16"}))
+    plain = hardware.CpuInfo("x", "x86_64", frozenset({"avx512f"}))
+    monkeypatch.setattr(hardware, "this_cpu", lambda: native)
+    assert inference_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr(hardware, "this_cpu", lambda: plain)
+    assert inference_dtype("auto", "cpu") == "float32"
+    assert inference_dtype("bf16", "cpu") == "bfloat16" and inference_dtype("fp32", "cpu") == "float32"
+
+    net, tok = load_base(tiny_encoder, {"max_length": 24, "stride": 4})
+    seen: list = []
+    linear = next(m for m in net.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    for dtype, expect in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+        seen.clear()
+        labeler = CXREncoderLabeler(net, tok, "cpu", dtype=dtype, cache_entries=0)
+        values = labeler.predict_values(SENTENCES[:6])
+        assert values.shape == (6, len(OBSERVATIONS))
+        assert np.isin(values[~np.isnan(values)], (1.0, 0.0, -1.0)).all()
+        assert seen and set(seen) == {expect}
+    assert next(net.parameters()).dtype == torch.float32  # weights stay float32
+
+
 # ----------------------------------------------------------------------------- Ray
 
 
@@ -410,7 +439,8 @@ def test_train_resume_gold_cv_and_label_cxr_with_the_encoder(ray_local, tmp_path
     dev = pd.read_csv(tmp_path / "run" / "rules_stage_predictions.csv", dtype={"uid": str})
     reports = pd.read_csv(corpus).set_index("uid")
     dev_text = (reports.loc[dev["uid"], "findings"] + "\n\n" + reports.loc[dev["uid"], "impression"]).tolist()
-    rules_model = CXREncoderLabeler.load(second["rules_model_dir"], device="cpu")
+    # float32 here and below: the comparisons are exact, across batch compositions.
+    rules_model = CXREncoderLabeler.load(second["rules_model_dir"], device="cpu", dtype="float32")
     again = rules_model.predict_values(dev_text)
     assert np.array_equal(np.nan_to_num(again, nan=9), np.nan_to_num(dev[list(OBSERVATIONS)].to_numpy(), nan=9))
     assert (rules_model.last_windows > 1).sum() > 0
@@ -418,11 +448,12 @@ def test_train_resume_gold_cv_and_label_cxr_with_the_encoder(ray_local, tmp_path
     # label-cxr --labeler encoder: the exported gold-stage model through Ray Data.
     cfg = LabelCxrConfig.model_validate({
         "run": {"output": str(tmp_path / "labels")}, "labeler": "encoder",
-        "corpus": {"path": corpus}, "encoder": {"model": second["model_dir"], "num_cpus": 0.5}})
+        "corpus": {"path": corpus}, "encoder": {"model": second["model_dir"], "num_cpus": 0.5,
+                                                       "dtype": "float32"}})
     run_label_cxr(cfg)
     out = pd.read_csv(tmp_path / "labels" / "labels.csv", dtype={"uid": str}).set_index("uid")
     assert len(out) == 150 and list(out.columns) == list(OBSERVATIONS)
-    final = CXREncoderLabeler.load(second["model_dir"], device="cpu")
+    final = CXREncoderLabeler.load(second["model_dir"], device="cpu", dtype="float32")
     texts = (reports["findings"] + "\n\n" + reports["impression"]).tolist()
     direct = final.label(texts)
     assert set(direct[0]) == set(OBSERVATIONS)

@@ -91,7 +91,7 @@ def server(ray_local, checkpoints):
     cxr, findings = (fit_for_tests(a) for a in serve_apps("encoders"))
     cxr["deployments"][0]["user_config"].update(
         checkpoint=f"file://{checkpoints['cxr']}", max_batch_size=8, batch_wait_timeout_s=0.2,
-        max_chars=2000, max_items=5)
+        max_chars=2000, max_items=5, dtype="float32")  # compared exactly with the labeler
     findings["deployments"][0]["user_config"].update(checkpoint=checkpoints["findings"])
     secure = copy.deepcopy(cxr)
     secure.update(name="cxr-encoder-secure", route_prefix="/cxr-encoder-secure")
@@ -121,7 +121,7 @@ def test_encoders_config_is_loopback_only():
 def test_cxr_encoder_app_equals_the_labeler_and_batches(server, checkpoints):
     from ctray.tasks.cxr.encoder_model import CXREncoderLabeler
 
-    labeler = CXREncoderLabeler.load(checkpoints["cxr"], device="cpu")
+    labeler = CXREncoderLabeler.load(checkpoints["cxr"], device="cpu", dtype="float32")
     expected = [_as_served(d) for d in labeler.label(TEXTS)]
     assert labeler.last_windows.max() > 1  # the served path pools windows too
     assert len({json.dumps(e, sort_keys=True) for e in expected}) == len(TEXTS)

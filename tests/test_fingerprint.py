@@ -24,7 +24,7 @@ CORPUS_JOBS = sorted(n for n, s in JOBS.items() if s.row_resumable)
 # here so a widened allowlist is a visible test change.
 JOB_NEUTRAL = {
     "demo": {"gold_labels", "gold_column"},
-    "label-cxr": {"export"},
+    "label-cxr": {"export", "encoder.cache_entries", "encoder.torch_threads"},
     "label-leavs": {"csv_name", "shuffle_partitions", "shuffle_strategy"},
     "segment": {"manifest.limit", "inference.sw_batch_size", "inference.prompts_per_pass",
                 "inference.sw_device", "inference.torch_threads"},

@@ -59,6 +59,9 @@ class EncoderOptions(BaseModel):
     cache_entries: int = Field(100_000, ge=0, description=(
         "sentences and reports each actor remembers it has read (exact: a repeated "
         "sentence is not encoded again); 0 turns it off"))
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
+        "compute dtype: auto = bfloat16 on CPUs with native bf16 and bf16 GPUs, else "
+        "float32 (encoder_model.inference_dtype)"))
     torch_threads: int | None = Field(None, ge=1, description=(
         "torch threads per actor (default: Ray's, the actor's whole num_cpus)"))
 
@@ -92,8 +95,10 @@ class ExportOptions(BaseModel):
 
 
 class LabelCxrConfig(LLMJobConfig):
-    #: the labels.csv export is written from the results after the run
-    result_neutral_fields: ClassVar[frozenset[str]] = frozenset({"export"})
+    #: the labels.csv export is written from the results after the run; the encoder's
+    #: reading cache and thread count change its speed, not its labels (encoder.dtype can)
+    result_neutral_fields: ClassVar[frozenset[str]] = frozenset(
+        {"export", "encoder.cache_entries", "encoder.torch_threads"})
     job: str = "label-cxr"
     corpus: CorpusConfig = Field(
         default_factory=lambda: CorpusConfig(**openi_corpus()), description="the reports to read "
@@ -152,6 +157,7 @@ def build_stage(cfg: LabelCxrConfig) -> Stage:
                             "ctray train-cxr-encoder (e.g. --set encoder.model=runs/train_cxr_encoder/model)")
         return CxrEncoderStage(e.model, device=e.device, batch_size=e.batch_size,
                                cache_entries=e.cache_entries, torch_threads=e.torch_threads,
+                               dtype=e.dtype,
                                resources=Resources(num_cpus=e.num_cpus, num_gpus=e.num_gpus,
                                                    batch_size=e.rows_per_batch,
                                                    concurrency=e.concurrency))

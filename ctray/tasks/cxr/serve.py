@@ -150,10 +150,12 @@ class CxrEncoderUserConfig(BatchingConfig):
     device: str | None = Field(default=None, description="None: CUDA when available")
     batch_size: int = Field(default=32, ge=1, description="windows per forward pass")
     cache_dir: str | None = Field(default=None, description="local copy of an s3:// checkpoint")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="compute dtype (auto: bfloat16 on CPUs with native bf16)")
 
     def model_key(self) -> tuple:
         """The fields whose change needs a model reload."""
-        return (self.checkpoint, self.device, self.batch_size, self.cache_dir)
+        return (self.checkpoint, self.device, self.batch_size, self.cache_dir, self.dtype)
 
 
 @serve.deployment(max_ongoing_requests=32, max_queued_requests=256,
@@ -184,7 +186,7 @@ class CxrEncoderService(Service):
             # Loaded beside the old model, then swapped: requests in flight finish on it.
             self.labeler = await asyncio.to_thread(
                 CXREncoderLabeler.load, cfg.checkpoint, device=cfg.device,
-                batch_size=cfg.batch_size, cache_dir=cfg.cache_dir)
+                batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, dtype=cfg.dtype)
             log.info("cxr-encoder: loaded checkpoint %s on %s", cfg.checkpoint,
                      self.labeler.device)
         self.predict_batch.set_max_batch_size(cfg.max_batch_size)

@@ -49,8 +49,10 @@ class CxrEncoderStage(Stage):
 
     def __init__(self, model_path: str, text_column: str = "text", device: str | None = None,
                  batch_size: int = 32, resources: Resources | None = None,
-                 cache_entries: int = 100_000, torch_threads: int | None = None):
+                 cache_entries: int = 100_000, torch_threads: int | None = None,
+                 dtype: str = "auto"):
         self.model_path = model_path
+        self.dtype = dtype
         self.cache_entries = cache_entries
         self.torch_threads = torch_threads
         self.text_column = text_column
@@ -80,7 +82,8 @@ class CxrEncoderStage(Stage):
             torch.set_num_threads(self.torch_threads)
         self.labeler = CXREncoderLabeler.load(self.model_path, device=self.device,
                                               batch_size=self.batch_size,
-                                              cache_entries=self.cache_entries)
+                                              cache_entries=self.cache_entries,
+                                              dtype=self.dtype)
 
     def process_batch(self, batch):
         import pandas as pd
@@ -105,4 +108,11 @@ class CxrEncoderStage(Stage):
         return pd.DataFrame(out, index=batch.index)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model_path}
+        from ctray.tasks.cxr.encoder_model import inference_dtype
+
+        # Resolved where the driver runs (labels may differ between dtypes: a run is
+        # not resumed across them); a GPU actor is assumed to support bf16.
+        device = self.device or ("cuda" if self.resources.num_gpus else "cpu")
+        resolved = (self.dtype if self.dtype != "auto" or device.startswith("cuda") else
+                    inference_dtype("auto", "cpu"))
+        return {"name": self.name, "model": self.model_path, "dtype": resolved}
