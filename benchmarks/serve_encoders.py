@@ -80,7 +80,9 @@ def main() -> None:
     builders = {
         "cxr-encoder": (lambda: cxr_encoder_app(CxrEncoderAppArgs(
             checkpoint=args.cxr_checkpoint or untrained_cxr_encoder(tmp / "cxr"), device="cpu",
-            **batching), **options), CXR_CORPUS),
+            # The sample's 20 reports come round again and again: with the reading cache
+            # every request after the first round would be a lookup, not a forward pass.
+            cache_entries=0, **batching), **options), CXR_CORPUS),
         "findings-encoder": (lambda: findings_app(FindingsAppArgs(
             checkpoint=str(Path(args.findings_checkpoint).resolve()) if args.findings_checkpoint
             else untrained_findings_encoder(tmp / "findings"), device="cpu", **batching),

@@ -152,10 +152,13 @@ class CxrEncoderUserConfig(BatchingConfig):
     cache_dir: str | None = Field(default=None, description="local copy of an s3:// checkpoint")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto", description="compute dtype (auto: bfloat16 on CPUs with native bf16)")
+    cache_entries: int = Field(default=100_000, ge=0, description=(
+        "sentences and reports the replica remembers it has read (exact); 0 turns it off"))
 
     def model_key(self) -> tuple:
         """The fields whose change needs a model reload."""
-        return (self.checkpoint, self.device, self.batch_size, self.cache_dir, self.dtype)
+        return (self.checkpoint, self.device, self.batch_size, self.cache_dir, self.dtype,
+                self.cache_entries)
 
 
 @serve.deployment(max_ongoing_requests=32, max_queued_requests=256,
@@ -186,7 +189,8 @@ class CxrEncoderService(Service):
             # Loaded beside the old model, then swapped: requests in flight finish on it.
             self.labeler = await asyncio.to_thread(
                 CXREncoderLabeler.load, cfg.checkpoint, device=cfg.device,
-                batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, dtype=cfg.dtype)
+                batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, dtype=cfg.dtype,
+                cache_entries=cfg.cache_entries)
             log.info("cxr-encoder: loaded checkpoint %s on %s", cfg.checkpoint,
                      self.labeler.device)
         self.predict_batch.set_max_batch_size(cfg.max_batch_size)
