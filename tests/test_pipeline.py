@@ -65,7 +65,6 @@ def test_an_in_order_stage_runs_its_batches_in_input_order(ray_local, tmp_path):
     read if its one actor runs the batches in the order of the (sorted) input."""
     csv = write_corpus(tmp_path / "c.csv", 40)
     spec = RunSpec(job="t", output=str(tmp_path / "out"), rows_per_block=2, writer_batch_size=2)
-    spec.preserve_order = True
     assert run_pipeline(read_corpus(CorpusConfig(path=str(csv))), [BatchOrder(in_order=True)],
                         spec).ok == 40
     res = results(tmp_path / "out").sort_values("report_id")

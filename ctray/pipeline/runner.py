@@ -58,10 +58,6 @@ class RunSpec:
     rows_per_block: int | None = None
     check_duplicate_keys: bool = True
     allow_config_change: bool = False
-    # Blocks reach the stages in input order (Ray Data's default lets a later block
-    # overtake): for stages that reuse work across consecutive rows (one scan read
-    # for all of its findings, even when they straddle two batches).
-    preserve_order: bool = False
 
 
 @dataclass
@@ -311,7 +307,10 @@ def run_pipeline(ds, stages: Sequence[Stage], spec: RunSpec,
     )
     _start(layout, spec, run_id, started, fingerprint, digest, previous, extra_manifest)
     wants_gpus = any(getattr(getattr(s, "resources", None), "num_gpus", 0) for s in stages)
-    if spec.preserve_order:
+    # A stage that reuses work across consecutive rows (Resources.in_order: one scan
+    # read for all of its findings) needs the blocks in input order too: Ray Data's
+    # default lets a later block overtake an earlier one.
+    if any(getattr(getattr(s, "resources", None), "in_order", False) for s in stages):
         counts.context.execution_options.preserve_order = True
     try:
         with pass_scheduling(counts.context, wants_gpus):

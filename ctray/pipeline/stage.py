@@ -44,11 +44,11 @@ class Resources:
     batch_size: int = 32
     # int n: fixed pool of n actors; (m, n): autoscaling pool.
     concurrency: int | tuple[int, int] = 1
-    # Ray Data sends an actor several batches at once and lets it run a later one while
-    # an earlier one waits for its input; a stage that carries state from batch to
-    # batch (the last scan read) needs one batch in flight per actor, run in the order
-    # sent (``allow_out_of_order_execution`` would say so too, through the
-    # ``ray_remote_args`` that Ray 2.64 removes).
+    # For a stage that carries state from batch to batch (the last scan read): the run
+    # keeps the blocks in input order (run_pipeline), and each actor gets one batch in
+    # flight, since Ray Data otherwise lets an actor run a later batch while an earlier
+    # one waits for its input (``allow_out_of_order_execution`` would say so too,
+    # through the ``ray_remote_args`` that Ray 2.64 removes).
     in_order: bool = False
 
     def map_batches_kwargs(self) -> dict[str, Any]:

@@ -110,9 +110,8 @@ class CxrEncoderStage(Stage):
     def describe(self) -> dict[str, Any]:
         from ctray.tasks.cxr.encoder_model import inference_dtype
 
-        # Resolved where the driver runs (labels may differ between dtypes: a run is
-        # not resumed across them); a GPU actor is assumed to support bf16.
+        # Labels may differ between dtypes, so the run records the one it computes in
+        # (resolved on the driver for CPU actors; a GPU actor resolves "auto" itself).
         device = self.device or ("cuda" if self.resources.num_gpus else "cpu")
-        resolved = (self.dtype if self.dtype != "auto" or device.startswith("cuda") else
-                    inference_dtype("auto", "cpu"))
-        return {"name": self.name, "model": self.model_path, "dtype": resolved}
+        dtype = self.dtype if device.startswith("cuda") else inference_dtype(self.dtype, device)
+        return {"name": self.name, "model": self.model_path, "dtype": dtype}

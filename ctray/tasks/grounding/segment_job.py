@@ -196,10 +196,9 @@ def run_segment(cfg: SegmentConfig) -> dict[str, Any]:
     # A finding costs seconds, not microseconds: small blocks and shards bound what
     # a kill loses (the default writer batch would hold 256 findings in flight).
     spec.rows_per_block = spec.writer_batch_size = cfg.resources.batch_size
-    # The stage keeps the last scan it read: with batches sent in order (here) and run
-    # in order (the stage's in_order), a scan whose findings straddle two batches is
-    # read once per actor (with several actors it may be read twice).
-    spec.preserve_order = True
+    # The stage keeps the last scan it read and runs in order (Resources.in_order): a
+    # scan whose findings straddle two batches is read once per actor (with several
+    # actors it may be read twice).
     ds = ray.data.from_pandas(df)
     summary = run_pipeline(ds, [stage], spec, extra_manifest={"masks_dir": masks_dir})
     result = {"job": cfg.job, "output": summary.output, "masks_dir": masks_dir,
